@@ -1,0 +1,78 @@
+"""The artifacts stages hand to each other: paths plus the small metadata a later stage needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Ingest's output: one `<split>.npz` (`images` [N, H, W, C], `labels` [N]) per split."""
+
+    splits_dir: Path
+    fingerprint: str  # sha256 of the source data's images and labels
+    class_names: tuple[str, ...]
+    num_examples: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Validate's output: what every split was checked against, and where the statistics are."""
+
+    schema_path: Path
+    statistics_path: Path
+    image_shape: tuple[int, int, int]  # height, width, channels
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Preprocess's output: pixel statistics of the training split, baked into the model."""
+
+    normalization_path: Path
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """Train's output: the Keras model as trained (its own precision policy) and its history."""
+
+    model_path: Path
+    precision: str
+    history_path: Path
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Evaluate's output: test metrics, also in `metrics_path`."""
+
+    metrics_path: Path
+    test_loss: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """Export's output: one whole TF Serving version folder."""
+
+    version_dir: Path
+    version: int
+    onnx_path: Path
+    parity_max_abs_diff: float
+
+
+def split_path(splits_dir: Path, split: str) -> Path:
+    """Where ingest keeps one split."""
+    return splits_dir / f"{split}.npz"
+
+
+def load_split(splits: Splits, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one split's images and labels written by ingest."""
+    with np.load(split_path(splits.splits_dir, split), allow_pickle=False) as data:
+        return data["images"], data["labels"]

@@ -1,0 +1,157 @@
+"""Export: a whole TF Serving version folder with a SavedModel, an ONNX model, labels and metadata.
+
+The version is written into a hidden temporary folder, checked for parity (Keras, the reloaded
+SavedModel and ONNX Runtime must agree), and only then renamed to its number, so a version folder
+is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime
+import tensorflow as tf
+
+from components.artifacts import ExportedModel, Metrics, Schema, Splits, TrainedModel, load_split
+from components.model import as_float32
+from pipeline.config import ExportConfig
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAME = "probabilities"
+INPUT_NAME = "pixels"
+
+
+class ParityError(RuntimeError):
+    """The exported formats disagree with the Keras model: a bug, not a user's mistake."""
+
+
+def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: Schema, metrics: Metrics,
+           saved_models_dir: Path, run_id: str, out_dir: Path) -> ExportedModel:
+    """Write `saved_models_dir/<model_name>/<version>/` and return it.
+
+    Args:
+        config: the `export` section.
+        trained: train's output; exported as a float32 twin whatever precision it trained in.
+        splits: ingest's output; test images feed the parity check, the fingerprint goes in metadata.
+        schema: validate's output; gives the input spec.
+        metrics: evaluate's output, recorded in metadata.
+        saved_models_dir: the root of the TF Serving layout.
+        run_id: recorded in metadata.
+        out_dir: the run's export folder; `export.json` there points at the version.
+
+    Raises:
+        ParityError: Keras, SavedModel and ONNX Runtime disagree beyond `config.parity_atol`.
+    """
+    model = as_float32(keras.models.load_model(trained.model_path, compile=False))
+    model_dir = saved_models_dir / config.model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging_dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        write_saved_model(model, schema.image_shape, staging_dir)
+        write_onnx(model, schema.image_shape, staging_dir / "model.onnx", config.onnx_opset)
+        (staging_dir / "labels.txt").write_text("\n".join(splits.class_names) + "\n")
+        images = load_split(splits, "test")[0][: config.parity_examples]
+        max_diff = check_parity(model, staging_dir, images, config.parity_atol)
+        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained.precision, max_diff)
+        version_dir = _publish(staging_dir, model_dir)
+    except BaseException:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+        raise
+    log.info("export: %s (parity max |diff| %.2e)", version_dir, max_diff)
+    exported = ExportedModel(version_dir, int(version_dir.name), version_dir / "model.onnx", max_diff)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "export.json").write_text(json.dumps(dataclasses.asdict(exported), indent=2, default=str))
+    return exported
+
+
+def write_saved_model(model: keras.Model, image_shape: tuple[int, int, int], path: Path) -> None:
+    """SavedModel whose `serving_default` takes float32 pixels and `serving_uint8` takes uint8 pixels.
+
+    Both return `{"probabilities": [batch, num_classes]}` from raw 0..255 pixel values.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, dtype in (("serving_default", tf.float32), ("serving_uint8", tf.uint8)):
+        archive.add_endpoint(
+            name,
+            lambda pixels: {OUTPUT_NAME: model(tf.cast(pixels, tf.float32), training=False)},
+            input_signature=[tf.TensorSpec([None, *image_shape], dtype, name=INPUT_NAME)],
+        )
+    archive.write_out(str(path), verbose=False)
+
+
+def write_onnx(model: keras.Model, image_shape: tuple[int, int, int], path: Path, opset: int) -> None:
+    """ONNX model with input `pixels` (float32, raw 0..255) and output `probabilities`."""
+    spec = [tf.TensorSpec([None, *image_shape], tf.float32, name=INPUT_NAME)]
+    model.export(str(path), format="onnx", input_signature=spec, opset_version=opset, verbose=False)
+    proto = onnx.load(str(path))
+    old_name = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [OUTPUT_NAME if name == old_name else name for name in node.output]
+    proto.graph.output[0].name = OUTPUT_NAME
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def check_parity(model: keras.Model, version_dir: Path, images: np.ndarray, atol: float) -> float:
+    """Largest |difference| between Keras, the reloaded SavedModel and ONNX Runtime on `images`.
+
+    Raises:
+        ParityError: a difference above `atol`, or any disagreement on the predicted class.
+    """
+    pixels = images.astype(np.float32)
+    expected = model.predict(pixels, verbose=0)
+    serving = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    outputs = {
+        "SavedModel": serving(**{INPUT_NAME: tf.constant(pixels)})[OUTPUT_NAME].numpy(),
+        "ONNX Runtime": session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0],
+    }
+    max_diff = 0.0
+    for name, actual in outputs.items():
+        diff = float(np.abs(actual - expected).max())
+        if diff > atol or not np.array_equal(actual.argmax(1), expected.argmax(1)):
+            raise ParityError(f"{name} disagrees with the Keras model on {len(pixels)} test images "
+                              f"(max |diff| {diff:.2e} > {atol:.0e} or another argmax)")
+        max_diff = max(max_diff, diff)
+    return max_diff
+
+
+def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Schema, metrics: Metrics,
+                    trained_precision: str, parity_max_abs_diff: float) -> None:
+    metadata = {
+        "run_id": run_id,
+        "data_fingerprint": splits.fingerprint,
+        "metrics": {"test_accuracy": metrics.test_accuracy, "test_loss": metrics.test_loss},
+        "input": {"name": INPUT_NAME, "shape": [None, *schema.image_shape], "dtype": ["float32", "uint8"],
+                  "range": [0, 255], "normalization": "inside the model"},
+        "output": {"name": OUTPUT_NAME, "shape": [None, schema.num_classes]},
+        "class_names": list(splits.class_names),
+        "trained_precision": trained_precision,
+        "exported_precision": "float32",
+        "parity_max_abs_diff": parity_max_abs_diff,
+    }
+    (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
+
+
+def _publish(staging_dir: Path, model_dir: Path) -> Path:
+    """Rename the finished staging folder to the next free integer version, atomically."""
+    while True:
+        versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+        version_dir = model_dir / str(max(versions, default=0) + 1)
+        try:
+            os.rename(staging_dir, version_dir)  # fails if another process took this number first
+            return version_dir
+        except OSError:
+            if not version_dir.exists():
+                raise

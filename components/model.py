@@ -1,0 +1,69 @@
+"""The network: a small VGG-style CNN that takes raw pixels and returns class probabilities."""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.config import ModelConfig
+
+
+def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
+                mean: float, std: float) -> keras.Model:
+    """Build the classifier.
+
+    The first layer normalizes raw pixels with the training split's statistics, so the model (and
+    every export of it) takes pixel values as they come, 0..255. Conv blocks halve the image while
+    it is at least 2 pixels wide; the softmax is float32 under any mixed precision policy.
+
+    Args:
+        config: the `model` section.
+        image_shape: (height, width, channels) from the data's schema.
+        num_classes: width of the output.
+        mean, std: pixel statistics of the training split.
+    """
+    inputs = keras.Input(shape=image_shape, name="pixels")
+    x = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
+    size = min(image_shape[:2])
+    for width in config.conv_widths:
+        x = _conv_block(x, width, config)
+        if size >= 2:
+            x = keras.layers.MaxPooling2D(2)(x)
+            size //= 2
+    x = keras.layers.Flatten()(x)
+    if config.dense_units:
+        x = keras.layers.Dense(config.dense_units, activation="relu")(x)
+    x = keras.layers.Dropout(config.dropout)(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def _conv_block(x, width: int, config: ModelConfig):
+    for _ in range(config.convs_per_block):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=not config.batch_norm)(x)
+        if config.batch_norm:
+            x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    return x
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """A float32 twin of `model` with the same weights, for export and serving on any device.
+
+    Mixed-precision layers record their policy in the model's config; rewriting it to float32
+    and copying the weights gives a twin whose numbers ONNX Runtime and TF Serving reproduce.
+    """
+    config = _replace_dtype_policies(model.get_config())
+    twin = keras.Model.from_config(config)
+    twin.set_weights([w.astype("float32") for w in model.get_weights()])
+    return twin
+
+
+def _replace_dtype_policies(node):
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy":
+            return {**node, "config": {**node["config"], "name": "float32"}}
+        return {key: _replace_dtype_policies(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_replace_dtype_policies(value) for value in node]
+    return node

@@ -1,0 +1,1 @@
+"""Wiring: configuration, the runner that orders the stages, and the command line."""

@@ -1,0 +1,76 @@
+"""Command line: `python -m pipeline.run [--preset NAME] [--workdir DIR] [section.key=value ...]`.
+
+Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from pipeline.config import PRESETS, resolve, valid_keys
+from pipeline.errors import UserError
+
+log = logging.getLogger("pipeline")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description="Run ingest, validate, preprocess, train, evaluate and export.",
+        epilog="Config keys: " + ", ".join(valid_keys()),
+    )
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named set of overrides")
+    parser.add_argument("--workdir", type=Path, default=Path("."), help="holds runs/ and saved_models/")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up logs")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("pipeline", "components"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        config = resolve(args.preset, args.overrides)
+        _quiet_tensorflow(args.verbose)
+        from pipeline.runner import format_summary, run_pipeline  # imports TensorFlow: after the config is valid
+
+        manifest = run_pipeline(config, args.workdir)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(manifest))
+    return 0
+
+
+def _quiet_tensorflow(verbose: bool) -> None:
+    """Keep TensorFlow's start-up lines (oneDNN, CUDA not found) and library warnings out of sight.
+
+    TensorFlow's C++ logging prints some lines while it loads, before it reads TF_CPP_MIN_LOG_LEVEL
+    from a process that set it itself, so stderr is pointed at /dev/null for the import only.
+    Errors still surface: an import failure is a Python exception, raised after stderr is back.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    saved_stderr, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
