@@ -49,3 +49,4 @@ def local_devices() -> list[Device]:
         for gpu in tf.config.list_physical_devices("GPU")
     ]
     return gpus + [Device("CPU")]
+

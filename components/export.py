@@ -24,6 +24,7 @@ import tensorflow as tf
 from components.artifacts import ExportedModel, Metrics, Schema, Splits, TrainedModel, load_split
 from components.model import as_float32
 from pipeline.config import ExportConfig
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +156,15 @@ def _publish(staging_dir: Path, model_dir: Path) -> Path:
         except OSError:
             if not version_dir.exists():
                 raise
+
+
+def newest_version(saved_models_dir: Path, model_name: str = "*") -> Path:
+    """The most recently exported version folder under `saved_models_dir` (of one model, or any).
+
+    Raises:
+        UserError: nothing has been exported there yet.
+    """
+    versions = [p for p in Path(saved_models_dir).glob(f"{model_name}/*") if p.name.isdigit()]
+    if not versions:
+        raise UserError(f"no exported model under {saved_models_dir}; run `python -m pipeline.run` first")
+    return max(versions, key=lambda p: ((p / "metadata.json").stat().st_mtime, int(p.name)))

@@ -12,8 +12,8 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_clas
     """Build the classifier.
 
     The first layer normalizes raw pixels with the training split's statistics, so the model (and
-    every export of it) takes pixel values as they come, 0..255. Conv blocks halve the image while
-    it is at least 2 pixels wide; the softmax is float32 under any mixed precision policy.
+    every export of it) takes pixel values as they come, 0..255. Each conv block ends in a 2x2 max
+    pool while the image is at least 2 pixels wide; the softmax is float32 under any precision policy.
 
     Args:
         config: the `model` section.
@@ -23,12 +23,8 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_clas
     """
     inputs = keras.Input(shape=image_shape, name="pixels")
     x = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
-    size = min(image_shape[:2])
     for width in config.conv_widths:
         x = _conv_block(x, width, config)
-        if size >= 2:
-            x = keras.layers.MaxPooling2D(2)(x)
-            size //= 2
     x = keras.layers.Flatten()(x)
     if config.dense_units:
         x = keras.layers.Dense(config.dense_units, activation="relu")(x)
@@ -39,8 +35,15 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_clas
 
 
 def _conv_block(x, width: int, config: ModelConfig):
-    for _ in range(config.convs_per_block):
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=not config.batch_norm)(x)
+    """`convs_per_block` 3x3 convolutions, the last one pooled before its batch norm and ReLU.
+
+    Max pooling commutes with ReLU and batch norm's per-channel affine map (for a positive scale),
+    so normalizing after the pool costs a quarter of the work at nearly the same result.
+    """
+    for index in range(config.convs_per_block):
+        x = keras.layers.Conv2D(width, 3, padding=config.padding, use_bias=not config.batch_norm)(x)
+        if index == config.convs_per_block - 1 and min(x.shape[1:3]) >= 2:
+            x = keras.layers.MaxPooling2D(2)(x)
         if config.batch_norm:
             x = keras.layers.BatchNormalization()(x)
         x = keras.layers.ReLU()(x)

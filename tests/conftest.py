@@ -1,0 +1,95 @@
+"""Shared fixtures: one smoke run of the whole pipeline per session, tiny in-memory datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_DIR)}
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """A finished runner subprocess and what it left in its workdir."""
+
+    workdir: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return sorted((self.workdir / "runs").iterdir()) if (self.workdir / "runs").exists() else []
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.run_dirs[-1] / "manifest.json").read_text())
+
+
+def run_pipeline_cli(workdir: Path, *args: str, timeout: int = 600) -> PipelineRun:
+    """`python -m pipeline.run --workdir workdir *args` in a subprocess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), *args],
+        cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True, timeout=timeout,
+    )
+    return PipelineRun(workdir, result.returncode, result.stdout, result.stderr)
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (no pytest, no project imports unless it makes them)."""
+    return subprocess.run([sys.executable, "-c", code, *args], env=QUIET_ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> PipelineRun:
+    """The whole pipeline on the smoke preset, profiler on, shared by every test that inspects outputs."""
+    run = run_pipeline_cli(tmp_path_factory.mktemp("smoke"), "--preset", "smoke", "train.profile_batches=(2, 3)")
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def make_images(num_per_class: int, num_classes: int = 3, shape=(6, 6, 1), seed: int = 0):
+    """Tiny learnable data: class k images are brighter in row block k, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), num_per_class)
+    images = rng.integers(0, 60, size=(len(labels), *shape)).astype(np.uint8)
+    for k in range(num_classes):
+        images[labels == k, (k * shape[0]) // num_classes, :, :] = 250
+    order = rng.permutation(len(labels))
+    return images[order], labels[order]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write `array` (uint8) as an MNIST-format IDX file, gzip-compressed when `path` ends in .gz."""
+    import gzip
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    """A small MNIST-format folder (3 classes, 6x6 images): 60 train and 30 test images, gzipped."""
+    train_x, train_y = make_images(20)
+    test_x, test_y = make_images(10, seed=1)
+    data_dir = tmp_path / "idx"
+    data_dir.mkdir()
+    write_idx(data_dir / "train-images-idx3-ubyte.gz", train_x[..., 0])
+    write_idx(data_dir / "train-labels-idx1-ubyte.gz", train_y)
+    write_idx(data_dir / "t10k-images-idx3-ubyte.gz", test_x[..., 0])
+    write_idx(data_dir / "t10k-labels-idx1-ubyte.gz", test_y)
+    return data_dir

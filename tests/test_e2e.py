@@ -1,0 +1,139 @@
+"""The runner end to end on `smoke`, and its exports loaded by consumers in fresh processes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import resolve, to_dict
+from tests.conftest import run_pipeline_cli, run_python
+
+STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "export"]
+
+
+def test_every_stage_succeeds_and_the_manifest_says_so(smoke_run):
+    manifest = smoke_run.manifest
+    assert manifest["status"] == "succeeded"
+    assert [s["name"] for s in manifest["stages"]] == STAGES
+    assert all(s["status"] == "succeeded" and s["seconds"] >= 0 for s in manifest["stages"])
+    assert manifest["run_id"] == smoke_run.run_dirs[-1].name
+    assert manifest["metrics"]["test_accuracy"] > 0.6  # 3 epochs on digits; chance is 0.1
+    assert len(manifest["data_fingerprint"]) == 64
+    assert manifest["export"]["version_dir"].endswith("saved_models/smoke_cnn/1")
+
+
+def test_config_json_is_the_resolved_config(smoke_run):
+    written = json.loads((smoke_run.run_dirs[-1] / "config.json").read_text())
+    expected = json.loads(json.dumps(to_dict(resolve("smoke", ["train.profile_batches=(2, 3)"]))))
+    assert written == expected
+
+
+def test_summary_table_lists_stages_accuracy_and_exports(smoke_run):
+    lines = smoke_run.stdout.splitlines()
+    for stage in STAGES:
+        assert any(line.startswith(stage) and "succeeded" in line for line in lines), stage
+    assert f"test accuracy {smoke_run.manifest['metrics']['test_accuracy']:.4f}" in smoke_run.stdout
+    assert "saved_models/smoke_cnn/1/model.onnx" in smoke_run.stdout
+    assert "Traceback" not in smoke_run.stderr and "oneDNN" not in smoke_run.stderr
+
+
+def test_version_folder_is_complete_and_nothing_half_written_remains(smoke_run):
+    model_dir = smoke_run.workdir / "saved_models" / "smoke_cnn"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
+    version_dir = model_dir / "1"
+    for name in ("saved_model.pb", "variables", "model.onnx", "labels.txt", "metadata.json"):
+        assert (version_dir / name).exists(), name
+    assert (version_dir / "labels.txt").read_text().split() == [str(i) for i in range(10)]
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["run_id"] == smoke_run.manifest["run_id"]
+    assert metadata["data_fingerprint"] == smoke_run.manifest["data_fingerprint"]
+    assert metadata["metrics"]["test_accuracy"] == smoke_run.manifest["metrics"]["test_accuracy"]
+    assert metadata["input"]["shape"] == [None, 8, 8, 1]
+    assert metadata["parity_max_abs_diff"] <= 1e-4
+
+
+def test_tensorboard_has_scalars_images_and_a_profile(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tensorboard_dir = smoke_run.run_dirs[-1] / "tensorboard"
+    train_events = EventAccumulator(str(tensorboard_dir / "train")).Reload()
+    assert "epoch_loss" in train_events.Tags()["tensors"]
+    assert len(train_events.Tensors("epoch_loss")) == 3
+    image_events = EventAccumulator(str(tensorboard_dir / "images")).Reload()
+    assert "train examples" in image_events.Tags()["tensors"]
+    assert list((tensorboard_dir / "train" / "plugins" / "profile").rglob("*.xplane.pb"))
+
+
+SAVED_MODEL_CONSUMER = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+version_dir, test_split = sys.argv[1], sys.argv[2]
+with np.load(test_split) as data:
+    images, labels = data["images"], data["labels"]
+model = tf.saved_model.load(version_dir)
+as_float = model.signatures["serving_default"](pixels=tf.constant(images.astype(np.float32)))["probabilities"]
+as_uint8 = model.signatures["serving_uint8"](pixels=tf.constant(images))["probabilities"]
+print(json.dumps({"float": as_float.numpy().tolist(), "uint8": as_uint8.numpy().tolist(),
+                  "labels": labels.tolist(), "project_imported": "components" in sys.modules}))
+"""
+
+ONNX_CONSUMER = """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+version_dir, test_split = sys.argv[1], sys.argv[2]
+with np.load(test_split) as data:
+    images = data["images"]
+session = ort.InferenceSession(version_dir + "/model.onnx", providers=["CPUExecutionProvider"])
+(probabilities,) = session.run(["probabilities"], {"pixels": images.astype(np.float32)})
+print(json.dumps({"probabilities": probabilities.tolist(), "inputs": [i.name for i in session.get_inputs()],
+                  "tensorflow_imported": any(m.startswith("tensorflow") for m in sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def consumers(smoke_run):
+    version_dir = smoke_run.manifest["export"]["version_dir"]
+    test_split = str(smoke_run.run_dirs[-1] / "ingest" / "test.npz")
+    results = {}
+    for name, code in (("saved_model", SAVED_MODEL_CONSUMER), ("onnx", ONNX_CONSUMER)):
+        process = run_python(code, version_dir, test_split)
+        assert process.returncode == 0, process.stderr
+        results[name] = json.loads(process.stdout.strip().splitlines()[-1])
+    return results
+
+
+def test_saved_model_classifies_raw_pixels_in_a_tensorflow_only_process(smoke_run, consumers):
+    result = consumers["saved_model"]
+    assert not result["project_imported"]
+    probabilities, labels = np.array(result["float"]), np.array(result["labels"])
+    np.testing.assert_allclose(np.array(result["uint8"]), probabilities, atol=1e-6)
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    assert accuracy == pytest.approx(smoke_run.manifest["metrics"]["test_accuracy"], abs=1e-9)
+
+
+def test_onnx_runs_without_tensorflow_and_agrees_with_the_saved_model(consumers):
+    result = consumers["onnx"]
+    assert not result["tensorflow_imported"]
+    assert result["inputs"] == ["pixels"]
+    np.testing.assert_allclose(np.array(result["probabilities"]), np.array(consumers["saved_model"]["float"]),
+                               atol=1e-4)
+
+
+def test_second_run_gets_the_next_version(tmp_path):
+    for _ in range(2):
+        run = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=1")
+        assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (tmp_path / "saved_models" / "smoke_cnn").iterdir()) == ["1", "2"]
+    assert len(run.run_dirs) == 2
+
+
+def test_missing_data_is_one_clear_line_exit_2_and_a_failed_manifest(tmp_path):
+    run = run_pipeline_cli(tmp_path, "--preset", "smoke", f"data.source=idx:{tmp_path / 'nowhere'}")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith("error: data.source=idx:")
+    assert "Traceback" not in run.stderr
+    assert run.manifest["status"] == "failed"
+    assert run.manifest["stages"] == [{"name": "ingest", "status": "failed", "seconds": run.manifest["stages"][0]["seconds"]}]
+    assert not (tmp_path / "saved_models").exists()

@@ -1,0 +1,81 @@
+"""Ingest: stratified, seeded splits; the source's test split untouched; a content fingerprint."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from components.artifacts import load_split
+from components.ingest import ingest
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+from tests.conftest import make_images, write_idx
+
+
+def test_idx_test_split_is_kept_untouched_and_val_is_stratified(idx_dir, tmp_path):
+    config = DataConfig(source=f"idx:{idx_dir}", val_fraction=0.25, seed=3)
+    splits = ingest(config, tmp_path / "out")
+    assert splits.num_examples == {"train": 45, "val": 15, "test": 30}
+    val_images, val_labels = load_split(splits, "val")
+    assert np.bincount(val_labels).tolist() == [5, 5, 5]
+    from components.sources import read_idx_dir
+    source = read_idx_dir(idx_dir)
+    test_images, test_labels = load_split(splits, "test")
+    np.testing.assert_array_equal(test_images, source.test_images)
+    np.testing.assert_array_equal(test_labels, source.test_labels)
+
+
+def test_splits_are_disjoint_and_cover_the_training_data(idx_dir, tmp_path):
+    splits = ingest(DataConfig(source=f"idx:{idx_dir}", val_fraction=0.2), tmp_path / "out")
+    train_images, _ = load_split(splits, "train")
+    val_images, _ = load_split(splits, "val")
+    rows = {bytes(image) for image in np.concatenate([train_images, val_images])}
+    assert len(rows) == 60  # make_images' noise makes every image unique
+
+
+def test_same_seed_same_splits_other_seed_other_splits(idx_dir, tmp_path):
+    config = DataConfig(source=f"idx:{idx_dir}", val_fraction=0.25, seed=1)
+    first = load_split(ingest(config, tmp_path / "a"), "val")[0]
+    again = load_split(ingest(config, tmp_path / "b"), "val")[0]
+    other = load_split(ingest(dataclasses.replace(config, seed=2), tmp_path / "c"), "val")[0]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_fingerprint_follows_the_content_not_the_path(idx_dir, tmp_path):
+    a = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "a").fingerprint
+    b = ingest(DataConfig(source=f"idx:{idx_dir}", seed=9), tmp_path / "b").fingerprint
+    assert a == b and len(a) == 64
+    images, labels = make_images(20, seed=5)
+    write_idx(idx_dir / "train-images-idx3-ubyte.gz", images[..., 0])
+    assert ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "c").fingerprint != a
+
+
+def test_digits_get_a_seeded_stratified_test_split(tmp_path):
+    splits = ingest(DataConfig(source="digits", test_fraction=0.2, val_fraction=0.1), tmp_path / "out")
+    assert splits.num_examples["test"] == 360
+    assert sum(splits.num_examples.values()) == 1797
+    _, test_labels = load_split(splits, "test")
+    assert np.bincount(test_labels).min() >= 35
+
+
+def test_max_train_examples_caps_train_only(idx_dir, tmp_path):
+    splits = ingest(DataConfig(source=f"idx:{idx_dir}", val_fraction=0.25, max_train_examples=30), tmp_path / "o")
+    assert splits.num_examples == {"train": 30, "val": 15, "test": 30}
+    assert np.bincount(load_split(splits, "train")[1]).tolist() == [10, 10, 10]
+
+
+def test_class_names_override_must_match_the_number_of_classes(idx_dir, tmp_path):
+    splits = ingest(DataConfig(source=f"idx:{idx_dir}", class_names="cat, dog,bird"), tmp_path / "a")
+    assert splits.class_names == ("cat", "dog", "bird")
+    with pytest.raises(UserError, match="data.class_names has 2 names but the data has 3 classes"):
+        ingest(DataConfig(source=f"idx:{idx_dir}", class_names="cat,dog"), tmp_path / "b")
+
+
+def test_a_class_too_small_to_split_is_a_user_error(idx_dir, tmp_path):
+    images, labels = make_images(20)
+    labels[:] = 0
+    labels[0] = 1
+    write_idx(idx_dir / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(UserError, match="every class needs at least 2 training examples"):
+        ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "out")

@@ -1,0 +1,21 @@
+"""Preprocess: statistics come from the training split only."""
+
+import json
+
+import numpy as np
+import pytest
+
+from components.preprocess import preprocess
+from pipeline.config import PreprocessConfig
+from tests.test_validate import write_splits
+from tests.conftest import make_images
+
+
+def test_statistics_come_from_train_only(tmp_path):
+    train = make_images(4)
+    bright_val = (np.full((6, 6, 6, 1), 255, np.uint8), np.repeat(np.arange(3), 2))
+    splits = write_splits(tmp_path, train, val=bright_val)
+    normalization = preprocess(PreprocessConfig(epsilon=0.0), splits, tmp_path / "out")
+    assert normalization.mean == pytest.approx(train[0].mean())
+    assert normalization.std == pytest.approx(train[0].astype(np.float64).std())
+    assert json.loads(normalization.normalization_path.read_text())["mean"] == normalization.mean

@@ -1,0 +1,21 @@
+"""The TFDS source through ingest and validate, with TFDS's own mock (no download here)."""
+
+import numpy as np
+
+from components.artifacts import load_split
+from components.ingest import ingest
+from components.validate import validate
+from pipeline.config import DataConfig, ValidateConfig
+
+
+def test_tfds_mnist_through_ingest_and_validate(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=200):
+        splits = ingest(DataConfig(source="tfds:mnist", tfds_data_dir=str(tmp_path / "tfds")), tmp_path / "ingest")
+    assert sum(splits.num_examples.values()) == 200
+    assert splits.class_names == tuple(str(i) for i in range(10))
+    images, labels = load_split(splits, "train")
+    assert images.shape[1:] == (28, 28, 1) and images.dtype == np.uint8
+    schema = validate(ValidateConfig(), splits, tmp_path / "validate")
+    assert schema.image_shape == (28, 28, 1) and schema.num_classes == 10
