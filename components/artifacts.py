@@ -46,6 +46,7 @@ class TrainedModel:
     model_path: Path
     precision: str
     history_path: Path
+    weights_sha256: str  # identifies the trained weights, e.g. to tell whether an export is this model
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Metrics:
     metrics_path: Path
     test_loss: float
     test_accuracy: float
+    blessed: bool  # good enough to export: above evaluate.min_accuracy, no regression from the baseline
+    blessing_reason: str
 
 
 @dataclass(frozen=True)

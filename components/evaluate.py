@@ -16,27 +16,77 @@ from pipeline.config import EvaluateConfig
 log = logging.getLogger(__name__)
 
 
-def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_dir: Path) -> Metrics:
-    """Score the trained model on the untouched test split and write `metrics.json`.
+def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_dir: Path,
+             baseline_dir: Path | None = None) -> Metrics:
+    """Score the trained model on the untouched test split, decide whether to bless it, write JSON.
 
     Args:
         config: the `evaluate` section.
         trained: train's output.
         splits: ingest's output; only `test` is read.
-        out_dir: folder for `metrics.json`; created.
+        out_dir: folder for `metrics.json` (metrics only: byte-identical for identical models) and
+            `blessing.json` (the decision, the baseline and the reason); created.
+        baseline_dir: an exported version to compare with (see `find_baseline`), scored on the same
+            test split; None when there is none.
 
     Returns:
-        Test loss and accuracy (the full report is in the file).
+        Test loss and accuracy, and the blessing (the full report is in the files).
     """
     images, labels = load_split(splits, "test")
     model = keras.models.load_model(trained.model_path, compile=False)
     probabilities = model.predict(images.astype(np.float32), batch_size=config.batch_size, verbose=0)
     metrics = classification_metrics(labels, probabilities, splits.class_names)
+    blessing = bless(config, metrics["test_accuracy"], baseline_dir, images, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2))
-    log.info("evaluate: test accuracy %.4f, loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-    return Metrics(path, metrics["test_loss"], metrics["test_accuracy"])
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=2))
+    log.info("evaluate: test accuracy %.4f, loss %.4f; %s", metrics["test_accuracy"], metrics["test_loss"],
+             blessing["reason"])
+    return Metrics(out_dir / "metrics.json", metrics["test_loss"], metrics["test_accuracy"],
+                   blessing["blessed"], blessing["reason"])
+
+
+def find_baseline(model_dir: Path, trained: TrainedModel) -> Path | None:
+    """The newest exported version under `model_dir`, unless it is this very model (or there is none)."""
+    versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    if not versions:
+        return None
+    metadata = json.loads((versions[-1] / "metadata.json").read_text())
+    return None if metadata.get("weights_sha256") == trained.weights_sha256 else versions[-1]
+
+
+def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, images: np.ndarray,
+          labels: np.ndarray) -> dict:
+    """Blessed when accuracy >= min_accuracy and, against a comparable baseline, drops <= max_regression."""
+    decision = {"blessed": True, "test_accuracy": accuracy, "baseline": None, "baseline_accuracy": None}
+    if accuracy < config.min_accuracy:
+        return {**decision, "blessed": False,
+                "reason": f"not blessed: test accuracy {accuracy:.4f} < evaluate.min_accuracy {config.min_accuracy}"}
+    baseline_accuracy = _baseline_accuracy(baseline_dir, images, labels) if baseline_dir else None
+    if baseline_accuracy is None:
+        return {**decision, "reason": f"blessed: test accuracy {accuracy:.4f}, no comparable baseline"}
+    decision.update(baseline=str(baseline_dir), baseline_accuracy=baseline_accuracy)
+    if accuracy < baseline_accuracy - config.max_regression:
+        return {**decision, "blessed": False,
+                "reason": f"not blessed: test accuracy {accuracy:.4f} < baseline {baseline_accuracy:.4f} "
+                          f"({baseline_dir.parent.name}/{baseline_dir.name}) - evaluate.max_regression "
+                          f"{config.max_regression}"}
+    return {**decision, "reason": f"blessed: test accuracy {accuracy:.4f} vs baseline {baseline_accuracy:.4f} "
+                                  f"({baseline_dir.parent.name}/{baseline_dir.name})"}
+
+
+def _baseline_accuracy(baseline_dir: Path, images: np.ndarray, labels: np.ndarray) -> float | None:
+    """The exported baseline's accuracy on this test split, or None if it takes other inputs."""
+    import tensorflow as tf
+
+    serving = tf.saved_model.load(str(baseline_dir)).signatures["serving_default"]
+    expected_shape = serving.structured_input_signature[1]["pixels"].shape
+    if not expected_shape[1:].is_compatible_with(images.shape[1:]):
+        log.warning("evaluate: baseline %s takes %s images, not %s: not compared", baseline_dir,
+                    expected_shape[1:], images.shape[1:])
+        return None
+    probabilities = serving(pixels=tf.constant(images.astype(np.float32)))["probabilities"].numpy()
+    return float(accuracy_score(labels, probabilities.argmax(axis=1)))
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]) -> dict:

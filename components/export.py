@@ -63,7 +63,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         (staging_dir / "labels.txt").write_text("\n".join(splits.class_names) + "\n")
         images = load_split(splits, "test")[0][: config.parity_examples]
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
-        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained.precision, max_diff)
+        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff)
         version_dir = _publish(staging_dir, model_dir)
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
@@ -129,7 +129,7 @@ def check_parity(model: keras.Model, version_dir: Path, images: np.ndarray, atol
 
 
 def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Schema, metrics: Metrics,
-                    trained_precision: str, parity_max_abs_diff: float) -> None:
+                    trained: TrainedModel, parity_max_abs_diff: float) -> None:
     metadata = {
         "run_id": run_id,
         "data_fingerprint": splits.fingerprint,
@@ -138,7 +138,8 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
                   "range": [0, 255], "normalization": "inside the model"},
         "output": {"name": OUTPUT_NAME, "shape": [None, schema.num_classes]},
         "class_names": list(splits.class_names),
-        "trained_precision": trained_precision,
+        "weights_sha256": trained.weights_sha256,
+        "trained_precision": trained.precision,
         "exported_precision": "float32",
         "parity_max_abs_diff": parity_max_abs_diff,
     }

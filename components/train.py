@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -19,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: Schema,
-          normalization: Normalization, out_dir: Path, tensorboard_dir: Path) -> TrainedModel:
+          normalization: Normalization, out_dir: Path, tensorboard_dir: Path,
+          resume_dir: Path | None = None) -> TrainedModel:
     """Train the model and save it as `model.keras` with its per-epoch `history.json`.
 
     Args:
@@ -30,9 +34,11 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         normalization: preprocess's output, baked into the model's first layer.
         out_dir: folder for the model and its history; created.
         tensorboard_dir: where TensorBoard's scalars, images and profiler trace go.
+        resume_dir: where the state after each finished epoch is kept; a later call with the same
+            folder resumes from it and ends with the same weights as an uninterrupted run.
 
     Returns:
-        The saved model's path, the precision policy it trained in, and its history's path.
+        The saved model's path and weights hash, the precision policy it trained in, its history.
     """
     precision = choose_precision(config.precision, local_devices())
     _seed_everything(config.seed, config.deterministic)
@@ -45,32 +51,76 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         steps_per_epoch = -(-len(train_labels) // config.batch_size)
         model.compile(optimizer=_optimizer(config, steps_per_epoch),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        log_images(tensorboard_dir, train_images[: config.log_images])
-        history = model.fit(
-            make_dataset(train_images, train_labels, config.batch_size, shuffle_seed=config.seed),
+        checkpoint = EpochCheckpoint(resume_dir) if resume_dir else None
+        first_epoch, history = checkpoint.restore(model) if checkpoint else (0, {})
+        if first_epoch == 0:
+            log_images(tensorboard_dir, train_images[: config.log_images])
+        fit = model.fit(
+            make_dataset(train_images, train_labels, config.batch_size, shuffle_seed=config.seed,
+                         epochs=config.epochs, first_epoch=first_epoch),
             validation_data=make_dataset(val_images, val_labels, config.batch_size),
-            epochs=config.epochs, callbacks=[_tensorboard(config, tensorboard_dir, steps_per_epoch)],
-            shuffle=False, verbose=2,  # the dataset shuffles itself, seeded
+            epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+            callbacks=[_tensorboard(config, tensorboard_dir, steps_per_epoch)] + ([checkpoint] if checkpoint else []),
+            shuffle=False, verbose=2,  # the dataset shuffles itself, seeded per epoch
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / "model.keras")
-    history_path = out_dir / "history.json"
-    history_path.write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.history.items()}, indent=2))
-    log.info("train: %d epochs in %s, val_accuracy %.4f", config.epochs, precision,
-             history.history["val_accuracy"][-1])
-    return TrainedModel(out_dir / "model.keras", precision, history_path)
+    history = {key: history.get(key, []) + [float(v) for v in values] for key, values in fit.history.items()}
+    return _save(model, history, precision, out_dir, checkpoint)
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
-                 shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches of (float32 pixels, labels): cached, shuffled with a seed when given, prefetched."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves every model and optimizer variable, RNG states included, after each finished epoch.
+
+    Keras's BackupAndRestore keeps weights and optimizer state but not the dropout layers' seed
+    generators, so a resumed run would drift from an uninterrupted one; this keeps all of them.
+    """
+
+    def __init__(self, resume_dir: Path):
+        super().__init__()
+        self.resume_dir = resume_dir
+        self.state_path = resume_dir / "state.npz"
+        self.history: dict[str, list[float]] = {}
+
+    def restore(self, model: keras.Model) -> tuple[int, dict[str, list[float]]]:
+        """Load the last saved state into `model`; returns the epoch to start at and the history so far."""
+        if not self.state_path.exists():
+            return 0, {}
+        model.optimizer.build(model.trainable_variables)
+        with np.load(self.state_path, allow_pickle=False) as state:
+            for index, variable in enumerate(_all_variables(model)):
+                variable.assign(state[f"v{index}"])
+            epoch = int(state["epoch"])
+        self.history = json.loads((self.resume_dir / "history.json").read_text())
+        log.info("train: resuming after epoch %d from %s", epoch + 1, self.resume_dir)
+        return epoch + 1, {key: list(values) for key, values in self.history.items()}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.resume_dir.mkdir(parents=True, exist_ok=True)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        state = {f"v{index}": variable.numpy() for index, variable in enumerate(_all_variables(self.model))}
+        _atomic_write(self.resume_dir / "history.json", lambda path: path.write_text(json.dumps(self.history)))
+        _atomic_write(self.state_path, lambda path: np.savez(path, epoch=epoch, **state))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.resume_dir, ignore_errors=True)
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
+                 epochs: int = 1, first_epoch: int = 0) -> tf.data.Dataset:
+    """Batches of (float32 pixels, labels): cached, prefetched, and with a seed, shuffled.
+
+    Each epoch's shuffle is seeded by `shuffle_seed + epoch`, so epochs `first_epoch..epochs-1`
+    see the same batches whether or not training was interrupted before `first_epoch`.
+    """
+    examples = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    if shuffle_seed is None:
+        batches = examples.batch(batch_size)
+    else:
+        batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(
+            lambda epoch: examples.shuffle(len(labels), seed=shuffle_seed + epoch).batch(batch_size))
+    return batches.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
 
 def log_images(tensorboard_dir: Path, images: np.ndarray) -> None:
@@ -80,6 +130,36 @@ def log_images(tensorboard_dir: Path, images: np.ndarray) -> None:
     with tf.summary.create_file_writer(str(tensorboard_dir / "images")).as_default():
         scaled = tf.cast(images, tf.float32) / max(float(images.max()), 1.0)
         tf.summary.image("train examples", scaled, step=0, max_outputs=len(images))
+
+
+def _save(model: keras.Model, history: dict[str, list[float]], precision: str, out_dir: Path,
+          checkpoint: EpochCheckpoint | None) -> TrainedModel:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / "model.keras")
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    if checkpoint:
+        checkpoint.clear()
+    log.info("train: %d epochs in %s, val_accuracy %.4f", len(history["loss"]), precision, history["val_accuracy"][-1])
+    return TrainedModel(out_dir / "model.keras", precision, out_dir / "history.json", weights_sha256(model))
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """sha256 over every weight's dtype, shape and bytes: equal hashes, identical models."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def _all_variables(model: keras.Model) -> list:
+    return list(model.variables) + list(model.optimizer.variables)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp_path = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp_path)
+    os.replace(tmp_path, path)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

@@ -62,6 +62,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 512  # examples per inference step
+    min_accuracy: float = 0.0  # test accuracy a model needs to be blessed (exported)
+    max_regression: float = 0.01  # largest drop in test accuracy from the newest export still blessed
+    fail_if_not_blessed: bool = False  # exit code 1 instead of 0 when the model is not blessed
 
 
 @dataclass(frozen=True)

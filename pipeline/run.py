@@ -1,5 +1,6 @@
 """Command line: `python -m pipeline.run [--preset NAME] [--workdir DIR] [section.key=value ...]`.
 
+Stage selection: `--force [STAGE]`, `--only STAGE`, `--from STAGE`, `--until STAGE`.
 Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else.
 """
 
@@ -15,17 +16,23 @@ from pathlib import Path
 from pipeline.config import PRESETS, resolve, valid_keys
 from pipeline.errors import UserError
 
-log = logging.getLogger("pipeline")
+STAGES = ("ingest", "validate", "preprocess", "train", "evaluate", "export")  # runner.STAGE_NAMES, without TF
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.run",
-        description="Run ingest, validate, preprocess, train, evaluate and export.",
+        description="Run ingest, validate, preprocess, train, evaluate and export; reuse cached stages.",
         epilog="Config keys: " + ", ".join(valid_keys()),
     )
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named set of overrides")
-    parser.add_argument("--workdir", type=Path, default=Path("."), help="holds runs/ and saved_models/")
+    parser.add_argument("--workdir", type=Path, default=Path("."), help="holds runs/, cache/, saved_models/")
+    parser.add_argument("--force", nargs="?", const="all", choices=("all", *STAGES),
+                        help="rerun every stage, or just STAGE, ignoring the cache")
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument("--only", choices=STAGES, help="run just STAGE (earlier stages must be cached)")
+    selection.add_argument("--from", dest="first", choices=STAGES, help="rerun STAGE and every later one")
+    parser.add_argument("--until", choices=STAGES, help="stop after STAGE")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up logs")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3")
     return parser.parse_args(argv)
@@ -39,14 +46,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(args.preset, args.overrides)
         _quiet_tensorflow(args.verbose)
-        from pipeline.runner import format_summary, run_pipeline  # imports TensorFlow: after the config is valid
+        from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline  # imports TensorFlow
 
-        manifest = run_pipeline(config, args.workdir)
+        command = " ".join(["python -m pipeline.run", *(argv if argv is not None else sys.argv[1:])])
+        manifest = run_pipeline(config, args.workdir, selection(args), command)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ModelNotBlessed as error:
+        print(f"error: {error} (evaluate.fail_if_not_blessed=true)", file=sys.stderr)
+        return 1
     print(format_summary(manifest))
     return 0
+
+
+def selection(args: argparse.Namespace):
+    """The runner's Selection from --force/--only/--from/--until."""
+    from pipeline.runner import Selection
+
+    first = args.only or args.first or STAGES[0]
+    last = args.only or args.until or STAGES[-1]
+    if STAGES.index(last) < STAGES.index(first):
+        raise UserError(f"--until {last} comes before --from {first}; pick a range in pipeline order: "
+                        f"{' -> '.join(STAGES)}")
+    force = set(STAGES if args.force == "all" else [args.force] if args.force else [])
+    if args.only or args.first:  # asking for a stage by name means running it
+        force |= set(STAGES[STAGES.index(first): STAGES.index(last) + 1])
+    return Selection(first, last, frozenset(force))
 
 
 def _quiet_tensorflow(verbose: bool) -> None:

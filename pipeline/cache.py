@@ -1,0 +1,100 @@
+"""The stage cache: finished executions' outputs under `cache/<stage>/<fingerprint>/`.
+
+A stage writes into a hidden temporary folder beside its final place; `artifact.json` is written
+last and the folder is renamed into place, so a folder under its fingerprint is always finished.
+A process killed midway leaves only a `.tmp-*` folder, which no lookup ever reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any
+
+from components import artifacts as artifact_types
+
+ARTIFACT_FILE = "artifact.json"
+
+
+class StageCache:
+    """Finished stage outputs of one workdir, by stage and fingerprint."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+
+    def final_dir(self, stage: str, fingerprint: str) -> Path:
+        return self.cache_dir / stage / fingerprint
+
+    def lookup(self, stage: str, fingerprint: str) -> Any | None:
+        """The artifact of a finished execution, or None if there is none whose files still exist."""
+        final_dir = self.final_dir(stage, fingerprint)
+        try:
+            artifact = _load(final_dir)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return artifact if all(path.exists() for path in _paths(artifact)) else None
+
+    def new_work_dir(self, stage: str) -> Path:
+        """A fresh temporary folder for an execution's outputs."""
+        (self.cache_dir / stage).mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_dir / stage))
+
+    def commit(self, stage: str, fingerprint: str, work_dir: Path, artifact: Any, replace: bool = False) -> Any:
+        """Move a finished execution into place and return its artifact with paths in the final folder.
+
+        With `replace` (a forced rerun) the new outputs take the place of old ones; otherwise, if
+        another process committed the same fingerprint first, its outputs are kept and returned.
+        """
+        final_dir = self.final_dir(stage, fingerprint)
+        (work_dir / ARTIFACT_FILE).write_text(json.dumps(_dump(artifact, work_dir), indent=2))
+        old_dir = final_dir.with_name(f".old-{fingerprint}-{os.getpid()}")
+        if replace and final_dir.exists():
+            os.rename(final_dir, old_dir)
+        try:
+            os.rename(work_dir, final_dir)
+        except OSError:
+            if not final_dir.exists():
+                raise
+            shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(old_dir, ignore_errors=True)
+        return _load(final_dir)
+
+    def discard(self, work_dir: Path) -> None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _dump(artifact: Any, work_dir: Path) -> dict[str, Any]:
+    """The artifact as JSON; paths inside `work_dir` become relative so they survive the rename."""
+    fields = {}
+    for name, value in dataclasses.asdict(artifact).items():
+        if isinstance(value, Path) and value.is_relative_to(work_dir):
+            value = {"relative": str(value.relative_to(work_dir))}
+        elif isinstance(value, Path):
+            value = {"absolute": str(value)}
+        fields[name] = value
+    return {"type": type(artifact).__name__, "fields": fields}
+
+
+def _load(final_dir: Path) -> Any:
+    data = json.loads((final_dir / ARTIFACT_FILE).read_text())
+    cls = getattr(artifact_types, data["type"])
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for name, value in data["fields"].items():
+        if isinstance(value, dict) and "relative" in value:
+            value = final_dir / value["relative"]
+        elif isinstance(value, dict) and "absolute" in value:
+            value = Path(value["absolute"])
+        elif isinstance(value, list) and typing.get_origin(hints[name]) is tuple:
+            value = tuple(value)
+        fields[name] = value
+    return cls(**fields)
+
+
+def _paths(artifact: Any) -> list[Path]:
+    return [value for value in dataclasses.asdict(artifact).values() if isinstance(value, Path)]

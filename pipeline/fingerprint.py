@@ -1,0 +1,107 @@
+"""Fingerprints that decide when a stage's cached outputs can be reused.
+
+A stage execution's fingerprint covers its code (the stage's module and every project module it
+imports, directly or not), its config sections, the fingerprints of its input artifacts and any
+outside state it reads (source files, the baseline model). Code is hashed as its syntax tree, so
+a comment or formatting change does not invalidate the cache, while any change to what runs does.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from functools import lru_cache
+from typing import Any
+
+PROJECT_PACKAGES = ("components", "pipeline")
+# What these modules mean to a stage is its config section (hashed as data) or an exception class;
+# hashing their code would rerun every stage whenever a preset or a default comment is edited.
+NOT_CODE_INPUTS = ("pipeline.config", "pipeline.errors")
+
+
+def digest(data: Any) -> str:
+    """sha256 of `data` as canonical JSON."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_state(source: str) -> list[tuple[str, int, int]] | None:
+    """Name, size and modification time of every file a `kind:PATH` source reads (None for others).
+
+    Cheap enough to compute on every run (DVC-style), and any edit, copy or touch of the data shows.
+    """
+    path = Path(source.partition(":")[2])
+    if not source.partition(":")[2] or not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(p.relative_to(path)) if p != path else p.name, *_size_and_mtime(p)) for p in files]
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def code_fingerprint(module_name: str) -> str:
+    """sha256 over the syntax trees of `module_name` and the project modules it imports, transitively."""
+    return digest({name: _module_tree(name) for name in sorted(project_imports(module_name))})
+
+
+def project_imports(module_name: str) -> set[str]:
+    """`module_name` and every project module reachable from it through import statements."""
+    seen: set[str] = set()
+    pending = [module_name]
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.add(name)
+            pending.extend(_direct_project_imports(name))
+    return seen
+
+
+@lru_cache(maxsize=None)
+def _module_tree(module_name: str) -> str:
+    tree = ast.parse(_source(module_name))
+    for node in ast.walk(tree):  # docstrings are comments too: drop them
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+@lru_cache(maxsize=None)
+def _direct_project_imports(module_name: str) -> tuple[str, ...]:
+    names = []
+    for node in ast.walk(ast.parse(_source(module_name))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            if _is_package(node.module):  # `from components import model` names a module too
+                names += [f"{node.module}.{alias.name}" for alias in node.names]
+    return tuple(name for name in names
+                 if name.split(".")[0] in PROJECT_PACKAGES and name not in NOT_CODE_INPUTS and _is_module(name))
+
+
+def _is_module(name: str) -> bool:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin is not None and spec.origin.endswith(".py")
+
+
+def _is_package(name: str) -> bool:
+    spec = importlib.util.find_spec(name) if name.split(".")[0] in PROJECT_PACKAGES else None
+    return spec is not None and spec.submodule_search_locations is not None
+
+
+def _source(module_name: str) -> str:
+    spec = importlib.util.find_spec(module_name)
+    assert spec is not None and spec.origin is not None, module_name
+    with open(spec.origin, encoding="utf-8") as f:
+        return f.read()

@@ -1,0 +1,131 @@
+"""Lineage in one SQLite file: runs, stage executions and the artifacts they used and produced.
+
+ML Metadata's model in four tables. Every write is one short transaction in WAL mode with a busy
+timeout, so several runner processes can share a workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
+    host TEXT, pid INTEGER, command TEXT, config TEXT, reproduction TEXT,
+    data_fingerprint TEXT, test_accuracy REAL, blessed INTEGER, exported_version TEXT);
+CREATE TABLE IF NOT EXISTS executions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(run_id),
+    stage TEXT NOT NULL, fingerprint TEXT NOT NULL, code_fingerprint TEXT, status TEXT NOT NULL,
+    cache_hit INTEGER NOT NULL DEFAULT 0, started REAL NOT NULL, ended REAL);
+CREATE TABLE IF NOT EXISTS artifacts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, path TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, UNIQUE (path, fingerprint));
+CREATE TABLE IF NOT EXISTS events (
+    execution_id INTEGER NOT NULL REFERENCES executions(id),
+    artifact_id INTEGER NOT NULL REFERENCES artifacts(id),
+    type TEXT NOT NULL CHECK (type IN ('input', 'output')));
+CREATE INDEX IF NOT EXISTS executions_by_run ON executions(run_id);
+CREATE INDEX IF NOT EXISTS artifacts_by_path ON artifacts(path);
+"""
+
+
+class Lineage:
+    """The lineage database of one workdir."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+        with self._transaction() as db:
+            db.executescript(SCHEMA)
+
+    def start_run(self, run_id: str, command: str, config: dict, reproduction: dict) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO runs (run_id, status, started, host, pid, command, config, reproduction) "
+                       "VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+                       (run_id, time.time(), socket.gethostname(), os.getpid(), command,
+                        json.dumps(config), json.dumps(reproduction)))
+
+    def end_run(self, run_id: str, status: str, data_fingerprint: str | None, test_accuracy: float | None,
+                blessed: bool | None, exported_version: str | None) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET status = ?, ended = ?, data_fingerprint = ?, test_accuracy = ?, "
+                       "blessed = ?, exported_version = ? WHERE run_id = ?",
+                       (status, time.time(), data_fingerprint, test_accuracy, blessed, exported_version, run_id))
+
+    def record_execution(self, run_id: str, stage: str, fingerprint: str, code_fingerprint: str, status: str,
+                         cache_hit: bool, started: float, inputs: list[tuple[str, str, str]],
+                         outputs: list[tuple[str, str, str]]) -> None:
+        """One stage execution with its input and output artifacts as (stage, path, fingerprint)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO executions (run_id, stage, fingerprint, code_fingerprint, status, cache_hit, started, "
+                "ended) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, stage, fingerprint, code_fingerprint, status, cache_hit, started, time.time()))
+            for event_type, artifacts in (("input", inputs), ("output", outputs)):
+                for artifact in artifacts:
+                    db.execute("INSERT OR IGNORE INTO artifacts (stage, path, fingerprint) VALUES (?, ?, ?)", artifact)
+                    (artifact_id,) = db.execute("SELECT id FROM artifacts WHERE path = ? AND fingerprint = ?",
+                                                artifact[1:]).fetchone()
+                    db.execute("INSERT INTO events VALUES (?, ?, ?)", (cursor.lastrowid, artifact_id, event_type))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first; a run still marked running whose process is gone shows as `killed`."""
+        rows = self._query("SELECT * FROM runs ORDER BY started DESC")
+        for row in rows:
+            if row["status"] == "running" and row["host"] == socket.gethostname() and not _alive(row["pid"]):
+                row["status"] = "killed"
+        return rows
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        rows = [row for row in self.runs() if row["run_id"] == run_id]
+        if not rows:
+            return None
+        run = rows[0]
+        run["executions"] = self._query("SELECT * FROM executions WHERE run_id = ? ORDER BY id", (run_id,))
+        for execution in run["executions"]:
+            execution["artifacts"] = self._query(
+                "SELECT events.type, artifacts.stage, artifacts.path, artifacts.fingerprint FROM events "
+                "JOIN artifacts ON artifacts.id = events.artifact_id WHERE events.execution_id = ?",
+                (execution["id"],))
+        return run
+
+    def producer_of(self, path: str) -> str | None:
+        """The run whose (non-cached) execution first produced the artifact at `path`."""
+        rows = self._query(
+            "SELECT executions.run_id FROM artifacts JOIN events ON events.artifact_id = artifacts.id "
+            "JOIN executions ON executions.id = events.execution_id WHERE artifacts.path = ? "
+            "AND events.type = 'output' ORDER BY executions.cache_hit, executions.id LIMIT 1", (path,))
+        return rows[0]["run_id"] if rows else None
+
+    def _query(self, sql: str, parameters: tuple = ()) -> list[dict[str, Any]]:
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql, parameters)]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as db, db:
+            yield db
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, timeout=60)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
