@@ -1,0 +1,191 @@
+"""The pipeline engine: caching, stage selection, lineage, blessing, reproducibility, concurrency."""
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli
+
+STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "export"]
+
+
+def statuses(run) -> dict[str, str]:
+    assert run.returncode == 0, run.stderr
+    return {stage["name"]: stage["status"] for stage in run.manifest["stages"]}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A workdir with one finished smoke run (model `engine`), shared by the caching tests."""
+    workdir = tmp_path_factory.mktemp("engine")
+    first = run_pipeline_cli(workdir, "--preset", "smoke", "export.model_name=engine")
+    assert set(statuses(first).values()) == {"succeeded"}
+    return workdir
+
+
+def test_rerunning_a_finished_command_reuses_every_stage(workdir):
+    run = run_pipeline_cli(workdir, "--preset", "smoke", "export.model_name=engine")
+    assert set(statuses(run).values()) == {"cached"}
+    assert run.manifest["export"]["version_dir"].endswith("engine/1")
+    assert sorted(p.name for p in (workdir / "saved_models" / "engine").iterdir()) == ["1"]
+    assert "cached" in run.stdout
+
+
+def test_changing_epochs_reruns_train_evaluate_and_export_only(workdir):
+    run = run_pipeline_cli(workdir, "--preset", "smoke", "export.model_name=engine_epochs", "train.epochs=2")
+    assert statuses(run) == {"ingest": "cached", "validate": "cached", "preprocess": "cached",
+                             "train": "succeeded", "evaluate": "succeeded", "export": "succeeded"}
+
+
+def test_changing_the_data_source_reruns_everything(workdir, idx_dir):
+    run = run_pipeline_cli(workdir, "--preset", "smoke", f"data.source=idx:{idx_dir}", "data.val_fraction=0.2",
+                           "export.model_name=engine_idx")
+    assert set(statuses(run).values()) == {"succeeded"}
+
+
+def test_touching_the_source_files_reruns_ingest_but_not_what_the_same_content_feeds(workdir, idx_dir):
+    args = ("--preset", "smoke", f"data.source=idx:{idx_dir}", "data.val_fraction=0.2", "export.model_name=engine_t")
+    assert set(statuses(run_pipeline_cli(workdir, *args)).values()) <= {"succeeded", "cached"}
+    (idx_dir / "train-images-idx3-ubyte.gz").touch()
+    assert statuses(run_pipeline_cli(workdir, *args)) == {
+        "ingest": "succeeded", "validate": "cached", "preprocess": "cached",
+        "train": "cached", "evaluate": "cached", "export": "cached"}
+
+
+def test_force_only_from_until(workdir):
+    base = ("--preset", "smoke", "export.model_name=engine")
+    assert statuses(run_pipeline_cli(workdir, *base, "--force", "validate"))["validate"] == "succeeded"
+    forced = statuses(run_pipeline_cli(workdir, *base, "--force"))
+    assert set(forced.values()) == {"succeeded"}
+    assert statuses(run_pipeline_cli(workdir, *base, "--only", "evaluate")) == {
+        "ingest": "cached", "validate": "cached", "preprocess": "cached", "train": "cached", "evaluate": "succeeded"}
+    from_train = statuses(run_pipeline_cli(workdir, *base, "--from", "train"))
+    assert [from_train[s] for s in STAGES] == ["cached"] * 3 + ["succeeded"] * 3
+    assert list(statuses(run_pipeline_cli(workdir, *base, "--until", "preprocess"))) == STAGES[:3]
+
+
+def test_only_a_stage_whose_inputs_are_not_cached_is_a_user_error(tmp_path):
+    run = run_pipeline_cli(tmp_path, "--preset", "smoke", "--only", "train")
+    assert run.returncode == 2
+    assert "error: stage ingest has no cached result for this config" in run.stderr
+
+
+def test_editing_stage_code_or_a_helper_it_imports_reruns_from_there(tmp_path):
+    repo = tmp_path / "repo"
+    for package in ("pipeline", "components"):
+        shutil.copytree(REPO_DIR / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    workdir = tmp_path / "work"
+
+    def run() -> dict[str, str]:
+        process = subprocess.run([sys.executable, "-m", "pipeline.run", "--preset", "smoke", "--workdir",
+                                  str(workdir), "train.epochs=1"], cwd=repo, capture_output=True, text=True,
+                                 env={**QUIET_ENV, "PYTHONPATH": str(repo)}, timeout=600)
+        assert process.returncode == 0, process.stderr
+        manifest = json.loads(sorted((workdir / "runs").glob("*/manifest.json"))[-1].read_text())
+        return {stage["name"]: stage["status"] for stage in manifest["stages"]}
+
+    rerun_from_train = {"ingest": "cached", "validate": "cached", "preprocess": "cached",
+                        "train": "succeeded", "evaluate": "succeeded", "export": "succeeded"}
+    run()
+    model_py = repo / "components" / "model.py"
+    model_py.write_text(model_py.read_text() + "\n# a comment changes nothing that runs\n")
+    assert set(run().values()) == {"cached"}
+    model_py.write_text(model_py.read_text().replace("        x = keras.layers.ReLU()(x)\n",
+                                                     "        x = keras.layers.ReLU(name=None)(x)\n"))
+    assert run() == rerun_from_train
+    train_py = repo / "components" / "train.py"
+    train_py.write_text(train_py.read_text() + "\n\ndef _unused_helper():\n    return 1\n")
+    assert run() == rerun_from_train
+
+
+def test_lineage_lists_runs_and_shows_what_produced_an_export(workdir):
+    listing = subprocess.run([sys.executable, "-m", "pipeline.runs", "--workdir", str(workdir)],
+                             cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True, check=True).stdout
+    with sqlite3.connect(workdir / "lineage.sqlite") as db:
+        runs = db.execute("SELECT run_id, status FROM runs ORDER BY started").fetchall()
+        first_export = db.execute(
+            "SELECT e.run_id FROM executions e WHERE e.stage = 'export' AND e.cache_hit = 0 ORDER BY e.id").fetchone()
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        hits = db.execute("SELECT COUNT(*) FROM executions WHERE cache_hit = 1").fetchone()[0]
+    assert hits > 0 and all(status == "succeeded" for _, status in runs)
+    assert all(run_id in listing for run_id, _ in runs)
+    version_dir = workdir / "saved_models" / "engine" / "1"
+    shown = subprocess.run([sys.executable, "-m", "pipeline.runs", "--workdir", str(workdir), "show",
+                            str(version_dir)], cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True,
+                           check=True).stdout
+    assert shown.splitlines()[0] == f"{version_dir} was produced by run {first_export[0]}"
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["data_fingerprint"] in shown
+    assert '"seed":42' in shown and "tensorflow 2.21" in shown
+
+
+def test_an_unblessed_model_is_kept_but_not_exported(tmp_path):
+    run = run_pipeline_cli(tmp_path, "--preset", "smoke", "evaluate.min_accuracy=0.999")
+    assert run.returncode == 0, run.stderr
+    assert statuses(run)["export"] == "skipped"
+    assert run.manifest["blessing"]["blessed"] is False
+    reason = run.manifest["blessing"]["reason"]
+    assert reason.startswith("not blessed: test accuracy") and "evaluate.min_accuracy 0.999" in reason
+    assert reason in run.stdout
+    assert not (tmp_path / "saved_models").exists()
+    assert (run.run_dirs[-1] / "train" / "model.keras").exists()
+    failing = run_pipeline_cli(tmp_path, "--preset", "smoke", "evaluate.min_accuracy=0.999",
+                               "evaluate.fail_if_not_blessed=true")
+    assert failing.returncode == 1
+    assert failing.stderr.strip().splitlines()[-1].startswith("error: not blessed:")
+
+
+def test_a_regression_from_the_newest_export_is_not_blessed(tmp_path):
+    good = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=3")
+    assert statuses(good)["export"] == "succeeded"
+    worse = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=1", "train.learning_rate=1e-5")
+    assert statuses(worse)["export"] == "skipped"
+    reason = worse.manifest["blessing"]["reason"]
+    assert reason.startswith("not blessed") and "baseline" in reason and "smoke_cnn/1" in reason
+    assert sorted(p.name for p in (tmp_path / "saved_models" / "smoke_cnn").iterdir()) == ["1"]
+
+
+def test_two_runs_from_scratch_are_byte_identical(smoke_run, tmp_path):
+    again = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.profile_batches=(2, 3)")
+    assert again.returncode == 0, again.stderr
+    first_dir, second_dir = smoke_run.run_dirs[-1], again.run_dirs[-1]
+    assert (first_dir / "evaluate" / "metrics.json").read_bytes() == (second_dir / "evaluate" / "metrics.json").read_bytes()
+    import keras
+    first = keras.models.load_model(first_dir / "train" / "model.keras").get_weights()
+    second = keras.models.load_model(second_dir / "train" / "model.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_manifest_records_what_a_reproduction_needs(smoke_run):
+    manifest = smoke_run.manifest
+    reproduction = manifest["reproduction"]
+    assert reproduction["seeds"] == {"data.seed": 0, "train.seed": 42}
+    assert reproduction["packages"]["tensorflow"].startswith("2.21")
+    assert reproduction["devices"][-1]["kind"] == "CPU"
+    assert manifest["precision"] == "float32" and len(manifest["data_fingerprint"]) == 64
+    assert manifest["config"]["train"]["seed"] == 42
+    assert "git" in reproduction  # None outside a git checkout
+
+
+def test_two_runners_at_once_on_one_workdir(tmp_path):
+    commands = [[sys.executable, "-m", "pipeline.run", "--preset", "smoke", "--workdir", str(tmp_path),
+                 "evaluate.max_regression=1.0", f"train.epochs={epochs}"] for epochs in (2, 3)]
+    processes = [subprocess.Popen(command, cwd=REPO_DIR, env=QUIET_ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for command in commands]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err for _, err in outputs]
+    model_dir = tmp_path / "saved_models" / "smoke_cnn"
+    assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".")) == ["1", "2"]
+    for version in ("1", "2"):
+        assert (model_dir / version / "saved_model.pb").exists() and (model_dir / version / "model.onnx").exists()
+    run_ids = {json.loads((model_dir / v / "metadata.json").read_text())["run_id"] for v in ("1", "2")}
+    assert len(run_ids) == 2
+    with sqlite3.connect(tmp_path / "lineage.sqlite") as db:
+        assert db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall() == [("succeeded", 2)]
+        assert db.execute("SELECT COUNT(*) FROM executions").fetchone() == (12,)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
