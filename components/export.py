@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import keras
@@ -22,6 +21,7 @@ import onnxruntime
 import tensorflow as tf
 
 from components.artifacts import ExportedModel, Metrics, Schema, Splits, TrainedModel, load_split
+from components.atomic import new_hidden_dir, remove_abandoned
 from components.model import as_float32
 from pipeline.config import ExportConfig
 from pipeline.errors import UserError
@@ -56,7 +56,8 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
     model = as_float32(keras.models.load_model(trained.model_path, compile=False))
     model_dir = saved_models_dir / config.model_name
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging_dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    remove_abandoned(model_dir, "staging")
+    staging_dir = new_hidden_dir(model_dir, "staging")
     try:
         write_saved_model(model, schema.image_shape, staging_dir)
         write_onnx(model, schema.image_shape, staging_dir / "model.onnx", config.onnx_opset)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from components.artifacts import Normalization, Schema, Splits, TrainedModel, load_split
+from components.atomic import write_atomically, write_text_atomically
 from components.devices import choose_precision, local_devices
 from components.model import build_model
 from pipeline.config import ModelConfig, TrainConfig
@@ -100,8 +100,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         state = {f"v{index}": variable.numpy() for index, variable in enumerate(_all_variables(self.model))}
-        _atomic_write(self.resume_dir / "history.json", lambda path: path.write_text(json.dumps(self.history)))
-        _atomic_write(self.state_path, lambda path: np.savez(path, epoch=epoch, **state))
+        write_text_atomically(self.resume_dir / "history.json", json.dumps(self.history))
+        write_atomically(self.state_path, lambda path: np.savez(path, epoch=epoch, **state))
 
     def clear(self) -> None:
         shutil.rmtree(self.resume_dir, ignore_errors=True)
@@ -154,12 +154,6 @@ def weights_sha256(model: keras.Model) -> str:
 
 def _all_variables(model: keras.Model) -> list:
     return list(model.variables) + list(model.optimizer.variables)
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp_path = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp_path)
-    os.replace(tmp_path, path)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

@@ -2,7 +2,8 @@
 
 A stage writes into a hidden temporary folder beside its final place; `artifact.json` is written
 last and the folder is renamed into place, so a folder under its fingerprint is always finished.
-A process killed midway leaves only a `.tmp-*` folder, which no lookup ever reads.
+A process killed midway leaves only a `.tmp-<pid>-*` folder, which no lookup reads and the next
+execution of that stage removes.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any
 
 from components import artifacts as artifact_types
+from components.atomic import new_hidden_dir, remove_abandoned
 
 ARTIFACT_FILE = "artifact.json"
 
@@ -40,9 +41,9 @@ class StageCache:
         return artifact if all(path.exists() for path in _paths(artifact)) else None
 
     def new_work_dir(self, stage: str) -> Path:
-        """A fresh temporary folder for an execution's outputs."""
-        (self.cache_dir / stage).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_dir / stage))
+        """A fresh temporary folder for an execution's outputs; abandoned ones of killed runs are removed."""
+        remove_abandoned(self.cache_dir / stage, "tmp")
+        return new_hidden_dir(self.cache_dir / stage, "tmp")
 
     def commit(self, stage: str, fingerprint: str, work_dir: Path, artifact: Any, replace: bool = False) -> Any:
         """Move a finished execution into place and return its artifact with paths in the final folder.
@@ -52,7 +53,7 @@ class StageCache:
         """
         final_dir = self.final_dir(stage, fingerprint)
         (work_dir / ARTIFACT_FILE).write_text(json.dumps(_dump(artifact, work_dir), indent=2))
-        old_dir = final_dir.with_name(f".old-{fingerprint}-{os.getpid()}")
+        old_dir = final_dir.with_name(f".old-{os.getpid()}-{fingerprint}")
         if replace and final_dir.exists():
             os.rename(final_dir, old_dir)
         try:

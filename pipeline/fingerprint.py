@@ -13,8 +13,8 @@ import hashlib
 import importlib.util
 import json
 import os
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 PROJECT_PACKAGES = ("components", "pipeline")

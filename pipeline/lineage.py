@@ -15,6 +15,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from components.atomic import pid_alive
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
@@ -78,7 +80,7 @@ class Lineage:
         """Every run, newest first; a run still marked running whose process is gone shows as `killed`."""
         rows = self._query("SELECT * FROM runs ORDER BY started DESC")
         for row in rows:
-            if row["status"] == "running" and row["host"] == socket.gethostname() and not _alive(row["pid"]):
+            if row["status"] == "running" and row["host"] == socket.gethostname() and not pid_alive(row["pid"]):
                 row["status"] = "killed"
         return rows
 
@@ -118,14 +120,3 @@ class Lineage:
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from components.atomic import write_text_atomically
 from components.evaluate import evaluate, find_baseline
 from components.export import export
 from components.ingest import ingest
@@ -56,7 +57,8 @@ PIPELINE = (
           resolves=lambda config, artifacts, context: {"baseline_dir": find_baseline(
               context.saved_models_dir / config.export.model_name, artifacts["train"])}),
     Stage("export", export, ("export",), ("train", "ingest", "validate", "evaluate"), ("saved_models_dir", "run_id"),
-          skip_unless=lambda artifacts: None if artifacts["evaluate"].blessed else artifacts["evaluate"].blessing_reason),
+          skip_unless=lambda artifacts: None if artifacts["evaluate"].blessed
+          else artifacts["evaluate"].blessing_reason),
 )
 STAGE_NAMES = tuple(stage.name for stage in PIPELINE)
 
@@ -243,10 +245,7 @@ def _link(link: Path, target: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and a rename, so readers never see half a file."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_path.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp_path, path)
+    write_text_atomically(path, json.dumps(data, indent=2, default=str))
 
 
 def format_summary(manifest: dict[str, Any]) -> str:

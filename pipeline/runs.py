@@ -52,8 +52,8 @@ def _describe(run: dict[str, Any]) -> list[str]:
         f"command    {run['command']}",
         f"data       sha256 {run['data_fingerprint'] or '-'}",
         f"code       git {git.get('commit', '-')}{' (uncommitted changes)' if git.get('dirty') else ''}",
-        f"packages   " + ", ".join(f"{k} {v}" for k, v in reproduction.get("packages", {}).items() if v),
-        f"config     " + json.dumps(json.loads(run["config"]), separators=(",", ":")),
+        "packages   " + ", ".join(f"{k} {v}" for k, v in reproduction.get("packages", {}).items() if v),
+        "config     " + json.dumps(json.loads(run["config"]), separators=(",", ":")),
         "stages:",
     ]
     for execution in run["executions"]:

@@ -7,8 +7,8 @@ import pytest
 
 from components.preprocess import preprocess
 from pipeline.config import PreprocessConfig
-from tests.test_validate import write_splits
 from tests.conftest import make_images
+from tests.test_validate import write_splits
 
 
 def test_statistics_come_from_train_only(tmp_path):

@@ -1,0 +1,52 @@
+"""Writing so that readers never see half a file or half a folder, and cleaning up after the killed.
+
+Files are written under a temporary name and renamed; folders are built under a hidden name that
+carries the writer's process id, so a later process can tell an abandoned one from a live one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, then rename the result to `path` in one step."""
+    tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    write(tmp_path)
+    os.replace(tmp_path, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp_path: tmp_path.write_text(text))
+
+
+def new_hidden_dir(parent: Path, prefix: str) -> Path:
+    """A fresh folder `parent/.<prefix>-<pid>-<random>` to build outputs in before renaming them."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=parent))
+
+
+def remove_abandoned(parent: Path, prefix: str) -> list[Path]:
+    """Delete `.<prefix>-<pid>-*` folders under `parent` whose process no longer exists."""
+    removed = []
+    for path in parent.glob(f".{prefix}-*-*") if parent.is_dir() else []:
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
