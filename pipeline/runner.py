@@ -149,12 +149,17 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
         raise UserError(f"stage {stage.name} has no cached result for this config; run without "
                         f"--only/--from first, or start earlier (e.g. --from {stage.name})")
     if artifact is None:
-        artifact = _execute(stage, config, context, fingerprint, resolved, record, stage.name in selection.force)
+        try:
+            artifact = _execute(stage, config, context, fingerprint, resolved, record, stage.name in selection.force)
+        except BaseException:
+            _record_lineage(stage, context, fingerprint, record, started, produced=False)
+            raise
     else:
         record["status"] = "cached"
         log.info("stage %s: cached", stage.name)
     _link(context.run_dir / stage.name, context.cache.final_dir(stage.name, fingerprint))
     context.artifacts[stage.name] = artifact
+    # Ingest's artifact carries its data's content hash: what follows is keyed by content, not recipe.
     context.fingerprints[stage.name] = getattr(artifact, "fingerprint", fingerprint)
     _record_lineage(stage, context, fingerprint, record, started)
 
@@ -191,13 +196,15 @@ def _fingerprint(stage: Stage, config: PipelineConfig, context: RunContext, reso
     })
 
 
-def _record_lineage(stage: Stage, context: RunContext, fingerprint: str, record: dict, started: float) -> None:
+def _record_lineage(stage: Stage, context: RunContext, fingerprint: str, record: dict, started: float,
+                    produced: bool = True) -> None:
     def described(name: str) -> tuple[str, str, str]:
         return name, str(_artifact_path(context.artifacts[name])), context.fingerprints[name]
 
     context.lineage.record_execution(
         context.run_id, stage.name, fingerprint, code_fingerprint(stage.fn.__module__), record["status"],
-        record["status"] == "cached", started, [described(name) for name in stage.inputs], [described(stage.name)])
+        record["status"] == "cached", started, [described(name) for name in stage.inputs],
+        [described(stage.name)] if produced else [])
 
 
 def _artifact_path(artifact: Any) -> Path:

@@ -1,6 +1,7 @@
 """The runner end to end on `smoke`, and its exports loaded by consumers in fresh processes."""
 
 import json
+import sqlite3
 
 import numpy as np
 import pytest
@@ -138,3 +139,6 @@ def test_missing_data_is_one_clear_line_exit_2_and_a_failed_manifest(tmp_path):
     assert [(s["name"], s["status"]) for s in run.manifest["stages"]] == [("ingest", "failed")]
     assert not (tmp_path / "saved_models").exists()
     assert not [p for p in (tmp_path / "cache" / "ingest").iterdir() if not p.name.startswith(".")]
+    with sqlite3.connect(tmp_path / "lineage.sqlite") as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("failed",)]
+        assert db.execute("SELECT stage, status FROM executions").fetchall() == [("ingest", "failed")]
