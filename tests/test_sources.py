@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from components.sources import read_digits, read_idx, read_idx_dir, read_source
+from pipeline.config import DataConfig
 from pipeline.errors import UserError
 from tests.conftest import write_idx
 
@@ -62,17 +63,17 @@ def test_digits_are_raw_pixels_0_to_255():
 
 def test_unknown_source_names_the_offline_alternatives():
     with pytest.raises(UserError, match="idx:/usr/share/datasets/fashion-mnist"):
-        read_source("csv:foo")
+        read_source(DataConfig(source="csv:foo"))
 
 
 def test_tfds_unknown_dataset_is_a_user_error():
     with pytest.raises(UserError, match="TFDS has no dataset of that name"):
-        read_source("tfds:no_such_dataset_xyz")
+        read_source(DataConfig(source="tfds:no_such_dataset_xyz"))
 
 
 def test_tfds_not_prepared_fails_fast_with_offline_alternatives(tmp_path):
     with pytest.raises(UserError) as caught:
-        read_source("tfds:mnist", tfds_data_dir=str(tmp_path))
+        read_source(DataConfig(source="tfds:mnist", tfds_data_dir=str(tmp_path)))
     message = str(caught.value)
     assert "not prepared" in message and "data.download=true" in message and "data.source=digits" in message
 
@@ -81,7 +82,7 @@ def test_tfds_path_reads_images_and_labels_under_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=40):
-        data = read_source("tfds:mnist", tfds_data_dir=str(tmp_path))
+        data = read_source(DataConfig(source="tfds:mnist", tfds_data_dir=str(tmp_path)))
     assert data.train_images.shape == (40, 28, 28, 1) and data.train_images.dtype == np.uint8
     assert data.train_labels.dtype == np.int64 and data.train_labels.max() < 10
     assert data.class_names == tuple(str(i) for i in range(10))
