@@ -136,7 +136,7 @@ def decode_image(path: Path, image_format: ImageFormat) -> np.ndarray:
             image.load()
             return _to_format(image, image_format)
     except UnidentifiedImageError:
-        raise BadImageError("not a PNG or JPEG image (Pillow cannot identify it)") from None
+        raise BadImageError("not an image, or its header is cut off (Pillow cannot identify it)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadImageError(f"truncated or corrupt ({error})") from None
 
@@ -144,8 +144,8 @@ def decode_image(path: Path, image_format: ImageFormat) -> np.ndarray:
 def _to_format(image: Image.Image, image_format: ImageFormat) -> np.ndarray:
     size = (image_format.width, image_format.height)
     if image.size != size and not image_format.resize:
-        raise BadImageError(f"size {image.width}x{image.height}, the first image's is {size[0]}x{size[1]}; "
-                            f"set data.image_size=({size[1]}, {size[0]}) to resize every image")
+        raise BadImageError(f"{image.height}x{image.width} pixels (height x width), the first image is "
+                            f"{size[1]}x{size[0]}; set data.image_size=({size[1]}, {size[0]}) to resize every image")
     image = image.convert("L" if image_format.channels == 1 else "RGB")
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
