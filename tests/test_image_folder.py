@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,18 @@ def test_float_mode_is_refused(tmp_path):
     (tmp_path / "x.tif").rename(tmp_path / "x.png")
     with pytest.raises(BadImageError, match="unsupported mode F"):
         decode_image(tmp_path / "x.png", ImageFormat(4, 4, 1, resize=False))
+
+
+def test_the_model_takes_its_shape_and_classes_from_a_folder(tmp_path):
+    from tests.conftest import run_pipeline_cli
+
+    images, labels = make_images(15, num_classes=4, shape=(12, 10, 3))
+    write_image_folder(tmp_path / "pets", images, labels, class_names=("cat", "dog", "fish", "owl"))
+    run = run_pipeline_cli(tmp_path / "work", "--preset", "smoke", f"data.source=folder:{tmp_path / 'pets'}",
+                           "train.epochs=1")
+    assert run.returncode == 0, run.stderr
+    assert run.manifest["artifacts"]["validate"]["image_shape"] == [12, 10, 3]
+    assert run.manifest["artifacts"]["validate"]["summary"] == "train 43 / val 5 / test 12, 12x10x3, 4 classes, 0 warnings"
+    version_dir = Path(run.manifest["export"]["version_dir"])
+    assert (version_dir / "labels.txt").read_text().split() == ["cat", "dog", "fish", "owl"]
+    assert json.loads((version_dir / "metadata.json").read_text())["input"]["shape"] == [None, 12, 10, 3]
