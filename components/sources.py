@@ -115,13 +115,24 @@ def _read_idx_stream(f: BinaryIO, path: Path) -> np.ndarray:
     shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(len(dims) // 4))
     dtype = np.dtype(_IDX_DTYPES[magic[2]])
     array = np.empty(shape if len(dims) == 4 * magic[3] else (0,), dtype=dtype)
-    num_read = f.readinto(memoryview(array).cast("B")) if array.size else 0
+    num_read = _read_into(f, memoryview(array).cast("B")) if array.size else 0
     expected = math.prod(shape) * dtype.itemsize
     if len(dims) < 4 * magic[3] or num_read != expected or f.read(1):
         raise UserError(f"{path}: truncated or padded IDX file: header says shape {shape} "
                         f"({expected} bytes of data), file has {num_read if num_read != expected else 'more'}; "
                         "download or copy it again")
     return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_into(f: BinaryIO, buffer: memoryview, chunk_bytes: int = 2**22) -> int:
+    """Fill `buffer` from `f` in chunks (gzip's readinto would decompress the whole payload into a temporary)."""
+    num_read = 0
+    while num_read < len(buffer):
+        chunk = f.readinto(buffer[num_read: num_read + chunk_bytes])
+        if not chunk:
+            break
+        num_read += chunk
+    return num_read
 
 
 def read_tfds(name: str, data_dir: str, download: bool) -> SourceData:
