@@ -70,7 +70,7 @@ def read_image_folder(folder_dir: Path, image_size: tuple[int, ...], channels: i
     split_dirs = _split_dirs(folder_dir)
     class_names = _class_names(split_dirs["train"])
     files = {split: list_image_files(split_dir, class_names) for split, split_dir in split_dirs.items()}
-    image_format = _image_format(files["train"], image_size, channels)
+    image_format = _image_format(files["train"], split_dirs["train"], image_size, channels)
     decoded = {split: decode_images(split_files, image_format) for split, split_files in files.items()}
     bad_files = tuple(bad for _, _, split_bad in decoded.values() for bad in split_bad)
     if bad_files and on_bad_file == "fail":
@@ -157,7 +157,7 @@ def _check_mode(mode: str) -> None:
         raise BadImageError(f"unsupported mode {mode} (16-bit or float pixels); save it as an 8-bit PNG or JPEG")
 
 
-def _image_format(files: ImageFiles, image_size: tuple[int, ...], channels: int) -> ImageFormat:
+def _image_format(files: ImageFiles, train_dir: Path, image_size: tuple[int, ...], channels: int) -> ImageFormat:
     """The configured size and channels; what is not configured comes from the first readable image."""
     width = height = mode = None
     for path in files.paths:
@@ -169,7 +169,7 @@ def _image_format(files: ImageFiles, image_size: tuple[int, ...], channels: int)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             continue  # reported with its reason when it is decoded
     if mode is None:
-        raise UserError(f"{files.paths[0].parents[1]}: none of the {len(files.paths)} image files can be read; "
+        raise UserError(f"{train_dir}: none of the {len(files.paths)} image files can be read; "
                         "check that they are 8-bit PNG or JPEG images")
     if image_size:
         height, width = image_size

@@ -154,3 +154,11 @@ def test_the_model_takes_its_shape_and_classes_from_a_folder(tmp_path):
     version_dir = Path(run.manifest["export"]["version_dir"])
     assert (version_dir / "labels.txt").read_text().split() == ["cat", "dog", "fish", "owl"]
     assert json.loads((version_dir / "metadata.json").read_text())["input"]["shape"] == [None, 12, 10, 3]
+
+
+def test_a_folder_of_only_unreadable_images_is_refused(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        (tmp_path / "d" / name / "x.png").write_text("not a png")
+    with pytest.raises(UserError, match=r"d: none of the 2 image files can be read"):
+        ingest(DataConfig(source=f"folder:{tmp_path / 'd'}", on_bad_file="skip"), tmp_path / "out")
