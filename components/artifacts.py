@@ -18,6 +18,7 @@ class Splits:
     fingerprint: str  # sha256 of the source data's images and labels
     class_names: tuple[str, ...]
     num_examples: dict[str, int]
+    num_skipped_files: int = 0  # unreadable image files skipped under data.on_bad_file=skip
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Schema:
     statistics_path: Path
     image_shape: tuple[int, int, int]  # height, width, channels
     num_classes: int
+    warnings: tuple[str, ...] = ()  # data problems that did not stop the run (leakage, imbalance, drift)
+    summary: str = ""  # one line for the run summary: split sizes, image shape, classes, warnings
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +22,74 @@ log = logging.getLogger(__name__)
 def ingest(config: DataConfig, out_dir: Path) -> Splits:
     """Read `config.source` and write `train`, `val` and `test` splits into `out_dir`.
 
-    The source's test split is kept untouched; sources without one (digits) get a seeded,
-    stratified test split first. Validation is carved from train, stratified, with `config.seed`.
+    The source's test split is kept untouched; sources without one (digits, a folder without
+    `test/`) get a seeded, stratified test split first. Validation is carved from train, stratified,
+    with `config.seed`. Splits are chosen as indices and each is written once, in chunks, so the
+    dataset is held in memory once. The split files appear only when all three are written.
 
     Args:
         config: the `data` section.
         out_dir: folder for `<split>.npz` files; created.
 
     Returns:
-        The splits, their sizes, class names and a sha256 fingerprint of the source data.
+        The splits, their sizes, class names, a sha256 fingerprint of the source data, and the files skipped.
     """
-    source = read_source(config.source, config.tfds_data_dir, config.download)
+    check_data_config(config)
+    source = read_source(config)
     class_names = _class_names(config, source)
     fingerprint = fingerprint_arrays(source.train_images, source.train_labels,
                                      source.test_images, source.test_labels)
-    splits = _split(config, source)
+    splits = _split_rows(config, source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, (images, labels) in splits.items():
-        np.savez(split_path(out_dir, name), images=images, labels=labels)
-    num_examples = {name: int(len(labels)) for name, (_, labels) in splits.items()}
+    write_splits(out_dir, splits)
+    num_examples = {name: int(len(rows)) for name, (_, _, rows) in splits.items()}
     log.info("ingest: %s -> %s", config.source, num_examples)
-    return Splits(out_dir, fingerprint, class_names, num_examples)
+    return Splits(out_dir, fingerprint, class_names, num_examples, len(source.skipped_files))
+
+
+def check_data_config(config: DataConfig) -> None:
+    """Refuse values of the `data` section that its types alone do not rule out."""
+    if config.on_bad_file not in ON_BAD_FILE:
+        raise UserError(f"data.on_bad_file={config.on_bad_file!r} is not one of {', '.join(ON_BAD_FILE)}")
+    if config.image_size and (len(config.image_size) != 2 or min(config.image_size) < 1):
+        raise UserError(f"data.image_size={config.image_size!r} is not (height, width) in pixels, e.g. (28, 28); "
+                        "() keeps the source's size")
+    if config.channels not in (0, 1, 3):
+        raise UserError(f"data.channels={config.channels} is not 0 (keep), 1 (grayscale) or 3 (RGB)")
+
+
+ON_BAD_FILE = ("fail", "skip")
+CHUNK_BYTES = 16 * 2**20  # rows written per chunk: bounds the extra memory of writing a split
+
+
+def write_splits(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """Write `<split>.npz` (`images`, `labels`) for each (images, labels, indices), all or none.
+
+    Each file is written under a temporary name and renamed once every split is written, so a
+    failure never leaves a complete-looking set of split files behind.
+    """
+    tmp_paths = {name: split_path(out_dir, name).with_name(f".{name}.npz.tmp") for name in splits}
+    try:
+        for name, (images, labels, indices) in splits.items():
+            _write_npz(tmp_paths[name], {"images": (images, indices), "labels": (labels, indices)})
+        for name, tmp_path in tmp_paths.items():
+            os.replace(tmp_path, split_path(out_dir, name))
+    finally:
+        for tmp_path in tmp_paths.values():
+            tmp_path.unlink(missing_ok=True)
+
+
+def _write_npz(path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """An uncompressed .npz, as `np.savez` writes it, of `array[indices]` per key, gathered in chunks."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, (array, indices) in arrays.items():
+            header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                      "shape": (len(indices), *array.shape[1:])}
+            rows_per_chunk = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_2_0(member, header)
+                for start in range(0, len(indices), rows_per_chunk):
+                    member.write(np.ascontiguousarray(array[indices[start: start + rows_per_chunk]]))
 
 
 def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
@@ -56,27 +105,33 @@ def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
     return digest.hexdigest()
 
 
-def _split(config: DataConfig, source: SourceData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    train_x, train_y = source.train_images, source.train_labels
+def _split_rows(config: DataConfig, source: SourceData) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per split: the source's images and labels it is taken from, and which rows of them."""
+    images, labels = source.train_images, source.train_labels
+    _check_lengths(source)
+    train = np.arange(len(labels))
     if source.test_images is None:
-        train_x, test_x, train_y, test_y = _stratified(train_x, train_y, config.test_fraction, config.seed,
-                                                        "data.test_fraction")
+        train, test = _stratified(train, labels, config.test_fraction, config.seed, "data.test_fraction")
+        test_split = (images, labels, test)
     else:
-        test_x, test_y = source.test_images, source.test_labels
-    train_x, val_x, train_y, val_y = _stratified(train_x, train_y, config.val_fraction, config.seed, "data.val_fraction")
-    if 0 < config.max_train_examples < len(train_y):
-        train_x, _, train_y, _ = _stratified(train_x, train_y, len(train_y) - config.max_train_examples,
-                                             config.seed, "data.max_train_examples")
-    return {"train": (train_x, train_y), "val": (val_x, val_y), "test": (test_x, test_y)}
+        test_split = (source.test_images, source.test_labels, np.arange(len(source.test_labels)))
+    train, val = _stratified(train, labels, config.val_fraction, config.seed, "data.val_fraction")
+    if 0 < config.max_train_examples < len(train):
+        train, _ = _stratified(train, labels, len(train) - config.max_train_examples, config.seed,
+                               "data.max_train_examples")
+    return {"train": (images, labels, train), "val": (images, labels, val), "test": test_split}
 
 
-def _stratified(images: np.ndarray, labels: np.ndarray, held_out: float | int, seed: int, key: str):
-    """Seeded stratified split; `held_out` is a fraction (float) or a count (int) of the second part."""
-    if len(labels) != len(images):
-        raise UserError(f"the source has {len(images)} training images but {len(labels)} labels; "
-                        "each image needs exactly one label")
+def _check_lengths(source: SourceData) -> None:
+    if len(source.train_labels) != len(source.train_images):
+        raise UserError(f"the source has {len(source.train_images)} training images but "
+                        f"{len(source.train_labels)} labels; each image needs exactly one label")
+
+
+def _stratified(indices: np.ndarray, labels: np.ndarray, held_out: float | int, seed: int, key: str):
+    """Seeded stratified split of `indices` (rows of `labels`); `held_out` is a fraction or a count."""
     try:
-        return train_test_split(images, labels, test_size=held_out, stratify=labels, random_state=seed)
+        return train_test_split(indices, test_size=held_out, stratify=labels[indices], random_state=seed)
     except ValueError as error:
         raise UserError(f"cannot split the training data as {key} asks ({error}); every class needs at least "
                         f"2 training examples, and {key} must leave examples on both sides") from None

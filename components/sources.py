@@ -1,4 +1,4 @@
-"""Readers for the data sources ingest understands: `digits`, `idx:DIR` and `tfds:NAME`.
+"""Readers for the data sources ingest understands: `digits`, `idx:DIR`, `npz:FILE`, `folder:DIR`, `tfds:NAME`.
 
 Every reader returns raw pixel values (uint8, 0..255, shape [N, H, W, C]) and integer labels,
 so the rest of the pipeline, and the exported model's users, see one convention.
@@ -9,12 +9,17 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import socket
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from pipeline.config import DataConfig
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,24 +42,31 @@ class SourceData:
     test_images: np.ndarray | None
     test_labels: np.ndarray | None
     class_names: tuple[str, ...]
+    skipped_files: tuple[tuple[str, str], ...] = ()  # (path, reason) of unreadable files skipped
 
 
-def read_source(source: str, tfds_data_dir: str = "", download: bool = False) -> SourceData:
-    """Read the dataset named by `data.source`.
+def read_source(config: DataConfig) -> SourceData:
+    """Read the dataset named by `config.source`.
 
     Raises:
         UserError: unknown source kind, missing or malformed data.
     """
-    kind, _, arg = source.partition(":")
+    kind, _, arg = config.source.partition(":")
     if kind == "digits" and not arg:
         return read_digits()
     if kind == "idx" and arg:
         return read_idx_dir(Path(arg))
+    if kind == "npz" and arg:
+        return read_npz(Path(arg))
+    if kind == "folder" and arg:
+        from components.image_folder import read_image_folder  # Pillow, only when needed
+
+        return read_image_folder(Path(arg), config.image_size, config.channels, config.on_bad_file)
     if kind == "tfds" and arg:
-        return read_tfds(arg, tfds_data_dir, download)
+        return read_tfds(arg, config.tfds_data_dir, config.download)
     raise UserError(
-        f"data.source={source!r} is not a known source; use digits, idx:DIR or tfds:NAME "
-        f"(offline: {OFFLINE_SOURCES})"
+        f"data.source={config.source!r} is not a known source; use digits, idx:DIR, npz:FILE, folder:DIR "
+        f"or tfds:NAME (offline: {OFFLINE_SOURCES})"
     )
 
 
@@ -83,21 +95,44 @@ def read_idx_dir(data_dir: Path) -> SourceData:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (raw or gzip-compressed) into an array of its declared type and shape."""
-    data = _read_bytes(path)
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES:
-        raise UserError(f"{path}: not an IDX file (magic number {data[:4].hex() or 'missing'}); "
+    """Parse one IDX file (raw or gzip-compressed) into an array of its declared type and shape.
+
+    The payload is read straight into the result, so the file is never held twice in memory.
+    """
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            return _read_idx_stream(f, path)
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot read it ({error}); download or copy it again") from None
+
+
+def _read_idx_stream(f: BinaryIO, path: Path) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in _IDX_DTYPES:
+        raise UserError(f"{path}: not an IDX file (magic number {magic.hex() or 'missing'}); "
                         "expected MNIST-format data, e.g. train-images-idx3-ubyte.gz")
-    ndim = data[3]
-    header_size = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    dims = f.read(4 * magic[3])
+    shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(len(dims) // 4))
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
+    array = np.empty(shape if len(dims) == 4 * magic[3] else (0,), dtype=dtype)
+    num_read = _read_into(f, memoryview(array).cast("B")) if array.size else 0
     expected = math.prod(shape) * dtype.itemsize
-    if len(data) < header_size or len(data) - header_size != expected:
+    if len(dims) < 4 * magic[3] or num_read != expected or f.read(1):
         raise UserError(f"{path}: truncated or padded IDX file: header says shape {shape} "
-                        f"({expected} bytes of data), file has {max(len(data) - header_size, 0)}; "
+                        f"({expected} bytes of data), file has {num_read if num_read != expected else 'more'}; "
                         "download or copy it again")
-    return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_into(f: BinaryIO, buffer: memoryview, chunk_bytes: int = 2**22) -> int:
+    """Fill `buffer` from `f` in chunks (gzip's readinto would decompress the whole payload into a temporary)."""
+    num_read = 0
+    while num_read < len(buffer):
+        chunk = f.readinto(buffer[num_read: num_read + chunk_bytes])
+        if not chunk:
+            break
+        num_read += chunk
+    return num_read
 
 
 def read_tfds(name: str, data_dir: str, download: bool) -> SourceData:
@@ -126,11 +161,38 @@ def read_tfds(name: str, data_dir: str, download: bool) -> SourceData:
 
 
 def _download_and_prepare(builder, name: str) -> None:
+    _check_download_hosts(builder, name)
     try:
         builder.download_and_prepare()
     except Exception as error:  # network and extraction failures come in many types
         raise UserError(f"data.source=tfds:{name}: could not download or prepare it ({_first_line(error)}); "
                         f"offline, use {OFFLINE_SOURCES}") from None
+
+
+def _check_download_hosts(builder, name: str, timeout_seconds: float = 5.0) -> None:
+    """Fail in seconds when the dataset's download hosts cannot be reached, instead of after TFDS's retries.
+
+    The hosts come from the URLs TFDS registers for the dataset (its checksums file); a dataset
+    without registered URLs is not probed. Behind an HTTP(S) proxy the probe is skipped: the proxy,
+    not this machine, reaches the hosts.
+    """
+    import urllib.request
+
+    urls = list(builder.url_infos or ())
+    if not urls or urllib.request.getproxies():
+        return
+    for host, port in sorted({_host_and_port(url) for url in urls}):
+        try:
+            socket.create_connection((host, port), timeout=timeout_seconds).close()
+        except OSError as error:
+            raise UserError(f"data.source=tfds:{name}: cannot reach {host}:{port} to download it ({error}); "
+                            f"connect to the network, prepare it elsewhere and set data.tfds_data_dir, "
+                            f"or offline use {OFFLINE_SOURCES}") from None
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
 
 
 def _tfds_split(builder, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -142,10 +204,77 @@ def _tfds_split(builder, name: str, split: str) -> tuple[np.ndarray, np.ndarray]
         raise UserError(f"data.source=tfds:{name}: not prepared in {builder.data_dir}; set data.download=true "
                         f"to download it, data.tfds_data_dir=DIR where it is prepared, or offline use "
                         f"{OFFLINE_SOURCES}") from None
-    batches = list(tfds.as_numpy(dataset))
-    images = np.concatenate([images for images, _ in batches])
-    labels = np.concatenate([labels for _, labels in batches])
-    return _with_channels(images), labels.astype(np.int64)
+    shape = builder.info.features["image"].shape
+    if None in shape:
+        raise UserError(f"data.source=tfds:{name}: its images vary in size {shape}; this pipeline needs one "
+                        "image size: export them to folder:DIR and set data.image_size")
+    images = np.empty((_num_examples(builder, split), *shape), dtype=builder.info.features["image"].np_dtype)
+    labels = np.empty((len(images),), dtype=np.int64)
+    start = 0
+    for batch_images, batch_labels in tfds.as_numpy(dataset):  # filled in place: one copy of the split
+        if start + len(batch_labels) > len(images):  # only when TFDS does not know the split's size
+            images, labels = _grown(images, start + len(batch_labels)), _grown(labels, start + len(batch_labels))
+        images[start: start + len(batch_labels)] = batch_images
+        labels[start: start + len(batch_labels)] = batch_labels
+        start += len(batch_labels)
+    return _with_channels(images[:start]), labels[:start]
+
+
+def _num_examples(builder, split: str) -> int:
+    try:
+        return builder.info.splits[split].num_examples
+    except KeyError:  # e.g. under tfds.testing.mock_data
+        return 0
+
+
+def _grown(array: np.ndarray, min_length: int) -> np.ndarray:
+    grown = np.empty((max(min_length, 2 * len(array)), *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
+
+
+def read_npz(path: Path) -> SourceData:
+    """A NumPy `.npz` with `x_train`, `y_train`, `x_test`, `y_test` (Keras' `mnist.npz` layout); pickles refused."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise UserError(f"data.source=npz:{path}: {'not an .npz (zip) file' if path.is_file() else 'no such file'}; "
+                        "point it at a file written by numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in NPZ_KEYS if key not in data.files]
+            if missing:
+                raise UserError(f"{path}: no {', '.join(missing)} array(s) (it has {', '.join(data.files) or 'none'}); "
+                                f"an npz: file needs {', '.join(NPZ_KEYS)}")
+            arrays = {key: _npz_array(data, key, path) for key in NPZ_KEYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: cannot read it as an .npz file ({_first_line(error)}); "
+                        "write it with numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)") from None
+    for split in ("train", "test"):
+        _check_npz_pair(arrays[f"x_{split}"], arrays[f"y_{split}"], split, path)
+    num_classes = int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0))) + 1
+    return SourceData(_with_channels(arrays["x_train"]), arrays["y_train"], _with_channels(arrays["x_test"]),
+                      arrays["y_test"], tuple(str(i) for i in range(max(num_classes, 1))))
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_array(data, key: str, path: Path) -> np.ndarray:
+    try:
+        return data[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise UserError(f"{path}: array {key!r} holds Python objects, which are refused (loading them would "
+                            "run pickled code); save numeric arrays, e.g. uint8 images and int64 labels") from None
+        raise
+
+
+def _check_npz_pair(images: np.ndarray, labels: np.ndarray, split: str, path: Path) -> None:
+    if images.ndim not in (3, 4) or labels.ndim != 1:
+        raise UserError(f"{path}: x_{split} has shape {images.shape} and y_{split} {labels.shape}; expected "
+                        "images [N, height, width] or [N, height, width, channels] and labels [N]")
+    if len(images) != len(labels):
+        raise UserError(f"{path}: x_{split} has {len(images)} images but y_{split} has {len(labels)} labels; "
+                        "each image needs exactly one label")
 
 
 def _find_idx_file(data_dir: Path, prefix: str) -> Path:
@@ -154,16 +283,6 @@ def _find_idx_file(data_dir: Path, prefix: str) -> Path:
         raise UserError(f"{data_dir}: no {prefix}* file; an idx: folder needs train-images, train-labels, "
                         "t10k-images and t10k-labels files (raw or .gz)")
     return matches[0]
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f"{path}: cannot read it ({error}); download or copy it again") from None
 
 
 def _with_channels(images: np.ndarray) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,8 @@ def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
         out_dir: folder for the JSON files; created.
 
     Returns:
-        The schema: image shape and number of classes, which the model is built from.
+        The schema: image shape and number of classes, which the model is built from, the warnings
+        and a one-line summary.
 
     Raises:
         UserError: empty split, inconsistent shapes or dtypes, NaN or inf pixels, labels that are not
@@ -39,22 +42,75 @@ def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
     schema = {"image_shape": list(image_shape), "dtype": str(data["train"][0].dtype),
               "num_classes": num_classes, "class_names": list(splits.class_names)}
     statistics = {split: split_statistics(images, labels, num_classes) for split, (images, labels) in data.items()}
-    _warn_on_imbalance(statistics["train"]["class_counts"], splits.class_names, config.imbalance_warn_ratio)
+    num_leaked = count_shared_images(data["train"][0], data["test"][0])
+    warnings = _warnings(config, statistics, splits.class_names, num_leaked)
+    statistics["source"] = {"skipped_files": splits.num_skipped_files, "test_images_also_in_train": num_leaked}
+    statistics["warnings"] = warnings
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "schema.json").write_text(json.dumps(schema, indent=2))
-    (out_dir / "statistics.json").write_text(json.dumps(statistics, indent=2))
-    return Schema(out_dir / "schema.json", out_dir / "statistics.json", image_shape, num_classes)
+    _write_json(out_dir / "statistics.json", statistics)
+    _write_json(out_dir / "schema.json", schema)  # last: its presence means validate finished
+    return Schema(out_dir / "schema.json", out_dir / "statistics.json", image_shape, num_classes,
+                  tuple(warnings), _summary(statistics, image_shape, num_classes, splits.num_skipped_files))
 
 
 def split_statistics(images: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Count, per-class counts and pixel min/max/mean/std of one split."""
-    pixels = images.astype(np.float64)
+    """Count, per-class counts, pixel min/max/mean/std and per-channel mean of one split.
+
+    Sums are taken in float64 over chunks, so no float copy of the whole split is made.
+    """
+    num_channels = images.shape[-1]
+    total, total_sq = np.zeros(num_channels), np.zeros(num_channels)
+    for start in range(0, len(images), STATISTICS_CHUNK):
+        chunk = images[start: start + STATISTICS_CHUNK].reshape(-1, num_channels).astype(np.float64)
+        total += chunk.sum(axis=0)
+        total_sq += np.square(chunk).sum(axis=0)
+    num_values = max(1, images.size // num_channels)
+    mean = total.sum() / (num_values * num_channels)
+    variance = max(0.0, total_sq.sum() / (num_values * num_channels) - mean**2)
     return {
         "count": int(len(labels)),
         "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
-        "pixel_min": float(pixels.min()), "pixel_max": float(pixels.max()),
-        "pixel_mean": float(pixels.mean()), "pixel_std": float(pixels.std()),
+        "pixel_min": float(images.min()), "pixel_max": float(images.max()),
+        "pixel_mean": float(mean), "pixel_std": float(np.sqrt(variance)),
+        "channel_mean": (total / num_values).tolist(),
     }
+
+
+STATISTICS_CHUNK = 4096  # images per chunk when summing pixels
+
+
+def count_shared_images(train_images: np.ndarray, test_images: np.ndarray) -> int:
+    """How many test images are byte-for-byte identical to some training image (train/test leakage)."""
+    train_digests = {_digest(image) for image in train_images}
+    return sum(_digest(image) in train_digests for image in test_images)
+
+
+def _digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest()
+
+
+def _warnings(config: ValidateConfig, statistics: dict, class_names: tuple[str, ...], num_leaked: int) -> list[str]:
+    warnings = [_imbalance_warning(statistics["train"]["class_counts"], class_names, config.imbalance_warn_ratio),
+                _leakage_warning(num_leaked, statistics["test"]["count"]),
+                _drift_warning(statistics["train"], statistics["test"], config.drift_warn_std)]
+    warnings = [warning for warning in warnings if warning]
+    for warning in warnings:
+        log.warning("validate: %s", warning)
+    return warnings
+
+
+def _summary(statistics: dict, image_shape: tuple[int, int, int], num_classes: int, num_skipped: int) -> str:
+    counts = " / ".join(f"{split} {statistics[split]['count']}" for split in SPLITS)
+    shape = "x".join(str(n) for n in image_shape)
+    skipped = f", {num_skipped} bad files skipped" if num_skipped else ""
+    num_warnings = len(statistics["warnings"])
+    return f"{counts}, {shape}, {num_classes} classes{skipped}, {num_warnings} warning{'s' * (num_warnings != 1)}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp_path = path.with_name(f".{path.name}.tmp")
+    tmp_path.write_text(json.dumps(data, indent=2))
+    os.replace(tmp_path, path)
 
 
 def _check_shapes(data: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, int, int]:
@@ -92,9 +148,28 @@ def _check_every_class_in_train(train_labels: np.ndarray, class_names: tuple[str
         raise UserError(f"class(es) {', '.join(missing)} have no training example; add examples or remove the class")
 
 
-def _warn_on_imbalance(class_counts: list[int], class_names: tuple[str, ...], ratio: float) -> None:
+def _imbalance_warning(class_counts: list[int], class_names: tuple[str, ...], ratio: float) -> str:
     largest, smallest = max(class_counts), min(class_counts)
-    if smallest and largest / smallest > ratio:
-        log.warning("validate: class imbalance %.1f:1 in train (%s: %d, %s: %d) exceeds validate.imbalance_warn_ratio",
-                    largest / smallest, class_names[int(np.argmax(class_counts))], largest,
-                    class_names[int(np.argmin(class_counts))], smallest)
+    if not smallest or largest / smallest <= ratio:
+        return ""
+    return (f"class imbalance {largest / smallest:.1f}:1 in train ({class_names[int(np.argmax(class_counts))]}: "
+            f"{largest}, {class_names[int(np.argmin(class_counts))]}: {smallest}) exceeds "
+            f"validate.imbalance_warn_ratio={ratio:g}")
+
+
+def _leakage_warning(num_leaked: int, num_test: int) -> str:
+    if not num_leaked:
+        return ""
+    return (f"{num_leaked} of {num_test} test images are exact duplicates of training images (leakage): "
+            "test accuracy overstates accuracy on new data; remove them from one side")
+
+
+def _drift_warning(train: dict, test: dict, max_std: float) -> str:
+    scale = max(train["pixel_std"], 1e-12)
+    mean_shift = abs(test["pixel_mean"] - train["pixel_mean"]) / scale
+    std_shift = abs(test["pixel_std"] - train["pixel_std"]) / scale
+    if max(mean_shift, std_shift) <= max_std:
+        return ""
+    return (f"test pixels differ from train's: mean {test['pixel_mean']:.1f} vs {train['pixel_mean']:.1f}, "
+            f"std {test['pixel_std']:.1f} vs {train['pixel_std']:.1f} (beyond validate.drift_warn_std={max_std:g} "
+            "train stds); check that both splits come from the same source and preprocessing")

@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "digits"  # digits | idx:DIR (MNIST-format files) | tfds:NAME
+    source: str = "digits"  # digits | idx:DIR (MNIST-format files) | npz:FILE | folder:DIR | tfds:NAME
     tfds_data_dir: str = ""  # where TFDS keeps prepared datasets; "" = TFDS's default (~/tensorflow_datasets)
     class_names: str = ""  # comma-separated class names replacing the source's ("" = keep; IDX files have none)
     download: bool = False  # tfds: may download and prepare the dataset when it is not prepared yet
@@ -25,11 +25,15 @@ class DataConfig:
     test_fraction: float = 0.2  # share held out for test, only for sources without a test split (digits)
     max_train_examples: int = 0  # cap on training examples after the split, stratified; 0 = all
     seed: int = 0  # seed of the validation (and test) carve-out
+    image_size: tuple[int, ...] = ()  # folder: (height, width) every image is resized to; () = the first image's size
+    channels: int = 0  # folder: 1 (grayscale) or 3 (RGB) every image is converted to; 0 = the first image's
+    on_bad_file: str = "fail"  # folder: fail | skip: an unreadable image stops the run, or is skipped and counted
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
     imbalance_warn_ratio: float = 10.0  # warn when the largest training class outnumbers the smallest by more
+    drift_warn_std: float = 0.5  # warn when test's pixel mean or std is further than this many train stds from train's
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,25 @@ def idx_dir(tmp_path) -> Path:
     write_idx(data_dir / "t10k-images-idx3-ubyte.gz", test_x[..., 0])
     write_idx(data_dir / "t10k-labels-idx1-ubyte.gz", test_y)
     return data_dir
+
+
+def write_image_folder(folder_dir: Path, images: np.ndarray, labels: np.ndarray,
+                       class_names=("a", "b", "c"), suffix: str = ".png") -> list[Path]:
+    """Write `images` ([N, H, W, 1 or 3] uint8) as `folder_dir/<class>/<index>.<suffix>`; returns the paths."""
+    from PIL import Image
+
+    paths = []
+    for index, (image, label) in enumerate(zip(images, labels)):
+        path = folder_dir / class_names[label] / f"{index:05d}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """A folder: source without train/test: 3 classes of 12 grayscale 6x6 PNGs each."""
+    images, labels = make_images(12)
+    write_image_folder(tmp_path / "images", images, labels)
+    return tmp_path / "images"

@@ -79,3 +79,43 @@ def test_a_class_too_small_to_split_is_a_user_error(idx_dir, tmp_path):
     write_idx(idx_dir / "train-labels-idx1-ubyte.gz", labels)
     with pytest.raises(UserError, match="every class needs at least 2 training examples"):
         ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "out")
+
+
+def test_a_failure_while_writing_leaves_no_split_files(idx_dir, tmp_path, monkeypatch):
+    import components.ingest as ingest_module
+
+    written = []
+    real_write = ingest_module._write_npz
+
+    def fail_on_third(path, arrays):
+        if len(written) == 2:
+            raise OSError("disk full")
+        real_write(path, arrays)
+        written.append(path)
+
+    monkeypatch.setattr(ingest_module, "_write_npz", fail_on_third)
+    with pytest.raises(OSError, match="disk full"):
+        ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "out")
+    assert len(written) == 2 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_split_files_are_plain_npz_in_chunks(idx_dir, tmp_path, monkeypatch):
+    import components.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 100)  # 36-byte images: 2 per chunk
+    splits = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "out")
+    with np.load(tmp_path / "out" / "test.npz", allow_pickle=False) as data:
+        assert sorted(data.files) == ["images", "labels"]
+        from components.sources import read_idx_dir
+        np.testing.assert_array_equal(data["images"], read_idx_dir(idx_dir).test_images)
+    assert load_split(splits, "train")[0].shape == (splits.num_examples["train"], 6, 6, 1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"on_bad_file": "maybe"}, "data.on_bad_file='maybe' is not one of fail, skip"),
+    ({"image_size": (28,)}, r"data.image_size=\(28,\) is not \(height, width\)"),
+    ({"channels": 2}, "data.channels=2 is not 0 \\(keep\\), 1 \\(grayscale\\) or 3 \\(RGB\\)"),
+])
+def test_bad_data_config_values_are_refused(idx_dir, tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        ingest(DataConfig(source=f"idx:{idx_dir}", **override), tmp_path / "out")

@@ -85,3 +85,33 @@ def test_imbalance_is_a_warning_not_an_error(tmp_path, caplog):
     validate(ValidateConfig(imbalance_warn_ratio=5.0), write_splits(tmp_path, (images[keep], labels[keep])),
              tmp_path / "out")
     assert "class imbalance 12.0:1" in caplog.text
+
+
+def test_statistics_record_leakage_skips_and_the_summary(tmp_path, caplog):
+    train = make_images(4)
+    test_images, test_labels = make_images(3, seed=2)
+    test_images[:2] = train[0][:2]  # two test images copied from train
+    splits = write_splits(tmp_path, train, test=(test_images, test_labels))
+    splits = Splits(splits.splits_dir, splits.fingerprint, splits.class_names, splits.num_examples, 5)
+    schema = validate(ValidateConfig(), splits, tmp_path / "out")
+    stats = json.loads(schema.statistics_path.read_text())
+    assert stats["source"] == {"skipped_files": 5, "test_images_also_in_train": 2}
+    assert stats["test"]["channel_mean"] == [pytest.approx(test_images.mean())]
+    assert "2 of 9 test images are exact duplicates of training images (leakage)" in caplog.text
+    assert schema.warnings == tuple(stats["warnings"]) and len(schema.warnings) == 1
+    assert schema.summary == "train 12 / val 6 / test 9, 6x6x1, 3 classes, 5 bad files skipped, 1 warning"
+
+
+def test_test_pixels_far_from_train_are_a_warning(tmp_path, caplog):
+    test_images, test_labels = make_images(3, seed=2)
+    splits = write_splits(tmp_path, make_images(4), test=(test_images // 4, test_labels))
+    schema = validate(ValidateConfig(drift_warn_std=0.5), splits, tmp_path / "out")
+    assert "test pixels differ from train's" in caplog.text
+    assert any("validate.drift_warn_std=0.5" in warning for warning in schema.warnings)
+    quiet = validate(ValidateConfig(drift_warn_std=100.0), splits, tmp_path / "quiet")
+    assert quiet.warnings == ()
+
+
+def test_good_data_has_no_warnings(tmp_path):
+    schema = validate(ValidateConfig(), write_splits(tmp_path, make_images(4)), tmp_path / "out")
+    assert schema.warnings == () and schema.summary.endswith("3 classes, 0 warnings")
