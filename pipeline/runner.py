@@ -261,6 +261,8 @@ def format_summary(manifest: dict[str, Any]) -> str:
     lines += [f"{s['name']:<12}{s['status']:<12}{s['seconds']:>9.1f}" for s in manifest["stages"]]
     total = sum(s["seconds"] for s in manifest["stages"])
     lines.append(f"{'total':<24}{total:>9.1f}")
+    if "validate" in manifest["artifacts"]:
+        lines.append(f"data         {manifest['artifacts']['validate']['summary']}")
     if manifest["metrics"]["test_accuracy"] is not None:
         lines.append(f"test accuracy {manifest['metrics']['test_accuracy']:.4f}  "
                      f"(loss {manifest['metrics']['test_loss']:.4f}, precision {manifest['precision']})")

@@ -35,6 +35,7 @@ def test_summary_table_lists_stages_accuracy_and_exports(smoke_run):
         assert any(line.startswith(stage) and "succeeded" in line for line in lines), stage
     assert f"test accuracy {smoke_run.manifest['metrics']['test_accuracy']:.4f}" in smoke_run.stdout
     assert "saved_models/smoke_cnn/1/model.onnx" in smoke_run.stdout
+    assert "data         train 1293 / val 144 / test 360, 8x8x1, 10 classes, 0 warnings" in smoke_run.stdout
     assert "Traceback" not in smoke_run.stderr and "oneDNN" not in smoke_run.stderr
 
 
