@@ -1,6 +1,6 @@
 """Fashion-MNIST: this pipeline's `fashion` model against the keras-io mnist_convnet recipe.
 
-    python bench/peers.py [--epochs-ours 2] [--epochs-peer 3]
+    python bench/peers.py [--epochs-ours 2] [--epochs-peer 3] [--skip-peer] [section.key=value ...]
 
 Both train in this process on the same 60,000 training images (keras-io's recipe takes all of them,
 with 10% held out by `validation_split`; ours takes its 55,000/5,000 split) and are scored on the
@@ -46,9 +46,9 @@ def keras_io_recipe(source, epochs: int) -> tuple[float, float]:
     return seconds, model.evaluate(x_test, source.test_labels, verbose=0)[1]
 
 
-def ours(source, epochs: int) -> tuple[float, float]:
-    """The `fashion` preset's model, optimizer and input pipeline, for `epochs` epochs."""
-    config = resolve("fashion", [f"train.epochs={epochs}"])
+def ours(source, epochs: int, overrides: list[str]) -> tuple[float, float]:
+    """The `fashion` preset's model, optimizer and input pipeline (with `overrides`), for `epochs` epochs."""
+    config = resolve("fashion", [f"train.epochs={epochs}", *overrides])
     keras.utils.set_random_seed(config.train.seed)
     images, labels = source.train_images[:55_000], source.train_labels[:55_000]
     model = build_model(config.model, (28, 28, 1), 10, float(images.mean()), float(images.std()))
@@ -58,7 +58,7 @@ def ours(source, epochs: int) -> tuple[float, float]:
                   metrics=["accuracy"])
     start = time.perf_counter()
     model.fit(make_dataset(images, labels, config.train.batch_size, shuffle_seed=0, epochs=epochs),
-              epochs=epochs, steps_per_epoch=steps, verbose=0)
+              epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0)
     seconds = time.perf_counter() - start
     test = make_dataset(source.test_images, source.test_labels, 512)
     return seconds, model.evaluate(test, verbose=0)[1]
@@ -69,11 +69,15 @@ def main() -> None:
     parser.add_argument("--epochs-ours", type=int, default=2)
     parser.add_argument("--epochs-peer", type=int, default=3)
     parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    parser.add_argument("--skip-peer", action="store_true", help="time only this pipeline's model")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="on top of the fashion preset")
     args = parser.parse_args()
     source = read_idx_dir(args.data)
-    for name, fn, epochs in (("keras-io mnist_convnet", keras_io_recipe, args.epochs_peer),
-                             ("this pipeline (fashion)", ours, args.epochs_ours)):
-        seconds, accuracy = fn(source, epochs)
+    runs = [] if args.skip_peer else [("keras-io mnist_convnet", lambda: keras_io_recipe(source, args.epochs_peer),
+                                       args.epochs_peer)]
+    runs.append(("this pipeline (fashion)", lambda: ours(source, args.epochs_ours, args.overrides), args.epochs_ours))
+    for name, fn, epochs in runs:
+        seconds, accuracy = fn()
         print(f"{name:<26} {epochs} epochs  {seconds / epochs:5.1f} s/epoch  {seconds:6.1f} s  "
               f"test accuracy {accuracy:.4f}", flush=True)
 
