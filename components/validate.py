@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from components.artifacts import SPLITS, Schema, Splits, load_split
+from components.atomic import write_text_atomically
 from pipeline.config import ValidateConfig
 from pipeline.errors import UserError
 
@@ -108,9 +108,7 @@ def _summary(statistics: dict, image_shape: tuple[int, int, int], num_classes: i
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text(json.dumps(data, indent=2))
-    os.replace(tmp_path, path)
+    write_text_atomically(path, json.dumps(data, indent=2))
 
 
 def _check_shapes(data: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, int, int]:

@@ -2,12 +2,15 @@
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from pipeline.config import resolve, to_dict
-from tests.conftest import run_pipeline_cli, run_python
+from tests.conftest import QUIET_ENV, run_pipeline_cli, run_python
 
 STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "export"]
 
@@ -143,3 +146,29 @@ def test_missing_data_is_one_clear_line_exit_2_and_a_failed_manifest(tmp_path):
     with sqlite3.connect(tmp_path / "lineage.sqlite") as db:
         assert db.execute("SELECT status FROM runs").fetchall() == [("failed",)]
         assert db.execute("SELECT stage, status FROM executions").fetchall() == [("ingest", "failed")]
+
+
+def test_tensorboard_serves_scalars_images_and_profile_tabs(smoke_run):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(smoke_run.workdir / "runs"),
+                               "--host", "127.0.0.1", "--port", str(port)], env=QUIET_ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=5) as reply:
+                    plugins = json.load(reply)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "TensorBoard did not start"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait()
+    assert all(plugins[name]["enabled"] for name in ("scalars", "images", "profile")), plugins
