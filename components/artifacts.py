@@ -50,6 +50,7 @@ class TrainedModel:
     precision: str
     history_path: Path
     weights_sha256: str  # identifies the trained weights, e.g. to tell whether an export is this model
+    replicas: int  # devices trained on in parallel (1 unless train.strategy mirrored over several)
 
 
 @dataclass(frozen=True)

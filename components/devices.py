@@ -1,7 +1,7 @@
-"""Which precision policy to train in, decided from a plain description of the devices.
+"""Which precision policy and which distribution strategy to train with, decided from the devices.
 
-The decision is a pure function of `Device` values so tests can drive it with any GPU they
-describe; `local_devices()` is the only part that asks TensorFlow.
+The decisions are pure functions of `Device` values so tests can drive them with any GPUs they
+describe; `local_devices()` and `make_strategy()` are the only parts that ask TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Sequence
 from pipeline.errors import UserError
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "single", "mirrored")
 # Tensor cores, where float16 pays off, arrived with compute capability 7.0 (Volta).
 MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
 
@@ -50,3 +51,35 @@ def local_devices() -> list[Device]:
     ]
     return gpus + [Device("CPU")]
 
+
+
+@dataclass(frozen=True)
+class StrategyPlan:
+    """How to place training: one device, or data-parallel replicas on every device of one kind."""
+
+    kind: str  # "single" or "mirrored"
+    device_kind: str  # "GPU" or "CPU": what the mirrored replicas run on
+
+
+def choose_strategy(requested: str, devices: Sequence[Device]) -> StrategyPlan:
+    """Resolve `train.strategy`: `auto` mirrors over the GPUs when there are two or more.
+
+    `mirrored` replicates over all GPUs, or over the CPU's logical devices when there is no GPU
+    (which is how the multi-device path is exercised on a machine without one).
+    """
+    if requested not in STRATEGIES:
+        raise UserError(f"train.strategy={requested!r} is not one of {', '.join(STRATEGIES)}")
+    num_gpus = sum(device.kind == "GPU" for device in devices)
+    device_kind = "GPU" if num_gpus else "CPU"
+    if requested == "mirrored" or (requested == "auto" and num_gpus >= 2):
+        return StrategyPlan("mirrored", device_kind)
+    return StrategyPlan("single", device_kind)
+
+
+def make_strategy(plan: StrategyPlan):
+    """The tf.distribute strategy for `plan` (the default one for `single`)."""
+    import tensorflow as tf
+
+    if plan.kind == "single":
+        return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices(plan.device_kind)])

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from components.artifacts import Normalization, Schema, Splits, TrainedModel, load_split
 from components.atomic import write_atomically, write_text_atomically
-from components.devices import choose_precision, local_devices
+from components.devices import choose_precision, choose_strategy, local_devices, make_strategy
 from components.model import build_model
 from pipeline.config import ModelConfig, TrainConfig
 
@@ -27,7 +27,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     """Train the model and save it as `model.keras` with its per-epoch `history.json`.
 
     Args:
-        config: the `train` section (epochs, batch size, precision, seed, profiler range).
+        config: the `train` section (epochs, batch size, precision, strategy, seed, profiler range).
         model_config: the `model` section.
         splits: ingest's output; `train` is fitted, `val` is monitored.
         schema: validate's output; the model's input shape and width come from it.
@@ -40,19 +40,22 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     Returns:
         The saved model's path and weights hash, the precision policy it trained in, its history.
     """
-    precision = choose_precision(config.precision, local_devices())
+    devices = local_devices()
+    precision = choose_precision(config.precision, devices)
+    strategy = make_strategy(choose_strategy(config.strategy, devices))
     _seed_everything(config.seed, config.deterministic)
     train_images, train_labels = load_split(splits, "train")
     val_images, val_labels = load_split(splits, "val")
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = build_model(model_config, schema.image_shape, schema.num_classes,
-                            normalization.mean, normalization.std)
         steps_per_epoch = -(-len(train_labels) // config.batch_size)
-        model.compile(optimizer=_optimizer(config, steps_per_epoch),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         checkpoint = EpochCheckpoint(resume_dir) if resume_dir else None
-        first_epoch, history = checkpoint.restore(model) if checkpoint else (0, {})
+        with strategy.scope():
+            model = build_model(model_config, schema.image_shape, schema.num_classes,
+                                normalization.mean, normalization.std)
+            model.compile(optimizer=_optimizer(config, steps_per_epoch),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            first_epoch, history = checkpoint.restore(model) if checkpoint else (0, {})
         if first_epoch == 0:
             log_images(tensorboard_dir, train_images[: config.log_images])
         fit = model.fit(
@@ -66,7 +69,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     finally:
         keras.mixed_precision.set_global_policy("float32")
     history = {key: history.get(key, []) + [float(v) for v in values] for key, values in fit.history.items()}
-    return _save(model, history, precision, out_dir, checkpoint)
+    return _save(model, history, precision, strategy.num_replicas_in_sync, out_dir, checkpoint)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -132,15 +135,17 @@ def log_images(tensorboard_dir: Path, images: np.ndarray) -> None:
         tf.summary.image("train examples", scaled, step=0, max_outputs=len(images))
 
 
-def _save(model: keras.Model, history: dict[str, list[float]], precision: str, out_dir: Path,
+def _save(model: keras.Model, history: dict[str, list[float]], precision: str, replicas: int, out_dir: Path,
           checkpoint: EpochCheckpoint | None) -> TrainedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.keras")
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     if checkpoint:
         checkpoint.clear()
-    log.info("train: %d epochs in %s, val_accuracy %.4f", len(history["loss"]), precision, history["val_accuracy"][-1])
-    return TrainedModel(out_dir / "model.keras", precision, out_dir / "history.json", weights_sha256(model))
+    log.info("train: %d epochs in %s on %d replica(s), val_accuracy %.4f", len(history["loss"]), precision,
+             replicas, history["val_accuracy"][-1])
+    return TrainedModel(out_dir / "model.keras", precision, out_dir / "history.json", weights_sha256(model),
+                        replicas)
 
 
 def weights_sha256(model: keras.Model) -> str:

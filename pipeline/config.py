@@ -57,6 +57,7 @@ class TrainConfig:
     batch_size: int = 64  # examples per step
     learning_rate: float = 2e-3  # peak Adam learning rate, decayed to 0 along a cosine
     precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16 (auto: float16 on GPUs >= 7.0)
+    strategy: str = "auto"  # auto | single | mirrored (auto: data-parallel over all GPUs when there are 2+)
     seed: int = 42  # seeds Python, NumPy, TensorFlow and the tf.data shuffle
     deterministic: bool = True  # TF op determinism: byte-identical reruns, somewhat slower on GPU
     profile_batches: tuple[int, ...] = (2, 4)  # first and last batch traced by the profiler; () = off

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.devices import Device, choose_precision, local_devices
+from components.devices import Device, StrategyPlan, choose_precision, choose_strategy, local_devices
 from pipeline.errors import UserError
 
 CPU = Device("CPU")
@@ -35,3 +35,19 @@ def test_this_machine_is_described_with_its_cpu():
     devices = local_devices()
     assert devices[-1] == CPU
     assert all(d.kind == "GPU" and d.compute_capability for d in devices[:-1])
+
+
+@pytest.mark.parametrize("requested, devices, expected", [
+    ("auto", [CPU], StrategyPlan("single", "CPU")),
+    ("auto", [Device("GPU", (8, 0)), CPU], StrategyPlan("single", "GPU")),
+    ("auto", [Device("GPU", (8, 0)), Device("GPU", (8, 0)), CPU], StrategyPlan("mirrored", "GPU")),
+    ("single", [Device("GPU", (8, 0)), Device("GPU", (8, 0)), CPU], StrategyPlan("single", "GPU")),
+    ("mirrored", [CPU], StrategyPlan("mirrored", "CPU")),  # the CPU's logical devices: testable here
+])
+def test_strategy_choice(requested, devices, expected):
+    assert choose_strategy(requested, devices) == expected
+
+
+def test_unknown_strategy_is_a_user_error():
+    with pytest.raises(UserError, match="train.strategy='tpu' is not one of auto, single, mirrored"):
+        choose_strategy("tpu", [CPU])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_pipeline_cli
+from tests.conftest import run_pipeline_cli, run_python
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -18,3 +18,23 @@ def test_mixed_precision_runs_end_to_end_with_parity(tmp_path, policy):
     metadata = json.loads((Path(manifest["export"]["version_dir"]) / "metadata.json").read_text())
     assert metadata["trained_precision"] == policy and metadata["exported_precision"] == "float32"
     assert metadata["parity_max_abs_diff"] <= 1e-4
+
+
+MIRRORED_ON_TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pipeline.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
+    process = run_python(MIRRORED_ON_TWO_CPUS, "--preset", "smoke", "--workdir", str(tmp_path),
+                         "train.strategy=mirrored")
+    assert process.returncode == 0, process.stderr
+    manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
+    assert manifest["artifacts"]["train"]["replicas"] == 2
+    assert manifest["metrics"]["test_accuracy"] > 0.5
+    assert Path(manifest["export"]["version_dir"], "saved_model.pb").exists()
