@@ -58,7 +58,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             first_epoch, history = checkpoint.restore(model) if checkpoint else (0, {})
         if first_epoch == 0:
             log_images(tensorboard_dir, train_images[: config.log_images])
-        fit = model.fit(
+        fit = None if first_epoch >= config.epochs else model.fit(  # killed after its last epoch: done
             make_dataset(train_images, train_labels, config.batch_size, shuffle_seed=config.seed,
                          epochs=config.epochs, first_epoch=first_epoch),
             validation_data=make_dataset(val_images, val_labels, config.batch_size),
@@ -68,7 +68,8 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    history = {key: history.get(key, []) + [float(v) for v in values] for key, values in fit.history.items()}
+    for key, values in (fit.history if fit else {}).items():
+        history[key] = history.get(key, []) + [float(value) for value in values]
     return _save(model, history, precision, strategy.num_replicas_in_sync, out_dir, checkpoint)
 
 

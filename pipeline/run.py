@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         config = resolve(args.preset, args.overrides)
+        if args.workdir.exists() and not args.workdir.is_dir():
+            raise UserError(f"--workdir {args.workdir} is a file; give a folder (it is created if missing)")
         _quiet_tensorflow(args.verbose)
         from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline  # imports TensorFlow
 
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotBlessed as error:
         print(f"error: {error} (evaluate.fail_if_not_blessed=true)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (finished stages and epochs are kept)",
+              file=sys.stderr)
+        return 130
     print(format_summary(manifest))
     return 0
 

@@ -76,3 +76,11 @@ def test_cli_refuses_a_bad_key_with_one_line_and_exit_2(tmp_path):
     assert run.stderr.strip().count("\n") == 0, run.stderr
     assert run.stderr.startswith("error: unknown config key 'train.epoch'")
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_refuses_a_file_as_workdir(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    run = run_pipeline_cli(not_a_folder, "--preset", "smoke")
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: --workdir {not_a_folder} is a file; give a folder (it is created if missing)"

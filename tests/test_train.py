@@ -39,3 +39,17 @@ def test_learns_tiny_data_and_writes_history_and_tensorboard(tmp_path):
     assert trained.precision == "float32"
     event_dirs = {p.parent.name for p in (tmp_path / "a" / "tensorboard").rglob("events.out.tfevents.*")}
     assert {"train", "validation", "images"} <= event_dirs
+
+
+def test_resuming_after_the_last_epoch_trains_no_more_and_keeps_the_result(tmp_path, monkeypatch):
+    from components import train as train_module
+
+    monkeypatch.setattr(train_module.EpochCheckpoint, "clear", lambda self: None)  # as if killed before clean-up
+    (tmp_path / "data").mkdir()
+    splits = write_splits(tmp_path / "data", make_images(12), val=make_images(4, seed=1))
+    schema = Schema(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
+    normalization = Normalization(tmp_path / "n.json", 60.0, 70.0)
+    runs = [train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, tmp_path / name, tmp_path / f"tb-{name}",
+                  resume_dir=tmp_path / "resume") for name in ("first", "again")]
+    assert runs[0].weights_sha256 == runs[1].weights_sha256
+    assert json.loads(runs[1].history_path.read_text()) == json.loads(runs[0].history_path.read_text())
