@@ -9,12 +9,14 @@ execution of that stage removes.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
 import typing
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from components import artifacts as artifact_types
 from components.atomic import new_hidden_dir, remove_abandoned
@@ -39,6 +41,15 @@ class StageCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return artifact if all(path.exists() for path in _paths(artifact)) else None
+
+    @contextmanager
+    def claim(self, stage: str, fingerprint: str) -> Iterator[None]:
+        """Hold the execution of one fingerprint: a second process running the same stage with the
+        same inputs waits here, then finds the first one's outputs instead of computing them again."""
+        (self.cache_dir / stage).mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / stage / f".{fingerprint}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+            yield
 
     def new_work_dir(self, stage: str) -> Path:
         """A fresh temporary folder for an execution's outputs; abandoned ones of killed runs are removed."""

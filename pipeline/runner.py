@@ -144,19 +144,21 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
     fingerprint = _fingerprint(stage, config, context, resolved)
     record["fingerprint"] = fingerprint
     started = time.time()
-    artifact = None if stage.name in selection.force else context.cache.lookup(stage.name, fingerprint)
-    if artifact is None and selection.position(stage.name) == "before":
-        raise UserError(f"stage {stage.name} has no cached result for this config; run without "
-                        f"--only/--from first, or start earlier (e.g. --from {stage.name})")
-    if artifact is None:
-        try:
-            artifact = _execute(stage, config, context, fingerprint, resolved, record, stage.name in selection.force)
-        except BaseException:
-            _record_lineage(stage, context, fingerprint, record, started, produced=False)
-            raise
-    else:
-        record["status"] = "cached"
-        log.info("stage %s: cached", stage.name)
+    with context.cache.claim(stage.name, fingerprint):
+        artifact = None if stage.name in selection.force else context.cache.lookup(stage.name, fingerprint)
+        if artifact is None and selection.position(stage.name) == "before":
+            raise UserError(f"stage {stage.name} has no cached result for this config; run without "
+                            f"--only/--from first, or start earlier (e.g. --from {stage.name})")
+        if artifact is None:
+            try:
+                artifact = _execute(stage, config, context, fingerprint, resolved, record,
+                                    stage.name in selection.force)
+            except BaseException:
+                _record_lineage(stage, context, fingerprint, record, started, produced=False)
+                raise
+        else:
+            record["status"] = "cached"
+            log.info("stage %s: cached", stage.name)
     _link(context.run_dir / stage.name, context.cache.final_dir(stage.name, fingerprint))
     context.artifacts[stage.name] = artifact
     # Ingest's artifact carries its data's content hash: what follows is keyed by content, not recipe.

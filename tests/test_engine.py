@@ -190,3 +190,15 @@ def test_two_runners_at_once_on_one_workdir(tmp_path):
         assert db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall() == [("succeeded", 2)]
         assert db.execute("SELECT COUNT(*) FROM executions").fetchone() == (12,)
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_the_same_command_twice_at_once_trains_once(tmp_path):
+    command = [sys.executable, "-m", "pipeline.run", "--preset", "smoke", "--workdir", str(tmp_path)]
+    processes = [subprocess.Popen(command, cwd=REPO_DIR, env=QUIET_ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err for _, err in outputs]
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/manifest.json")]
+    train_statuses = sorted(next(s["status"] for s in m["stages"] if s["name"] == "train") for m in manifests)
+    assert train_statuses == ["cached", "succeeded"]
+    assert [p.name for p in (tmp_path / "saved_models" / "smoke_cnn").iterdir() if p.name.isdigit()] == ["1"]
