@@ -4,8 +4,9 @@
     python bench/ingest_memory.py --folder-images 100000  # a flat folder of 100k PNGs (the scale check)
 
 Each ingest runs in a fresh subprocess, which reports its own peak resident memory
-(`resource.getrusage(RUSAGE_SELF).ru_maxrss`, the figure `/usr/bin/time -v` shows). A `digits` ingest is measured the same way as the
-baseline (interpreter, NumPy, scikit-learn, Pillow), so the data's share can be read off.
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`, the figure `/usr/bin/time -v` shows). A `digits`
+ingest is measured the same way as the baseline (interpreter, NumPy, scikit-learn, Pillow), so the
+data's share can be read off.
 """
 
 from __future__ import annotations

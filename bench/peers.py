@@ -17,7 +17,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from components.model import build_model  # noqa: E402
 from components.sources import read_idx_dir  # noqa: E402

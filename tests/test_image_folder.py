@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from components.artifacts import load_split
-from components.image_folder import ImageFormat, decode_image, BadImageError
+from components.image_folder import BadImageError, ImageFormat, decode_image
 from components.ingest import ingest
 from components.validate import validate
 from pipeline.config import DataConfig, ValidateConfig
@@ -150,7 +150,8 @@ def test_the_model_takes_its_shape_and_classes_from_a_folder(tmp_path):
                            "train.epochs=1")
     assert run.returncode == 0, run.stderr
     assert run.manifest["artifacts"]["validate"]["image_shape"] == [12, 10, 3]
-    assert run.manifest["artifacts"]["validate"]["summary"] == "train 43 / val 5 / test 12, 12x10x3, 4 classes, 0 warnings"
+    summary = run.manifest["artifacts"]["validate"]["summary"]
+    assert summary == "train 43 / val 5 / test 12, 12x10x3, 4 classes, 0 warnings"
     version_dir = Path(run.manifest["export"]["version_dir"])
     assert (version_dir / "labels.txt").read_text().split() == ["cat", "dog", "fish", "owl"]
     assert json.loads((version_dir / "metadata.json").read_text())["input"]["shape"] == [None, 12, 10, 3]
