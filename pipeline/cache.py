@@ -44,8 +44,11 @@ class StageCache:
 
     @contextmanager
     def claim(self, stage: str, fingerprint: str) -> Iterator[None]:
-        """Hold the execution of one fingerprint: a second process running the same stage with the
-        same inputs waits here, then finds the first one's outputs instead of computing them again."""
+        """Hold the execution of one fingerprint until the block ends.
+
+        A second process running the same stage on the same inputs waits here, then finds the
+        first one's outputs instead of computing them again.
+        """
         (self.cache_dir / stage).mkdir(parents=True, exist_ok=True)
         with open(self.cache_dir / stage / f".{fingerprint}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
@@ -53,7 +56,8 @@ class StageCache:
 
     def new_work_dir(self, stage: str) -> Path:
         """A fresh temporary folder for an execution's outputs; abandoned ones of killed runs are removed."""
-        remove_abandoned(self.cache_dir / stage, "tmp")
+        for prefix in ("tmp", "old"):
+            remove_abandoned(self.cache_dir / stage, prefix)
         return new_hidden_dir(self.cache_dir / stage, "tmp")
 
     def commit(self, stage: str, fingerprint: str, work_dir: Path, artifact: Any, replace: bool = False) -> Any:
