@@ -43,8 +43,19 @@ class Lineage:
 
     def __init__(self, db_path: Path):
         self.db_path = db_path
-        with self._transaction() as db:
-            db.executescript(SCHEMA)
+        for attempt in range(100):
+            try:
+                with closing(sqlite3.connect(self.db_path, timeout=60)) as db:
+                    # Persistent in the file. Switching modes can fail at once with "database is locked"
+                    # (no busy wait) while another process opens the file for the first time: retry.
+                    db.execute("PRAGMA journal_mode=WAL")
+                    with db:
+                        db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 99:
+                    raise
+                time.sleep(0.05)
 
     def start_run(self, run_id: str, command: str, config: dict, reproduction: dict) -> None:
         with self._transaction() as db:
@@ -116,7 +127,5 @@ class Lineage:
             yield db
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, timeout=60)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+        return sqlite3.connect(self.db_path, timeout=60)
 
