@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from pipeline.config import CHOICES
 from pipeline.errors import UserError
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "single", "mirrored")
+PRECISIONS = CHOICES["train.precision"]
+STRATEGIES = CHOICES["train.strategy"]
 # Tensor cores, where float16 pays off, arrived with compute capability 7.0 (Volta).
 MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
 

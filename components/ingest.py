@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from components.artifacts import Splits, split_path
 from components.sources import SourceData, read_source
-from pipeline.config import DataConfig
+from pipeline.config import CHOICES, DataConfig
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def check_data_config(config: DataConfig) -> None:
         raise UserError(f"data.channels={config.channels} is not 0 (keep), 1 (grayscale) or 3 (RGB)")
 
 
-ON_BAD_FILE = ("fail", "skip")
+ON_BAD_FILE = CHOICES["data.on_bad_file"]
 CHUNK_BYTES = 16 * 2**20  # rows written per chunk: bounds the extra memory of writing a split
 
 

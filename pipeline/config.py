@@ -120,6 +120,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Values a field's type alone does not rule out; checked with every override, before any work starts.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.on_bad_file": ("fail", "skip"),
+    "model.padding": ("same", "valid"),
+    "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    "train.strategy": ("auto", "single", "mirrored"),
+}
+RANGES: dict[str, tuple[float, float]] = {  # inclusive bounds
+    "data.val_fraction": (1e-9, 1 - 1e-9),
+    "data.test_fraction": (1e-9, 1 - 1e-9),
+    "model.dropout": (0.0, 0.99),
+    "train.epochs": (1, 1e9),
+    "train.batch_size": (1, 1e9),
+}
+
+
 def valid_keys(config: PipelineConfig | None = None) -> list[str]:
     """All `section.key` names a user may override."""
     config = config or PipelineConfig()
@@ -175,7 +191,9 @@ def apply_overrides(config: PipelineConfig, overrides: Mapping[str, Any]) -> Pip
         if field_name not in hints:
             raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(config))}")
         section = getattr(config, section_name)
-        section = dataclasses.replace(section, **{field_name: coerce(raw, hints[field_name], key)})
+        value = coerce(raw, hints[field_name], key)
+        _check_allowed(key, value)
+        section = dataclasses.replace(section, **{field_name: value})
         config = dataclasses.replace(config, **{section_name: section})
     return config
 
@@ -200,6 +218,14 @@ def _section_hints(config: PipelineConfig, section_name: str) -> dict[str, Any]:
             f"unknown config section {section_name!r}; valid keys: {', '.join(valid_keys(config))}"
         )
     return typing.get_type_hints(type(getattr(config, section_name)))
+
+
+def _check_allowed(key: str, value: Any) -> None:
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UserError(f"{key}={value!r} is not one of {', '.join(CHOICES[key])}")
+    if key in RANGES and not RANGES[key][0] <= value <= RANGES[key][1]:
+        low, high = RANGES[key]
+        raise UserError(f"{key}={value!r} is out of range; use a value from {low:g} to {high:g}")
 
 
 def _default_of(key: str) -> Any:

@@ -36,6 +36,20 @@ def test_bad_values_are_refused(override, fragment):
         resolve("default", [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.padding=full", "model.padding='full' is not one of same, valid"),
+    ("train.precision=float16", "train.precision='float16' is not one of auto, float32"),
+    ("data.on_bad_file=maybe", "data.on_bad_file='maybe' is not one of fail, skip"),
+    ("model.dropout=1.5", "model.dropout=1.5 is out of range; use a value from 0 to 0.99"),
+    ("data.val_fraction=0", "data.val_fraction=0.0 is out of range"),
+    ("train.epochs=0", "train.epochs=0 is out of range"),
+])
+def test_values_outside_the_allowed_ones_are_refused(override, message):
+    with pytest.raises(UserError) as caught:
+        resolve("default", [override])
+    assert str(caught.value).startswith(message)
+
+
 def test_unknown_key_lists_the_valid_ones():
     with pytest.raises(UserError) as caught:
         resolve("default", ["train.epoch=3"])
