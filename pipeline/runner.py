@@ -42,7 +42,7 @@ class Stage:
     fn: Callable[..., Any]
     sections: tuple[str, ...]  # config sections passed first, in order
     inputs: tuple[str, ...] = ()  # earlier stages whose artifacts are passed next, in order
-    extras: tuple[str, ...] = ()  # run-level values passed by keyword, not part of the fingerprint
+    extras: tuple[str, ...] = ()  # run-level values passed by keyword (see `_execute`), not fingerprinted
     watches: Callable[[PipelineConfig], Any] | None = None  # outside state in the fingerprint only
     resolves: Callable[[PipelineConfig, dict, "RunContext"], dict] | None = None  # outside inputs, passed and hashed
     skip_unless: Callable[[dict], str | None] | None = None  # a reason to skip, from earlier artifacts
@@ -96,7 +96,6 @@ class RunContext:
     artifacts: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)  # of each stage's output artifact
     stages: list[dict[str, Any]] = field(default_factory=list)
-    resume_dir: Path | None = None  # set per stage by `_execute`
 
 
 def run_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
@@ -170,8 +169,14 @@ def _execute(stage: Stage, config: PipelineConfig, context: RunContext, fingerpr
              record: dict[str, Any], forced: bool) -> Any:
     args = [getattr(config, section) for section in stage.sections]
     args += [context.artifacts[name] for name in stage.inputs]
-    context.resume_dir = context.cache.final_dir(stage.name, fingerprint).with_suffix(".resume")
-    kwargs = {name: getattr(context, name) for name in stage.extras}
+    extras = {
+        "tensorboard_dir": context.tensorboard_dir,
+        "saved_models_dir": context.saved_models_dir,
+        "run_id": context.run_id,
+        # Named by fingerprint, not by run: the next run of a killed command finds it and resumes.
+        "resume_dir": context.cache.final_dir(stage.name, fingerprint).with_suffix(".resume"),
+    }
+    kwargs = {name: extras[name] for name in stage.extras}
     work_dir = context.cache.new_work_dir(stage.name)
     log.info("stage %s: started", stage.name)
     start = time.perf_counter()
