@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,25 @@ class ExportedModel:
     version: int
     onnx_path: Path
     parity_max_abs_diff: float
+
+
+def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
+    """sha256 over the dtype, shape and bytes of each array (None counts as absent)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        if array is None:
+            digest.update(b"none;")
+            continue
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def version_dirs(model_dir: Path) -> list[Path]:
+    """The exported version folders of one model (TF Serving layout), oldest number first."""
+    versions = [path for path in model_dir.iterdir() if path.name.isdigit()] if model_dir.is_dir() else []
+    return sorted(versions, key=lambda path: int(path.name))
 
 
 def split_path(splits_dir: Path, split: str) -> Path:

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
-from components.artifacts import Metrics, Splits, TrainedModel, load_split
+from components.artifacts import Metrics, Splits, TrainedModel, load_split, version_dirs
 from pipeline.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
 
 def find_baseline(model_dir: Path, trained: TrainedModel) -> Path | None:
     """The newest exported version under `model_dir`, unless it is this very model (or there is none)."""
-    versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    versions = version_dirs(model_dir)
     if not versions:
         return None
     metadata = json.loads((versions[-1] / "metadata.json").read_text())

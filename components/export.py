@@ -20,7 +20,7 @@ import onnx
 import onnxruntime
 import tensorflow as tf
 
-from components.artifacts import ExportedModel, Metrics, Schema, Splits, TrainedModel, load_split
+from components.artifacts import ExportedModel, Metrics, Schema, Splits, TrainedModel, load_split, version_dirs
 from components.atomic import new_hidden_dir, remove_abandoned
 from components.model import as_float32
 from pipeline.config import ExportConfig
@@ -150,8 +150,8 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
 def _publish(staging_dir: Path, model_dir: Path) -> Path:
     """Rename the finished staging folder to the next free integer version, atomically."""
     while True:
-        versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
-        version_dir = model_dir / str(max(versions, default=0) + 1)
+        versions = version_dirs(model_dir)
+        version_dir = model_dir / str(int(versions[-1].name) + 1 if versions else 1)
         try:
             os.rename(staging_dir, version_dir)  # fails if another process took this number first
             return version_dir
@@ -166,7 +166,7 @@ def newest_version(saved_models_dir: Path, model_name: str = "*") -> Path:
     Raises:
         UserError: nothing has been exported there yet.
     """
-    versions = [p for p in Path(saved_models_dir).glob(f"{model_name}/*") if p.name.isdigit()]
+    versions = [v for model_dir in Path(saved_models_dir).glob(model_name) for v in version_dirs(model_dir)]
     if not versions:
         raise UserError(f"no exported model under {saved_models_dir}; run `python -m pipeline.run` first")
     return max(versions, key=lambda p: ((p / "metadata.json").stat().st_mtime, int(p.name)))

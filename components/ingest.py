@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zipfile
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from components.artifacts import Splits, split_path
+from components.artifacts import Splits, fingerprint_arrays, split_path
 from components.sources import SourceData, read_source
 from pipeline.config import CHOICES, DataConfig
 from pipeline.errors import UserError
@@ -90,19 +89,6 @@ def _write_npz(path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
                 np.lib.format.write_array_header_2_0(member, header)
                 for start in range(0, len(indices), rows_per_chunk):
                     member.write(np.ascontiguousarray(array[indices[start: start + rows_per_chunk]]))
-
-
-def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
-    """sha256 over the dtype, shape and bytes of each array (None counts as absent)."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        if array is None:
-            digest.update(b"none;")
-            continue
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(array.data)
-    return digest.hexdigest()
 
 
 def _split_rows(config: DataConfig, source: SourceData) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

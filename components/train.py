@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -12,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.artifacts import Normalization, Schema, Splits, TrainedModel, load_split
+from components.artifacts import Normalization, Schema, Splits, TrainedModel, fingerprint_arrays, load_split
 from components.atomic import write_atomically, write_text_atomically
 from components.devices import choose_precision, choose_strategy, local_devices, make_strategy
 from components.model import build_model
@@ -145,17 +144,9 @@ def _save(model: keras.Model, history: dict[str, list[float]], precision: str, r
         checkpoint.clear()
     log.info("train: %d epochs in %s on %d replica(s), val_accuracy %.4f", len(history["loss"]), precision,
              replicas, history["val_accuracy"][-1])
-    return TrainedModel(out_dir / "model.keras", precision, out_dir / "history.json", weights_sha256(model),
+    return TrainedModel(out_dir / "model.keras", precision, out_dir / "history.json",
+                        fingerprint_arrays(*model.get_weights()),
                         replicas)
-
-
-def weights_sha256(model: keras.Model) -> str:
-    """sha256 over every weight's dtype, shape and bytes: equal hashes, identical models."""
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
 
 
 def _all_variables(model: keras.Model) -> list:
