@@ -31,7 +31,7 @@ import resource, sys
 from pathlib import Path
 from PIL import Image  # imported for every source, so the baseline includes it
 from components.ingest import ingest
-from pipeline.config import DataConfig
+from components.config import DataConfig
 splits = ingest(DataConfig(source=sys.argv[1]), Path(sys.argv[2]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, splits.num_examples)  # ru_maxrss: kB on Linux
 """

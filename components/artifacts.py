@@ -1,29 +1,61 @@
-"""The artifacts stages hand to each other: paths plus the small metadata a later stage needs."""
+"""The artifacts stages hand to each other: paths plus the small metadata a later stage needs.
+
+Every artifact describes itself, so the runner, the manifest and the lineage need not know any
+stage's fields: `fingerprint` identifies its content (what a later stage's cache key covers),
+`facts()` names the results worth recording, `summary()` gives the run summary's lines.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 SPLITS = ("train", "val", "test")
 
 
+class Artifact:
+    """What every artifact can say about itself."""
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the content later stages read: equal fingerprints, interchangeable artifacts."""
+        raise NotImplementedError
+
+    def facts(self) -> dict[str, Any]:
+        """Named results for the manifest and the lineage database (JSON-ready)."""
+        return {}
+
+    def summary(self) -> list[str]:
+        """Lines for the summary printed at the end of a run."""
+        return []
+
+
 @dataclass(frozen=True)
-class Splits:
+class Splits(Artifact):
     """Ingest's output: one `<split>.npz` (`images` [N, H, W, C], `labels` [N]) per split."""
 
     splits_dir: Path
-    fingerprint: str  # sha256 of the source data's images and labels
+    data_sha256: str  # of every split's images and labels, and the class names: what later stages read
     class_names: tuple[str, ...]
     num_examples: dict[str, int]
     num_skipped_files: int = 0  # unreadable image files skipped under data.on_bad_file=skip
 
+    @property
+    def fingerprint(self) -> str:
+        return self.data_sha256
+
+    def facts(self) -> dict[str, Any]:
+        return {"data_fingerprint": self.data_sha256, "num_examples": self.num_examples,
+                "class_names": list(self.class_names)}
+
 
 @dataclass(frozen=True)
-class Schema:
+class Schema(Artifact):
     """Validate's output: what every split was checked against, and where the statistics are."""
 
     schema_path: Path
@@ -31,20 +63,35 @@ class Schema:
     image_shape: tuple[int, int, int]  # height, width, channels
     num_classes: int
     warnings: tuple[str, ...] = ()  # data problems that did not stop the run (leakage, imbalance, drift)
-    summary: str = ""  # one line for the run summary: split sizes, image shape, classes, warnings
+    description: str = ""  # one line for the run summary: split sizes, image shape, classes, warnings
+
+    @property
+    def fingerprint(self) -> str:
+        return file_sha256(self.schema_path, self.statistics_path)
+
+    def facts(self) -> dict[str, Any]:
+        return {"image_shape": list(self.image_shape), "num_classes": self.num_classes,
+                "warnings": list(self.warnings)}
+
+    def summary(self) -> list[str]:
+        return [f"data         {self.description}"]
 
 
 @dataclass(frozen=True)
-class Normalization:
+class Normalization(Artifact):
     """Preprocess's output: pixel statistics of the training split, baked into the model."""
 
     normalization_path: Path
     mean: float
     std: float
 
+    @property
+    def fingerprint(self) -> str:
+        return json_sha256([self.mean, self.std])
+
 
 @dataclass(frozen=True)
-class TrainedModel:
+class TrainedModel(Artifact):
     """Train's output: the Keras model as trained (its own precision policy) and its history."""
 
     model_path: Path
@@ -53,26 +100,76 @@ class TrainedModel:
     weights_sha256: str  # identifies the trained weights, e.g. to tell whether an export is this model
     replicas: int  # devices trained on in parallel (1 unless train.strategy mirrored over several)
 
+    @property
+    def fingerprint(self) -> str:
+        return json_sha256([self.weights_sha256, self.precision])
+
+    def facts(self) -> dict[str, Any]:
+        return {"precision": self.precision, "replicas": self.replicas}
+
+    def summary(self) -> list[str]:
+        return [f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}"]
+
 
 @dataclass(frozen=True)
-class Metrics:
-    """Evaluate's output: test metrics, also in `metrics_path`."""
+class Metrics(Artifact):
+    """Evaluate's output: test metrics, also in `metrics_path`, and the blessing, in `blessing_path`."""
 
     metrics_path: Path
+    blessing_path: Path
     test_loss: float
     test_accuracy: float
     blessed: bool  # good enough to export: above evaluate.min_accuracy, no regression from the baseline
     blessing_reason: str
 
+    @property
+    def fingerprint(self) -> str:
+        return file_sha256(self.metrics_path, self.blessing_path)
+
+    def facts(self) -> dict[str, Any]:
+        return {"test_accuracy": self.test_accuracy, "test_loss": self.test_loss, "blessed": self.blessed,
+                "blessing_reason": self.blessing_reason}
+
+    def summary(self) -> list[str]:
+        return [f"test accuracy {self.test_accuracy:.4f}  (loss {self.test_loss:.4f})", self.blessing_reason]
+
 
 @dataclass(frozen=True)
-class ExportedModel:
+class ExportedModel(Artifact):
     """Export's output: one whole TF Serving version folder."""
 
     version_dir: Path
     version: int
     onnx_path: Path
     parity_max_abs_diff: float
+
+    @property
+    def fingerprint(self) -> str:
+        return file_sha256(self.version_dir / METADATA_FILE)
+
+    def facts(self) -> dict[str, Any]:
+        return {"model_name": self.version_dir.parent.name, "version": self.version,
+                "version_dir": str(self.version_dir), "onnx_path": str(self.onnx_path)}
+
+    def summary(self) -> list[str]:
+        return [f"SavedModel   {self.version_dir}", f"ONNX         {self.onnx_path}"]
+
+
+METADATA_FILE = "metadata.json"  # in every exported version folder: run, data, metrics, input and classes
+
+
+def json_sha256(data: Any) -> str:
+    """sha256 of `data` as canonical JSON."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(*paths: Path) -> str:
+    """sha256 over the bytes of each file, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+        digest.update(b";")
+    return digest.hexdigest()
 
 
 def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
@@ -92,6 +189,19 @@ def version_dirs(model_dir: Path) -> list[Path]:
     """The exported version folders of one model (TF Serving layout), oldest number first."""
     versions = [path for path in model_dir.iterdir() if path.name.isdigit()] if model_dir.is_dir() else []
     return sorted(versions, key=lambda path: int(path.name))
+
+
+def read_metadata(version_dir: Path) -> dict[str, Any]:
+    """An exported version's `metadata.json`."""
+    return json.loads((version_dir / METADATA_FILE).read_text())
+
+
+def find_baseline(model_dir: Path, trained: TrainedModel) -> Path | None:
+    """The newest exported version under `model_dir`, unless it is this very model (or there is none)."""
+    versions = version_dirs(model_dir)
+    if not versions:
+        return None
+    return None if read_metadata(versions[-1]).get("weights_sha256") == trained.weights_sha256 else versions[-1]
 
 
 def split_path(splits_dir: Path, split: str) -> Path:

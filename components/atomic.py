@@ -27,7 +27,9 @@ def write_text_atomically(path: Path, text: str) -> None:
 def new_hidden_dir(parent: Path, prefix: str) -> Path:
     """A fresh folder `parent/.<prefix>-<pid>-<random>` to build outputs in before renaming them."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=parent))
+    os.chmod(path, 0o777 & ~current_umask())  # mkdtemp makes it private; what it becomes is shared
+    return path
 
 
 def remove_abandoned(parent: Path, prefix: str) -> list[Path]:
@@ -50,3 +52,26 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def make_readable_by_all(folder: Path) -> None:
+    """Give `folder` and everything in it the modes the umask allows (0755 folders, 0644 files under 022).
+
+    Temporary folders are created private (0700); a version folder that stays so cannot be read by a
+    server running as another user, as TF Serving does in its Docker image.
+    """
+    umask = current_umask()
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (setting it to read it races with other threads)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask

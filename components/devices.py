@@ -9,11 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from pipeline.config import CHOICES
-from pipeline.errors import UserError
+from components.config import TrainConfig
 
-PRECISIONS = CHOICES["train.precision"]
-STRATEGIES = CHOICES["train.strategy"]
 # Tensor cores, where float16 pays off, arrived with compute capability 7.0 (Volta).
 MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
 
@@ -32,8 +29,6 @@ def choose_precision(requested: str, devices: Sequence[Device]) -> str:
     `auto` picks mixed_float16 only when there are GPUs and all have compute capability >= 7.0;
     otherwise float32 (on CPUs float16 is emulated and slower). Explicit policies are kept as asked.
     """
-    if requested not in PRECISIONS:
-        raise UserError(f"train.precision={requested!r} is not one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested
     gpus = [device for device in devices if device.kind == "GPU"]
@@ -53,7 +48,6 @@ def local_devices() -> list[Device]:
     return gpus + [Device("CPU")]
 
 
-
 @dataclass(frozen=True)
 class StrategyPlan:
     """How to place training: one device, or data-parallel replicas on every device of one kind."""
@@ -68,8 +62,6 @@ def choose_strategy(requested: str, devices: Sequence[Device]) -> StrategyPlan:
     `mirrored` replicates over all GPUs, or over the CPU's logical devices when there is no GPU
     (which is how the multi-device path is exercised on a machine without one).
     """
-    if requested not in STRATEGIES:
-        raise UserError(f"train.strategy={requested!r} is not one of {', '.join(STRATEGIES)}")
     num_gpus = sum(device.kind == "GPU" for device in devices)
     device_kind = "GPU" if num_gpus else "CPU"
     if requested == "mirrored" or (requested == "auto" and num_gpus >= 2):
@@ -84,3 +76,26 @@ def make_strategy(plan: StrategyPlan):
     if plan.kind == "single":
         return tf.distribute.get_strategy()
     return tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices(plan.device_kind)])
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What `train.precision` and `train.strategy` resolved to on this machine, and the devices seen.
+
+    Part of train's fingerprint: the same config trained on another machine is another model.
+    """
+
+    precision: str  # a Keras dtype policy name
+    strategy: StrategyPlan
+    devices: tuple[Device, ...]
+    num_logical_devices: int  # of the strategy's device kind: the replicas of a mirrored run
+
+
+def plan_training(config: TrainConfig, devices: Sequence[Device] | None = None) -> TrainingPlan:
+    """Resolve precision and strategy for `devices` (this machine's when None)."""
+    import tensorflow as tf
+
+    devices = tuple(local_devices() if devices is None else devices)
+    strategy = choose_strategy(config.strategy, devices)
+    num_logical = len(tf.config.list_logical_devices(strategy.device_kind))
+    return TrainingPlan(choose_precision(config.precision, devices), strategy, devices, num_logical)

@@ -10,8 +10,9 @@ import keras
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
-from components.artifacts import Metrics, Splits, TrainedModel, load_split, version_dirs
-from pipeline.config import EvaluateConfig
+from components.artifacts import Metrics, Splits, TrainedModel, load_split, read_metadata
+from components.config import EvaluateConfig
+from components.model import as_float32
 
 log = logging.getLogger(__name__)
 
@@ -33,36 +34,29 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
         Test loss and accuracy, and the blessing (the full report is in the files).
     """
     images, labels = load_split(splits, "test")
-    model = keras.models.load_model(trained.model_path, compile=False)
+    # The float32 twin is what export publishes: the accuracy recorded is the shipped model's.
+    model = as_float32(keras.models.load_model(trained.model_path, compile=False))
     probabilities = model.predict(images.astype(np.float32), batch_size=config.batch_size, verbose=0)
     metrics = classification_metrics(labels, probabilities, splits.class_names)
-    blessing = bless(config, metrics["test_accuracy"], baseline_dir, images, labels)
+    blessing = bless(config, metrics["test_accuracy"], baseline_dir, splits, images, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=2))
     log.info("evaluate: test accuracy %.4f, loss %.4f; %s", metrics["test_accuracy"], metrics["test_loss"],
              blessing["reason"])
-    return Metrics(out_dir / "metrics.json", metrics["test_loss"], metrics["test_accuracy"],
-                   blessing["blessed"], blessing["reason"])
+    return Metrics(out_dir / "metrics.json", out_dir / "blessing.json", metrics["test_loss"],
+                   metrics["test_accuracy"], blessing["blessed"], blessing["reason"])
 
 
-def find_baseline(model_dir: Path, trained: TrainedModel) -> Path | None:
-    """The newest exported version under `model_dir`, unless it is this very model (or there is none)."""
-    versions = version_dirs(model_dir)
-    if not versions:
-        return None
-    metadata = json.loads((versions[-1] / "metadata.json").read_text())
-    return None if metadata.get("weights_sha256") == trained.weights_sha256 else versions[-1]
-
-
-def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, images: np.ndarray,
-          labels: np.ndarray) -> dict:
+def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, splits: Splits,
+          images: np.ndarray, labels: np.ndarray) -> dict:
     """Blessed when accuracy >= min_accuracy and, against a comparable baseline, drops <= max_regression."""
     decision = {"blessed": True, "test_accuracy": accuracy, "baseline": None, "baseline_accuracy": None}
     if accuracy < config.min_accuracy:
         return {**decision, "blessed": False,
                 "reason": f"not blessed: test accuracy {accuracy:.4f} < evaluate.min_accuracy {config.min_accuracy}"}
-    baseline_accuracy = _baseline_accuracy(baseline_dir, images, labels) if baseline_dir else None
+    comparable = baseline_dir is not None and _comparable(baseline_dir, splits.class_names, images.shape[1:])
+    baseline_accuracy = _baseline_accuracy(baseline_dir, images, labels) if comparable else None
     if baseline_accuracy is None:
         return {**decision, "reason": f"blessed: test accuracy {accuracy:.4f}, no comparable baseline"}
     decision.update(baseline=str(baseline_dir), baseline_accuracy=baseline_accuracy)
@@ -75,16 +69,22 @@ def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, im
                                   f"({baseline_dir.parent.name}/{baseline_dir.name})"}
 
 
-def _baseline_accuracy(baseline_dir: Path, images: np.ndarray, labels: np.ndarray) -> float | None:
-    """The exported baseline's accuracy on this test split, or None if it takes other inputs."""
+def _comparable(baseline_dir: Path, class_names: tuple[str, ...], image_shape: tuple[int, ...]) -> bool:
+    """Whether the baseline takes these images and predicts these classes (export refuses otherwise)."""
+    metadata = read_metadata(baseline_dir)
+    if tuple(metadata["input"]["shape"][1:]) == tuple(image_shape) and tuple(metadata["class_names"]) == class_names:
+        return True
+    log.warning("evaluate: baseline %s takes %s images of classes %s, not %s images of %s: not compared",
+                baseline_dir, metadata["input"]["shape"][1:], metadata["class_names"], list(image_shape),
+                list(class_names))
+    return False
+
+
+def _baseline_accuracy(baseline_dir: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    """The exported baseline's accuracy on this test split."""
     import tensorflow as tf
 
     serving = tf.saved_model.load(str(baseline_dir)).signatures["serving_default"]
-    expected_shape = serving.structured_input_signature[1]["pixels"].shape
-    if not expected_shape[1:].is_compatible_with(images.shape[1:]):
-        log.warning("evaluate: baseline %s takes %s images, not %s: not compared", baseline_dir,
-                    expected_shape[1:], images.shape[1:])
-        return None
     probabilities = serving(pixels=tf.constant(images.astype(np.float32)))["probabilities"].numpy()
     return float(accuracy_score(labels, probabilities.argmax(axis=1)))
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from components.errors import UserError
 from components.sources import SourceData
-from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAYSCALE_MODES = ("1", "L", "LA")
 # 16-bit and float pixels have no single right mapping to 0..255 (a 12-bit sensor, HDR), so they are refused.
 UNSUPPORTED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-MAX_LISTED_BAD_FILES = 10
+MAX_LISTED_REASONS = 5  # in the message about bad files; each reason is said once, with its count
+EXAMPLES_PER_REASON = 3
 
 
 @dataclass(frozen=True)
@@ -194,10 +195,18 @@ def _class_names(train_dir: Path) -> tuple[str, ...]:
 
 
 def _bad_files_message(folder_dir: Path, bad_files: tuple[tuple[str, str], ...]) -> str:
-    listed = "; ".join(f"{_relative(path, folder_dir)}: {reason}" for path, reason in bad_files[:MAX_LISTED_BAD_FILES])
-    more = f"; and {len(bad_files) - MAX_LISTED_BAD_FILES} more" if len(bad_files) > MAX_LISTED_BAD_FILES else ""
-    return (f"{len(bad_files)} unreadable image file(s) in {folder_dir}: {listed}{more}; "
-            "fix or remove them, or set data.on_bad_file=skip to skip them")
+    """One line for any number of bad files: each reason once, with its count and a few examples."""
+    by_reason: dict[str, list[str]] = {}
+    for path, reason in bad_files:
+        by_reason.setdefault(reason, []).append(_relative(path, folder_dir))
+    parts = []
+    for reason, paths in sorted(by_reason.items(), key=lambda item: -len(item[1]))[:MAX_LISTED_REASONS]:
+        examples = ", ".join(paths[:EXAMPLES_PER_REASON]) + (", ..." if len(paths) > EXAMPLES_PER_REASON else "")
+        parts.append(f"{len(paths)} {reason} ({examples})")
+    if len(by_reason) > MAX_LISTED_REASONS:
+        parts.append(f"and {len(by_reason) - MAX_LISTED_REASONS} other reasons")
+    return (f"{len(bad_files)} unreadable image file{'s' * (len(bad_files) != 1)} in {folder_dir}: "
+            f"{'; '.join(parts)}; fix or remove them, or set data.on_bad_file=skip to skip them")
 
 
 def _relative(path: str, folder_dir: Path) -> str:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from components.artifacts import Splits, fingerprint_arrays, split_path
+from components.artifacts import Splits, split_path
+from components.config import DataConfig
+from components.errors import UserError
 from components.sources import SourceData, read_source
-from pipeline.config import CHOICES, DataConfig
-from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,64 +33,60 @@ def ingest(config: DataConfig, out_dir: Path) -> Splits:
         out_dir: folder for `<split>.npz` files; created.
 
     Returns:
-        The splits, their sizes, class names, a sha256 fingerprint of the source data, and the files skipped.
+        The splits, their sizes, class names, a sha256 of what they hold (every split's images and
+        labels, and the class names), and the number of files skipped.
     """
-    check_data_config(config)
     source = read_source(config)
     class_names = _class_names(config, source)
-    fingerprint = fingerprint_arrays(source.train_images, source.train_labels,
-                                     source.test_images, source.test_labels)
     splits = _split_rows(config, source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_splits(out_dir, splits)
+    data_sha256 = write_splits(out_dir, splits, extra=repr(class_names).encode())
     num_examples = {name: int(len(rows)) for name, (_, _, rows) in splits.items()}
     log.info("ingest: %s -> %s", config.source, num_examples)
-    return Splits(out_dir, fingerprint, class_names, num_examples, len(source.skipped_files))
+    return Splits(out_dir, data_sha256, class_names, num_examples, len(source.skipped_files))
 
 
-def check_data_config(config: DataConfig) -> None:
-    """Refuse values of the `data` section that its types alone do not rule out."""
-    if config.on_bad_file not in ON_BAD_FILE:
-        raise UserError(f"data.on_bad_file={config.on_bad_file!r} is not one of {', '.join(ON_BAD_FILE)}")
-    if config.image_size and (len(config.image_size) != 2 or min(config.image_size) < 1):
-        raise UserError(f"data.image_size={config.image_size!r} is not (height, width) in pixels, e.g. (28, 28); "
-                        "() keeps the source's size")
-    if config.channels not in (0, 1, 3):
-        raise UserError(f"data.channels={config.channels} is not 0 (keep), 1 (grayscale) or 3 (RGB)")
-
-
-ON_BAD_FILE = CHOICES["data.on_bad_file"]
 CHUNK_BYTES = 16 * 2**20  # rows written per chunk: bounds the extra memory of writing a split
 
 
-def write_splits(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+def write_splits(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 extra: bytes = b"") -> str:
     """Write `<split>.npz` (`images`, `labels`) for each (images, labels, indices), all or none.
 
     Each file is written under a temporary name and renamed once every split is written, so a
     failure never leaves a complete-looking set of split files behind.
+
+    Returns:
+        sha256 over `extra` and every split's name, arrays' dtypes, shapes and bytes as written.
     """
     tmp_paths = {name: split_path(out_dir, name).with_name(f".{name}.npz.tmp") for name in splits}
+    digest = hashlib.sha256(extra)
     try:
         for name, (images, labels, indices) in splits.items():
-            _write_npz(tmp_paths[name], {"images": (images, indices), "labels": (labels, indices)})
+            digest.update(f"{name};".encode())
+            _write_npz(tmp_paths[name], {"images": (images, indices), "labels": (labels, indices)}, digest)
         for name, tmp_path in tmp_paths.items():
             os.replace(tmp_path, split_path(out_dir, name))
     finally:
         for tmp_path in tmp_paths.values():
             tmp_path.unlink(missing_ok=True)
+    return digest.hexdigest()
 
 
-def _write_npz(path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def _write_npz(path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]], digest: Any) -> None:
     """An uncompressed .npz, as `np.savez` writes it, of `array[indices]` per key, gathered in chunks."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key, (array, indices) in arrays.items():
             header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
                       "shape": (len(indices), *array.shape[1:])}
             rows_per_chunk = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
+            digest.update(f"{key};{header['descr']};{header['shape']};".encode())
             with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_2_0(member, header)
                 for start in range(0, len(indices), rows_per_chunk):
-                    member.write(np.ascontiguousarray(array[indices[start: start + rows_per_chunk]]))
+                    chunk = np.ascontiguousarray(array[indices[start: start + rows_per_chunk]])
+                    digest.update(chunk.data)
+                    member.write(chunk)
 
 
 def _split_rows(config: DataConfig, source: SourceData) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

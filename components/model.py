@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from pipeline.config import ModelConfig
+from components.config import ModelConfig
+from components.errors import UserError
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
@@ -21,6 +22,7 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_clas
         num_classes: width of the output.
         mean, std: pixel statistics of the training split.
     """
+    check_fits(config, image_shape)
     inputs = keras.Input(shape=image_shape, name="pixels")
     x = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
     for width in config.conv_widths:
@@ -32,6 +34,19 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_clas
     logits = keras.layers.Dense(num_classes, name="logits")(x)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name="cnn")
+
+
+def check_fits(config: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+    """Refuse a network whose "valid" convolutions would shrink these images to nothing."""
+    size = min(image_shape[:2])
+    for block, _ in enumerate(config.conv_widths, start=1):
+        for _ in range(config.convs_per_block):
+            size -= 2 if config.padding == "valid" else 0
+            if size < 1:
+                raise UserError(f"{image_shape[0]}x{image_shape[1]} images shrink to nothing in conv block {block} "
+                                f"with model.padding=valid; use model.padding=same or fewer blocks in "
+                                f"model.conv_widths={config.conv_widths}")
+        size = size // 2 if size >= 2 else size
 
 
 def _conv_block(x, width: int, config: ModelConfig):

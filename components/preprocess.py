@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from components.artifacts import Normalization, Splits, load_split
-from pipeline.config import PreprocessConfig
+from components.config import PreprocessConfig
 
 
 def preprocess(config: PreprocessConfig, splits: Splits, out_dir: Path) -> Normalization:

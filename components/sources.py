@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from pipeline.config import DataConfig
-from pipeline.errors import UserError
+from components.config import DataConfig
+from components.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -12,25 +12,26 @@ import numpy as np
 import tensorflow as tf
 
 from components.artifacts import Normalization, Schema, Splits, TrainedModel, fingerprint_arrays, load_split
-from components.atomic import write_atomically, write_text_atomically
-from components.devices import choose_precision, choose_strategy, local_devices, make_strategy
+from components.atomic import write_atomically
+from components.config import ModelConfig, TrainConfig
+from components.devices import TrainingPlan, make_strategy
 from components.model import build_model
-from pipeline.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: Schema,
-          normalization: Normalization, out_dir: Path, tensorboard_dir: Path,
+          normalization: Normalization, plan: TrainingPlan, out_dir: Path, tensorboard_dir: Path,
           resume_dir: Path | None = None) -> TrainedModel:
     """Train the model and save it as `model.keras` with its per-epoch `history.json`.
 
     Args:
-        config: the `train` section (epochs, batch size, precision, strategy, seed, profiler range).
+        config: the `train` section (epochs, batch size, learning rate, seed, profiler range).
         model_config: the `model` section.
         splits: ingest's output; `train` is fitted, `val` is monitored.
         schema: validate's output; the model's input shape and width come from it.
         normalization: preprocess's output, baked into the model's first layer.
+        plan: the precision policy and strategy `train.precision` and `train.strategy` resolved to.
         out_dir: folder for the model and its history; created.
         tensorboard_dir: where TensorBoard's scalars, images and profiler trace go.
         resume_dir: where the state after each finished epoch is kept; a later call with the same
@@ -39,16 +40,13 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     Returns:
         The saved model's path and weights hash, the precision policy it trained in, its history.
     """
-    devices = local_devices()
-    precision = choose_precision(config.precision, devices)
-    strategy = make_strategy(choose_strategy(config.strategy, devices))
+    strategy = make_strategy(plan.strategy)
     _seed_everything(config.seed, config.deterministic)
     train_images, train_labels = load_split(splits, "train")
-    val_images, val_labels = load_split(splits, "val")
-    keras.mixed_precision.set_global_policy(precision)
+    steps_per_epoch = -(-len(train_labels) // config.batch_size)
+    checkpoint = EpochCheckpoint(resume_dir) if resume_dir else None
+    keras.mixed_precision.set_global_policy(plan.precision)
     try:
-        steps_per_epoch = -(-len(train_labels) // config.batch_size)
-        checkpoint = EpochCheckpoint(resume_dir) if resume_dir else None
         with strategy.scope():
             model = build_model(model_config, schema.image_shape, schema.num_classes,
                                 normalization.mean, normalization.std)
@@ -57,19 +55,30 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             first_epoch, history = checkpoint.restore(model) if checkpoint else (0, {})
         if first_epoch == 0:
             log_images(tensorboard_dir, train_images[: config.log_images])
-        fit = None if first_epoch >= config.epochs else model.fit(  # killed after its last epoch: done
-            make_dataset(train_images, train_labels, config.batch_size, shuffle_seed=config.seed,
-                         epochs=config.epochs, first_epoch=first_epoch),
-            validation_data=make_dataset(val_images, val_labels, config.batch_size),
-            epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
-            callbacks=[_tensorboard(config, tensorboard_dir, steps_per_epoch)] + ([checkpoint] if checkpoint else []),
-            shuffle=False, verbose=2,  # the dataset shuffles itself, seeded per epoch
-        )
+        if first_epoch < config.epochs:  # killed after its last epoch: nothing left to train
+            fitted = _fit(model, config, splits, (train_images, train_labels), first_epoch, tensorboard_dir,
+                          [checkpoint] if checkpoint else [])
+            for key, values in fitted.items():
+                history[key] = history.get(key, []) + [float(value) for value in values]
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    for key, values in (fit.history if fit else {}).items():
-        history[key] = history.get(key, []) + [float(value) for value in values]
-    return _save(model, history, precision, strategy.num_replicas_in_sync, out_dir, checkpoint)
+    return _save(model, history, plan.precision, strategy.num_replicas_in_sync, out_dir, checkpoint)
+
+
+def _fit(model: keras.Model, config: TrainConfig, splits: Splits, train_data: tuple[np.ndarray, np.ndarray],
+         first_epoch: int, tensorboard_dir: Path, callbacks: list) -> dict[str, list[float]]:
+    """Epochs `first_epoch..config.epochs-1` of `model.fit`; returns their history."""
+    images, labels = train_data
+    steps_per_epoch = -(-len(labels) // config.batch_size)
+    fit = model.fit(
+        make_dataset(images, labels, config.batch_size, shuffle_seed=config.seed, epochs=config.epochs,
+                     first_epoch=first_epoch),
+        validation_data=make_dataset(*load_split(splits, "val"), config.batch_size),
+        epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+        callbacks=[_tensorboard(config, tensorboard_dir, steps_per_epoch), *callbacks],
+        shuffle=False, verbose=2,  # the dataset shuffles itself, seeded per epoch
+    )
+    return fit.history
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -94,7 +103,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             for index, variable in enumerate(_all_variables(model)):
                 variable.assign(state[f"v{index}"])
             epoch = int(state["epoch"])
-        self.history = json.loads((self.resume_dir / "history.json").read_text())
+            self.history = json.loads(str(state["history"]))
         log.info("train: resuming after epoch %d from %s", epoch + 1, self.resume_dir)
         return epoch + 1, {key: list(values) for key, values in self.history.items()}
 
@@ -103,8 +112,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         state = {f"v{index}": variable.numpy() for index, variable in enumerate(_all_variables(self.model))}
-        write_text_atomically(self.resume_dir / "history.json", json.dumps(self.history))
-        write_atomically(self.state_path, lambda path: np.savez(path, epoch=epoch, **state))
+        # One file, one rename: the weights and the history of an epoch are saved together or not at all.
+        write_atomically(self.state_path, lambda path: np.savez(
+            path, epoch=epoch, history=np.array(json.dumps(self.history)), **state))
 
     def clear(self) -> None:
         shutil.rmtree(self.resume_dir, ignore_errors=True)

@@ -11,8 +11,8 @@ import numpy as np
 
 from components.artifacts import SPLITS, Schema, Splits, load_split
 from components.atomic import write_text_atomically
-from pipeline.config import ValidateConfig
-from pipeline.errors import UserError
+from components.config import ValidateConfig
+from components.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,13 @@ def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
         and a one-line summary.
 
     Raises:
-        UserError: empty split, inconsistent shapes or dtypes, NaN or inf pixels, labels that are not
-            integers or out of range, or a class with no training example.
+        UserError: fewer than two classes, an empty split, inconsistent shapes or dtypes, NaN or inf
+            pixels, labels that are not integers or out of range, or a class with no training example.
     """
     num_classes = len(splits.class_names)
+    if num_classes < 2:
+        raise UserError(f"the data has {num_classes} class ({', '.join(splits.class_names) or 'none'}); a "
+                        "classifier needs at least 2: add images of another class to the source")
     data = {split: load_split(splits, split) for split in SPLITS}
     image_shape = _check_shapes(data)
     for split, (images, labels) in data.items():

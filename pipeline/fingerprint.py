@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -19,13 +20,29 @@ from typing import Any
 
 PROJECT_PACKAGES = ("components", "pipeline")
 # What these modules mean to a stage is its config section (hashed as data) or an exception class;
-# hashing their code would rerun every stage whenever a preset or a default comment is edited.
-NOT_CODE_INPUTS = ("pipeline.config", "pipeline.errors")
+# hashing their code would rerun every stage whenever a default's meaning or a check is edited.
+NOT_CODE_INPUTS = ("components.config", "components.errors")
+# The libraries whose versions can change what a stage computes.
+PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "tensorflow-datasets", "tf2onnx", "onnx", "onnxruntime",
+            "pillow")
 
 
 def digest(data: Any) -> str:
     """sha256 of `data` as canonical JSON."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def environment() -> dict[str, str | None]:
+    """The installed versions of the libraries a stage's result depends on (part of every fingerprint)."""
+    return {name: package_version(name) for name in PACKAGES}
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def source_state(source: str) -> list[tuple[str, int, int]] | None:

@@ -21,7 +21,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
     host TEXT, pid INTEGER, command TEXT, config TEXT, reproduction TEXT,
-    data_fingerprint TEXT, test_accuracy REAL, blessed INTEGER, exported_version TEXT);
+    data_fingerprint TEXT, test_accuracy REAL, blessed INTEGER, exported_version TEXT,
+    error TEXT, results TEXT);
 CREATE TABLE IF NOT EXISTS executions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(run_id),
     stage TEXT NOT NULL, fingerprint TEXT NOT NULL, code_fingerprint TEXT, status TEXT NOT NULL,
@@ -36,6 +37,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS executions_by_run ON executions(run_id);
 CREATE INDEX IF NOT EXISTS artifacts_by_path ON artifacts(path);
 """
+# Columns added since the first schema; a database written before them gets them on opening.
+ADDED_COLUMNS = {"runs": ("error TEXT", "results TEXT")}
 
 
 class Lineage:
@@ -51,6 +54,7 @@ class Lineage:
                     db.execute("PRAGMA journal_mode=WAL")
                     with db:
                         db.executescript(SCHEMA)
+                        _add_missing_columns(db)
                 return
             except sqlite3.OperationalError as error:
                 if "locked" not in str(error) or attempt == 99:
@@ -64,12 +68,13 @@ class Lineage:
                        (run_id, time.time(), socket.gethostname(), os.getpid(), command,
                         json.dumps(config), json.dumps(reproduction)))
 
-    def end_run(self, run_id: str, status: str, data_fingerprint: str | None, test_accuracy: float | None,
-                blessed: bool | None, exported_version: str | None) -> None:
+    def end_run(self, run_id: str, status: str, error: str | None, results: dict[str, Any]) -> None:
+        """Close a run with its status, its error (None on success) and what its artifacts reported."""
         with self._transaction() as db:
-            db.execute("UPDATE runs SET status = ?, ended = ?, data_fingerprint = ?, test_accuracy = ?, "
-                       "blessed = ?, exported_version = ? WHERE run_id = ?",
-                       (status, time.time(), data_fingerprint, test_accuracy, blessed, exported_version, run_id))
+            db.execute("UPDATE runs SET status = ?, ended = ?, error = ?, results = ?, data_fingerprint = ?, "
+                       "test_accuracy = ?, blessed = ?, exported_version = ? WHERE run_id = ?",
+                       (status, time.time(), error, json.dumps(results), results.get("data_fingerprint"),
+                        results.get("test_accuracy"), results.get("blessed"), results.get("version_dir"), run_id))
 
     def record_execution(self, run_id: str, stage: str, fingerprint: str, code_fingerprint: str, status: str,
                          cache_hit: bool, started: float, inputs: list[tuple[str, str, str]],
@@ -129,3 +134,11 @@ class Lineage:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.db_path, timeout=60)
 
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in existing:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")

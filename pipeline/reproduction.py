@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Any
 
 from components.devices import local_devices
 from pipeline.config import PipelineConfig
+from pipeline.fingerprint import environment
 
-PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "tensorflow-datasets", "tf2onnx", "onnx", "onnxruntime")
 REPO_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -20,7 +19,7 @@ def reproduction_record(config: PipelineConfig) -> dict[str, Any]:
     return {
         "seeds": {"data.seed": config.data.seed, "train.seed": config.train.seed},
         "deterministic": config.train.deterministic,
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": environment(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git": git_state(REPO_DIR),
@@ -41,10 +40,3 @@ def git_state(repo_dir: Path) -> dict[str, Any] | None:
 def _git(repo_dir: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True, check=True,
                           timeout=10).stdout.strip()
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -13,17 +13,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from pipeline.config import PRESETS, resolve, valid_keys
-from pipeline.errors import UserError
-
-STAGES = ("ingest", "validate", "preprocess", "train", "evaluate", "export")  # runner.STAGE_NAMES, without TF
+from components.errors import UserError
+from pipeline.config import PRESETS, describe_keys, resolve
+from pipeline.registry import STAGE_NAMES as STAGES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.run",
-        description="Run ingest, validate, preprocess, train, evaluate and export; reuse cached stages.",
-        epilog="Config keys: " + ", ".join(valid_keys()),
+        description=f"Run the stages {', '.join(STAGES)} in order; reuse the cached ones.",
+        epilog=help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named set of overrides")
     parser.add_argument("--workdir", type=Path, default=Path("."), help="holds runs/, cache/, saved_models/")
@@ -36,6 +35,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up logs")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3")
     return parser.parse_args(argv)
+
+
+def help_epilog() -> str:
+    """Every config key with its default and meaning, then each preset's overrides."""
+    keys = describe_keys()
+    width = max(len(f"{key}={default!r}") for key, default, _ in keys) + 2
+    lines = ["config keys (section.key=value; the default, then what it means):"]
+    lines += [f"  {f'{key}={default!r}':<{width}}{meaning}" for key, default, meaning in keys]
+    lines.append("presets (--preset NAME applies these overrides, then the command line's):")
+    for name, overrides in PRESETS.items():
+        lines.append(f"  {name}: " + (" ".join(f"{key}={value!r}" for key, value in overrides.items()) or
+                                       "(the defaults)"))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

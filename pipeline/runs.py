@@ -14,29 +14,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from components.errors import UserError
 from pipeline.lineage import Lineage
 
 
 def list_runs(lineage: Lineage) -> str:
-    """One line per run: id, status, test accuracy, blessing, exported version."""
-    lines = [f"{'run_id':<24}{'status':<11}{'started':<20}{'test_acc':>9}  {'blessed':<8}exported"]
+    """One line per run: id, status, data source, model, test accuracy, blessing, export, why it failed."""
+    lines = [f"{'run_id':<24}{'status':<11}{'started':<21}{'source':<26}{'model':<16}{'test_acc':>9}  "
+             f"{'blessed':<8}{'exported':<10}reason"]
     for run in lineage.runs():
+        config = json.loads(run["config"] or "{}")
         accuracy = f"{run['test_accuracy']:.4f}" if run["test_accuracy"] is not None else "-"
         blessed = {None: "-", 0: "no", 1: "yes"}[run["blessed"]]
-        lines.append(f"{run['run_id']:<24}{run['status']:<11}{_time(run['started']):<20}{accuracy:>9}  "
-                     f"{blessed:<8}{run['exported_version'] or '-'}")
+        exported = "/".join(Path(run["exported_version"]).parts[-2:]) if run["exported_version"] else "-"
+        lines.append(f"{run['run_id']:<24}{run['status']:<11}{_time(run['started']):<21}"
+                     f"{_shorten(config.get('data', {}).get('source', '-'), 25):<26}"
+                     f"{_shorten(config.get('export', {}).get('model_name', '-'), 15):<16}{accuracy:>9}  "
+                     f"{blessed:<8}{exported:<10}{run.get('error') or ''}")
     return "\n".join(lines)
 
 
-def show(lineage: Lineage, target: str) -> str:
-    """The lineage of a run, or of the run that produced an exported version folder."""
+def show(lineage: Lineage, target: str, workdir: Path) -> str:
+    """The lineage of a run, or of the run that produced an exported version folder.
+
+    A folder is looked for as given (relative to the current folder, or absolute), then inside `workdir`.
+    """
     run_id, header = target, []
-    if Path(target).exists():
-        path = str(Path(target).resolve())
-        run_id = lineage.producer_of(path)
+    folder = next((path for path in (Path(target), workdir / target) if path.is_dir()), None)
+    if folder is not None:
+        run_id = lineage.producer_of(str(folder.resolve()))
         if run_id is None:
-            raise UserError(f"{target}: no run in {lineage.db_path} produced it; pass --workdir of the run")
+            raise UserError(f"{target}: no run in {lineage.db_path} produced it; pass the --workdir its run used")
         header = [f"{target} was produced by run {run_id}"]
     run = lineage.run(run_id)
     if run is None:
@@ -44,11 +52,16 @@ def show(lineage: Lineage, target: str) -> str:
     return "\n".join(header + _describe(run))
 
 
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
 def _describe(run: dict[str, Any]) -> list[str]:
     reproduction = json.loads(run["reproduction"] or "{}")
     git = reproduction.get("git") or {}
     lines = [
-        f"run {run['run_id']}: {run['status']}, started {_time(run['started'])}",
+        f"run {run['run_id']}: {run['status']}, started {_time(run['started'])}"
+        + (f"\nerror      {run['error']}" if run.get("error") else ""),
         f"command    {run['command']}",
         f"data       sha256 {run['data_fingerprint'] or '-'}",
         f"code       git {git.get('commit', '-')}{' (uncommitted changes)' if git.get('dirty') else ''}",
@@ -82,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show" and not args.target:
             raise UserError("show needs a run id or a saved_models/<name>/<version> folder")
         lineage = Lineage(db_path)
-        print(show(lineage, args.target) if args.command == "show" else list_runs(lineage))
+        print(show(lineage, args.target, args.workdir) if args.command == "show" else list_runs(lineage))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

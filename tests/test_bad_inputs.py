@@ -17,7 +17,7 @@ from PIL import Image
 from components.ingest import ingest
 from components.validate import validate
 from pipeline.config import resolve
-from pipeline.errors import UserError
+from components.errors import UserError
 from tests.conftest import make_images, run_pipeline_cli, write_idx, write_image_folder
 
 Case = tuple[list[str], str]  # overrides, a fragment the error message must contain

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from pipeline.config import PRESETS, PipelineConfig, apply_overrides, resolve, valid_keys
-from pipeline.errors import UserError
+from components.errors import UserError
 from tests.conftest import run_pipeline_cli
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from components.devices import Device, StrategyPlan, choose_precision, choose_strategy, local_devices
-from pipeline.errors import UserError
+from components.errors import UserError
 
 CPU = Device("CPU")
 

@@ -12,8 +12,8 @@ from components.artifacts import load_split
 from components.image_folder import BadImageError, ImageFormat, decode_image
 from components.ingest import ingest
 from components.validate import validate
-from pipeline.config import DataConfig, ValidateConfig
-from pipeline.errors import UserError
+from components.config import DataConfig, ValidateConfig
+from components.errors import UserError
 from tests.conftest import make_images, write_image_folder
 
 

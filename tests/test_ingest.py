@@ -7,8 +7,8 @@ import pytest
 
 from components.artifacts import load_split
 from components.ingest import ingest
-from pipeline.config import DataConfig
-from pipeline.errors import UserError
+from components.config import DataConfig
+from components.errors import UserError
 from tests.conftest import make_images, write_idx
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from components.model import as_float32, build_model
-from pipeline.config import ModelConfig
+from components.config import ModelConfig
 
 SMALL = ModelConfig(conv_widths=(4, 8), convs_per_block=1, dense_units=16, dropout=0.1, batch_norm=True)
 

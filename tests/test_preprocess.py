@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from components.preprocess import preprocess
-from pipeline.config import PreprocessConfig
+from components.config import PreprocessConfig
 from tests.conftest import make_images
 from tests.test_validate import write_splits
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from components.sources import read_digits, read_idx, read_idx_dir, read_source
-from pipeline.config import DataConfig
-from pipeline.errors import UserError
+from components.config import DataConfig
+from components.errors import UserError
 from tests.conftest import write_idx
 
 

@@ -6,7 +6,7 @@ import pytest
 from components.artifacts import load_split
 from components.ingest import ingest
 from components.validate import validate
-from pipeline.config import DataConfig, ValidateConfig
+from components.config import DataConfig, ValidateConfig
 
 
 def test_tfds_mnist_through_ingest_and_validate(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 
 from components.artifacts import Normalization, Schema
 from components.train import train
-from pipeline.config import ModelConfig, TrainConfig
+from components.config import ModelConfig, TrainConfig
 from tests.conftest import make_images
 from tests.test_validate import write_splits
 

@@ -7,8 +7,8 @@ import pytest
 
 from components.artifacts import Splits, split_path
 from components.validate import validate
-from pipeline.config import ValidateConfig
-from pipeline.errors import UserError
+from components.config import ValidateConfig
+from components.errors import UserError
 from tests.conftest import make_images
 
 

@@ -1,0 +1,213 @@
+"""The config sections: one frozen dataclass per stage (and one for the model).
+
+Every field is declared with `setting(default, meaning, check)`: its default, one line saying what
+it means (shown by `--help`), and the check that guards it. A section checks its fields when it is
+built, so a value that cannot work is refused once, here, when the config is resolved and before any
+work starts; the stages trust what they receive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from components.errors import UserError
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a good value is: a test, and the words that tell the user what to give instead."""
+
+    test: Callable[[Any], bool]
+    expects: str  # completes "use ...", e.g. "a number above 0"
+
+
+def setting(default: Any, meaning: str, check: Check | None = None) -> Any:
+    """A config field: its default, its one-line meaning and its check."""
+    return field(default=default, metadata={"meaning": meaning, "check": check})
+
+
+def one_of(*options: Any) -> Check:
+    return Check(lambda value: value in options, "one of " + ", ".join(str(option) for option in options))
+
+
+def between(low: float, high: float) -> Check:
+    return Check(lambda value: low <= value <= high, f"a value from {low:g} to {high:g}")
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda value: value >= low, f"a value of at least {low:g}")
+
+
+def above(low: float) -> Check:
+    return Check(lambda value: value > low, f"a value above {low:g}")
+
+
+def _is_size(value: tuple[int, ...]) -> bool:
+    return value == () or (len(value) == 2 and min(value) >= 1)
+
+
+def _is_profile_range(value: tuple[int, ...]) -> bool:
+    return value == () or (len(value) == 2 and 1 <= value[0] <= value[1])
+
+
+def _is_class_list(text: str) -> bool:
+    names = [name.strip() for name in text.split(",")]
+    return text == "" or (all(names) and len(set(names)) == len(names) and "\n" not in text)
+
+
+SOURCE_KINDS = ("digits", "idx", "npz", "folder", "tfds")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def _is_source(text: str) -> bool:
+    kind, colon, argument = text.partition(":")
+    return (kind == "digits" and not colon) or (kind in SOURCE_KINDS[1:] and bool(argument.strip()))
+
+
+def is_model_name(text: str) -> bool:
+    """A single plain folder name: it can never point outside `saved_models/`."""
+    return bool(MODEL_NAME.fullmatch(text)) and ".." not in text
+
+
+class Section:
+    """Base of every config section: checks each field, then the section as a whole, when built."""
+
+    name: ClassVar[str]  # the section's name in `section.key=value`
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            check = item.metadata.get("check")
+            value = getattr(self, item.name)
+            if check is not None and not check.test(value):
+                raise UserError(f"{self.name}.{item.name}={value!r} cannot work; use {check.expects} "
+                                f"(default: {item.default!r})")
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Checks that involve several fields of the section; none by default."""
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    name: ClassVar[str] = "data"
+    source: str = setting("digits", "digits | idx:DIR (MNIST-format files) | npz:FILE | folder:DIR | tfds:NAME",
+                          Check(_is_source, "digits, idx:DIR, npz:FILE, folder:DIR or tfds:NAME"))
+    tfds_data_dir: str = setting("", "tfds: where TFDS keeps prepared datasets; \"\" = TFDS's default")
+    class_names: str = setting("", "comma-separated class names replacing the source's; \"\" = keep them",
+                               Check(_is_class_list, "distinct, non-empty names separated by commas"))
+    download: bool = setting(False, "tfds: may download and prepare the dataset when it is not prepared yet")
+    val_fraction: float = setting(0.1, "share of the training split carved out (stratified) for validation",
+                                  between(0.001, 0.9))
+    test_fraction: float = setting(0.2, "share held out for test, for sources without a test split",
+                                   between(0.001, 0.9))
+    max_train_examples: int = setting(0, "cap on training examples after the split, stratified; 0 = all",
+                                      at_least(0))
+    seed: int = setting(0, "seed of the validation (and test) carve-out", between(0, 2**32 - 1))
+    image_size: tuple[int, ...] = setting((), "folder: (height, width) every image is resized to; () = the "
+                                          "first image's size", Check(_is_size, "(height, width), e.g. (28, 28)"))
+    channels: int = setting(0, "folder: 1 (grayscale) or 3 (RGB) every image is converted to; 0 = the first "
+                            "image's", one_of(0, 1, 3))
+    on_bad_file: str = setting("fail", "folder: fail | skip: an unreadable image stops the run, or is skipped",
+                               one_of("fail", "skip"))
+
+    def check_together(self) -> None:
+        if self.source.startswith("folder:"):
+            return
+        for key, default in (("image_size", ()), ("channels", 0), ("on_bad_file", "fail")):
+            if getattr(self, key) != default:
+                raise UserError(f"data.{key}={getattr(self, key)!r} applies only to folder: sources, and "
+                                f"data.source={self.source!r} is not one; remove data.{key}")
+
+
+@dataclass(frozen=True)
+class ValidateConfig(Section):
+    name: ClassVar[str] = "validate"
+    imbalance_warn_ratio: float = setting(10.0, "warn when the largest training class outnumbers the "
+                                          "smallest by more than this", at_least(1))
+    drift_warn_std: float = setting(0.5, "warn when test's pixel mean or std is further than this many "
+                                    "train stds from train's", above(0))
+
+
+@dataclass(frozen=True)
+class PreprocessConfig(Section):
+    name: ClassVar[str] = "preprocess"
+    epsilon: float = setting(1e-6, "added to the pixel std so a constant image set cannot divide by zero",
+                             above(0))
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    name: ClassVar[str] = "model"
+    conv_widths: tuple[int, ...] = setting((32, 64), "filters per conv block; each block halves the image "
+                                           "size", Check(lambda v: len(v) >= 1 and min(v) >= 1,
+                                                         "one or more positive filter counts, e.g. (32, 64)"))
+    convs_per_block: int = setting(1, "3x3 convolutions in each block", between(1, 8))
+    padding: str = setting("same", "same | valid: \"valid\" shrinks each conv's output by 2 pixels (cheaper)",
+                           one_of("same", "valid"))
+    dense_units: int = setting(128, "width of the hidden dense layer; 0 = none", at_least(0))
+    dropout: float = setting(0.3, "dropout rate before the classifier", between(0, 0.95))
+    batch_norm: bool = setting(True, "batch normalization after every convolution")
+
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "single", "mirrored")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    name: ClassVar[str] = "train"
+    epochs: int = setting(30, "passes over the training split", between(1, 100_000))
+    batch_size: int = setting(64, "examples per step", between(1, 1_000_000))
+    learning_rate: float = setting(2e-3, "peak Adam learning rate, decayed to 0 along a cosine", between(1e-8, 10))
+    precision: str = setting("auto", "auto | float32 | mixed_float16 | mixed_bfloat16 (auto: float16 on GPUs "
+                             ">= 7.0)", one_of(*PRECISIONS))
+    strategy: str = setting("auto", "auto | single | mirrored (auto: data-parallel over all GPUs when there "
+                            "are 2+)", one_of(*STRATEGIES))
+    seed: int = setting(42, "seeds Python, NumPy, TensorFlow and the tf.data shuffle", between(0, 2**32 - 1))
+    deterministic: bool = setting(True, "TF op determinism: byte-identical reruns, somewhat slower on GPU")
+    profile_batches: tuple[int, ...] = setting((2, 4), "first and last batch traced by the profiler; () = off",
+                                               Check(_is_profile_range, "(first, last) batch numbers from 1, "
+                                                     "first <= last, or () for off"))
+    log_images: int = setting(16, "training images written to TensorBoard's Images tab; 0 = none",
+                              between(0, 64))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Section):
+    name: ClassVar[str] = "evaluate"
+    batch_size: int = setting(512, "examples per inference step", between(1, 1_000_000))
+    min_accuracy: float = setting(0.0, "test accuracy a model needs to be blessed (exported)", between(0, 1))
+    max_regression: float = setting(0.01, "largest drop in test accuracy from the newest export still blessed",
+                                    between(0, 1))
+    fail_if_not_blessed: bool = setting(False, "exit code 1 instead of 0 when the model is not blessed")
+
+
+@dataclass(frozen=True)
+class ExportConfig(Section):
+    name: ClassVar[str] = "export"
+    model_name: str = setting("", "saved_models/<model_name>/<version>/; \"\" = named after the data "
+                              "(digits, fashion_mnist, the folder's name)",
+                              Check(lambda v: v == "" or is_model_name(v),
+                                    "a plain folder name of letters, digits, _ . - (no / or ..), e.g. digits"))
+    parity_examples: int = setting(256, "test images on which Keras, SavedModel and ONNX Runtime must agree",
+                                   between(1, 100_000))
+    parity_atol: float = setting(1e-4, "largest allowed absolute difference between their probabilities",
+                                 between(1e-9, 0.1))
+    onnx_opset: int = setting(17, "ONNX opset of model.onnx", between(13, 18))
+
+
+def model_name_from_source(source: str) -> str:
+    """The default model name for a data source: `digits`, `fashion_mnist`, the folder's or file's name."""
+    kind, _, argument = source.partition(":")
+    if kind == "tfds":
+        name = argument
+    elif kind in ("idx", "folder", "npz"):
+        name = Path(argument.rstrip("/")).stem if kind == "npz" else Path(argument.rstrip("/")).name
+    else:
+        name = kind
+    name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+    return name[:100] or "model"

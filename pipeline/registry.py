@@ -1,0 +1,92 @@
+"""The stage registry: the one list of stages, read by the CLI, the runner and the tests.
+
+It imports no TensorFlow (a stage's function is named as `module:function` and imported only when the
+stage runs), so the CLI can check a command and print `--help` in a fraction of a second.
+
+A stage's function receives everything by parameter name: its config sections (`config`), earlier
+stages' artifacts (`inputs`), values of the run (`run_values`), outside values the runner resolves
+for it (`resolves`), and `out_dir`. Adding a stage is one module in `components/`, one entry below
+and, if it has settings, one section in `components/config.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from components.artifacts import find_baseline
+from components.config import (
+    DataConfig,
+    EvaluateConfig,
+    ExportConfig,
+    ModelConfig,
+    PreprocessConfig,
+    Section,
+    TrainConfig,
+    ValidateConfig,
+)
+from components.devices import plan_training
+from pipeline.fingerprint import source_state
+
+# What the runner offers a stage besides config and artifacts, by parameter name.
+RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id")
+
+
+@dataclass(frozen=True)
+class RunPlaces:
+    """Where a run reads and writes outside its stage folders: what `resolves` hooks may look at."""
+
+    saved_models_dir: Path
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline, bound to its function by parameter name and cached by fingerprint."""
+
+    name: str
+    function: str  # "module:function"; imported when the stage runs
+    config: Mapping[str, type[Section]]  # parameter name -> config section it receives
+    inputs: Mapping[str, str] = field(default_factory=dict)  # parameter name -> earlier stage's artifact
+    run_values: tuple[str, ...] = ()  # parameters filled by the runner, from RUN_VALUES; not fingerprinted
+    # Outside state the stage depends on: `watches(config)` is only fingerprinted; `resolves(config,
+    # artifacts, places)` returns values that are fingerprinted and passed by name.
+    watches: Callable[[Any], Any] | None = None
+    resolves: Callable[[Any, Mapping[str, Any], RunPlaces], dict[str, Any]] | None = None
+    skip_reason: Callable[[Mapping[str, Any]], str | None] | None = None  # from earlier artifacts
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "components.ingest:ingest", {"config": DataConfig},
+          watches=lambda config: source_state(config.data.source)),
+    Stage("validate", "components.validate:validate", {"config": ValidateConfig}, {"splits": "ingest"}),
+    Stage("preprocess", "components.preprocess:preprocess", {"config": PreprocessConfig}, {"splits": "ingest"}),
+    Stage("train", "components.train:train", {"config": TrainConfig, "model_config": ModelConfig},
+          {"splits": "ingest", "schema": "validate", "normalization": "preprocess"},
+          run_values=("tensorboard_dir", "resume_dir"),
+          resolves=lambda config, artifacts, places: {"plan": plan_training(config.train)}),
+    Stage("evaluate", "components.evaluate:evaluate", {"config": EvaluateConfig},
+          {"trained": "train", "splits": "ingest"},
+          resolves=lambda config, artifacts, places: {"baseline_dir": find_baseline(
+              places.saved_models_dir / config.export.model_name, artifacts["train"])}),
+    Stage("export", "components.export:export", {"config": ExportConfig},
+          {"trained": "train", "splits": "ingest", "schema": "validate", "metrics": "evaluate"},
+          run_values=("saved_models_dir", "run_id"),
+          skip_reason=lambda artifacts: None if artifacts["evaluate"].blessed
+          else artifacts["evaluate"].blessing_reason),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def sections() -> dict[str, type[Section]]:
+    """Every config section the stages read, by name, in pipeline order."""
+    found: dict[str, type[Section]] = {}
+    for stage in STAGES:
+        for section in stage.config.values():
+            found.setdefault(section.name, section)
+    return found
+
+
+def stage(name: str) -> Stage:
+    """The registered stage called `name`."""
+    return next(entry for entry in STAGES if entry.name == name)
