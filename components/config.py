@@ -95,7 +95,8 @@ class Section:
 class DataConfig(Section):
     name: ClassVar[str] = "data"
     source: str = setting("digits", "digits | idx:DIR (MNIST-format files) | npz:FILE | folder:DIR | tfds:NAME",
-                          Check(_is_source, "digits, idx:DIR, npz:FILE, folder:DIR or tfds:NAME"))
+                          Check(_is_source, "digits, idx:DIR, npz:FILE, folder:DIR or tfds:NAME (offline: digits, "
+                                "or idx:/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)"))
     tfds_data_dir: str = setting("", "tfds: where TFDS keeps prepared datasets; \"\" = TFDS's default")
     class_names: str = setting("", "comma-separated class names replacing the source's; \"\" = keep them",
                                Check(_is_class_list, "distinct, non-empty names separated by commas"))

@@ -213,15 +213,3 @@ def _publish(staging_dir: Path, model_dir: Path) -> Path:
         except OSError:
             if not version_dir.exists():
                 raise
-
-
-def newest_version(saved_models_dir: Path, model_name: str = "*") -> Path:
-    """The most recently exported version folder under `saved_models_dir` (of one model, or any).
-
-    Raises:
-        UserError: nothing has been exported there yet.
-    """
-    versions = [v for model_dir in Path(saved_models_dir).glob(model_name) for v in version_dirs(model_dir)]
-    if not versions:
-        raise UserError(f"no exported model under {saved_models_dir}; run `python -m pipeline.run` first")
-    return max(versions, key=lambda p: ((p / "metadata.json").stat().st_mtime, int(p.name)))

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from components.errors import UserError
-from components.sources import SourceData
+from components.source_data import SourceData
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,11 @@ def _bad_files_message(folder_dir: Path, bad_files: tuple[tuple[str, str], ...])
         by_reason.setdefault(reason, []).append(_relative(path, folder_dir))
     parts = []
     for reason, paths in sorted(by_reason.items(), key=lambda item: -len(item[1]))[:MAX_LISTED_REASONS]:
+        if len(paths) == 1:
+            parts.append(f"{paths[0]}: {reason}")
+            continue
         examples = ", ".join(paths[:EXAMPLES_PER_REASON]) + (", ..." if len(paths) > EXAMPLES_PER_REASON else "")
-        parts.append(f"{len(paths)} {reason} ({examples})")
+        parts.append(f"{len(paths)} files: {reason} ({examples})")
     if len(by_reason) > MAX_LISTED_REASONS:
         parts.append(f"and {len(by_reason) - MAX_LISTED_REASONS} other reasons")
     return (f"{len(bad_files)} unreadable image file{'s' * (len(bad_files) != 1)} in {folder_dir}: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -15,7 +16,8 @@ from sklearn.model_selection import train_test_split
 from components.artifacts import Splits, split_path
 from components.config import DataConfig
 from components.errors import UserError
-from components.sources import SourceData, read_source
+from components.source_data import SourceData
+from components.sources import read_source
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def ingest(config: DataConfig, out_dir: Path) -> Splits:
         The splits, their sizes, class names, a sha256 of what they hold (every split's images and
         labels, and the class names), and the number of files skipped.
     """
-    source = read_source(config)
+    source = drop_unused_classes(read_source(config))
     class_names = _class_names(config, source)
     splits = _split_rows(config, source)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,25 @@ def _split_rows(config: DataConfig, source: SourceData) -> dict[str, tuple[np.nd
         train, _ = _stratified(train, labels, len(train) - config.max_train_examples, config.seed,
                                "data.max_train_examples")
     return {"train": (images, labels, train), "val": (images, labels, val), "test": test_split}
+
+
+def drop_unused_classes(source: SourceData) -> SourceData:
+    """Keep only the classes that have an image, renumbered in order (labels and names together).
+
+    A source may declare classes its data never uses: TFDS's emnist/letters declares 37 label values
+    and uses 26. A class with no image cannot be learned or scored, so it is not kept.
+    """
+    labels = [source.train_labels] + ([source.test_labels] if source.test_labels is not None else [])
+    used = np.unique(np.concatenate(labels))
+    if len(used) == len(source.class_names) or used.size == 0 or used.min() < 0 or \
+            used.max() >= len(source.class_names):  # nothing to drop, or out-of-range labels: validate says so
+        return source
+    dropped = [name for index, name in enumerate(source.class_names) if index not in set(used.tolist())]
+    log.warning("ingest: %d declared class(es) have no image and are left out: %s", len(dropped),
+                ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else ""))
+    renumber = {"train_labels": np.searchsorted(used, source.train_labels),
+                "test_labels": None if source.test_labels is None else np.searchsorted(used, source.test_labels)}
+    return dataclasses.replace(source, **renumber, class_names=tuple(source.class_names[i] for i in used))
 
 
 def _check_lengths(source: SourceData) -> None:

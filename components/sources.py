@@ -12,7 +12,6 @@ import math
 import socket
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ import numpy as np
 
 from components.config import DataConfig
 from components.errors import UserError
+from components.source_data import SourceData
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +31,6 @@ OFFLINE_SOURCES = (
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/ format description) to NumPy dtypes.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-@dataclass(frozen=True)
-class SourceData:
-    """A dataset as read from its source; `test_*` are None when the source has no test split."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray | None
-    test_labels: np.ndarray | None
-    class_names: tuple[str, ...]
-    skipped_files: tuple[tuple[str, str], ...] = ()  # (path, reason) of unreadable files skipped
 
 
 def read_source(config: DataConfig) -> SourceData:

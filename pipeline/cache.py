@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -18,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from components import artifacts as artifact_types
 from components.atomic import new_hidden_dir, remove_abandoned
 
 ARTIFACT_FILE = "artifact.json"
@@ -93,12 +93,15 @@ def _dump(artifact: Any, work_dir: Path) -> dict[str, Any]:
         elif isinstance(value, Path):
             value = {"absolute": str(value)}
         fields[name] = value
-    return {"type": type(artifact).__name__, "fields": fields}
+    return {"type": f"{type(artifact).__module__}:{type(artifact).__qualname__}", "fields": fields}
 
 
 def _load(final_dir: Path) -> Any:
     data = json.loads((final_dir / ARTIFACT_FILE).read_text())
-    cls = getattr(artifact_types, data["type"])
+    module_name, _, class_name = data["type"].partition(":")  # the artifact type, wherever its stage defines it
+    if module_name.partition(".")[0] not in ("components", "pipeline"):
+        raise ValueError(f"{final_dir}: artifact type {data['type']!r} is not the project's")
+    cls = getattr(importlib.import_module(module_name), class_name)
     hints = typing.get_type_hints(cls)
     fields = {}
     for name, value in data["fields"].items():

@@ -39,6 +39,7 @@ def run_pipeline_cli(workdir: Path, *args: str, timeout: int = 600) -> PipelineR
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), *args],
         cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True, timeout=timeout,
+        preexec_fn=lambda: os.umask(0o022),  # the usual umask, whatever the test runner's is
     )
     return PipelineRun(workdir, result.returncode, result.stdout, result.stderr)
 

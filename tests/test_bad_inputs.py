@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components.errors import UserError
 from components.ingest import ingest
 from components.validate import validate
 from pipeline.config import resolve
-from components.errors import UserError
 from tests.conftest import make_images, run_pipeline_cli, write_idx, write_image_folder
 
 Case = tuple[list[str], str]  # overrides, a fragment the error message must contain
@@ -115,7 +115,7 @@ def truncated_zero_byte_and_fake_images(tmp_path: Path) -> Case:
     (folder_dir / "b" / "zero.png").write_bytes(b"")
     (folder_dir / "c" / "page.jpg").write_text("<html></html>")
     return ([f"data.source=folder:{folder_dir}"],
-            "3 unreadable image file(s) in ")
+            "3 unreadable image files in ")
 
 
 def sixteen_bit_png(tmp_path: Path) -> Case:
@@ -131,17 +131,24 @@ def wrong_size_image(tmp_path: Path) -> Case:
 
 
 def bad_on_bad_file_value(tmp_path: Path) -> Case:
-    return [_npz(tmp_path), "data.on_bad_file=maybe"], "data.on_bad_file='maybe' is not one of fail, skip"
+    return [_npz(tmp_path), "data.on_bad_file=maybe"], "data.on_bad_file='maybe' cannot work; use one of fail, skip"
+
+
+def single_class_folder(tmp_path: Path) -> Case:
+    images, labels = make_images(12)
+    write_image_folder(tmp_path / "one", images[labels == 0], labels[labels == 0])
+    return [f"data.source=folder:{tmp_path / 'one'}"], "a classifier needs at least 2"
 
 
 CASES: dict[str, Callable[[Path], Case]] = {case.__name__: case for case in (
     label_out_of_range, labels_not_integers, nan_pixels, inconsistent_shapes, empty_split,
     class_absent_from_train, npz_object_array, idx_wrong_magic, idx_truncated, folder_without_images,
     empty_class_folder, truncated_zero_byte_and_fake_images, sixteen_bit_png, wrong_size_image,
-    bad_on_bad_file_value,
+    bad_on_bad_file_value, single_class_folder,
 )}
 CLI_CASES = ("label_out_of_range", "npz_object_array", "idx_wrong_magic", "empty_class_folder",
-             "truncated_zero_byte_and_fake_images", "sixteen_bit_png", "wrong_size_image", "bad_on_bad_file_value")
+             "truncated_zero_byte_and_fake_images", "sixteen_bit_png", "wrong_size_image", "bad_on_bad_file_value",
+             "single_class_folder")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -178,6 +185,7 @@ def test_bad_input_through_the_cli_is_exit_2_one_line_and_nothing_finished(tmp_p
     else:
         assert run.manifest["status"] == "failed"
         assert {s["name"] for s in run.manifest["stages"]} <= {"ingest", "validate"}
+        assert "error: " + run.manifest["error"] == error_lines[0]  # the reason is kept with the run
     for run_dir in run.run_dirs:
         finished_splits = all((run_dir / "ingest" / f"{split}.npz").exists() for split in ("train", "val", "test"))
         assert not (finished_splits and (run_dir / "validate" / "schema.json").exists())

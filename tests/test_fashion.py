@@ -25,6 +25,6 @@ def test_fashion_reaches_088_in_two_epochs(tmp_path, fashion_dir):
     assert run.returncode == 0, run.stderr
     manifest = run.manifest
     assert manifest["artifacts"]["ingest"]["num_examples"] == {"train": 55000, "val": 5000, "test": 10000}
-    assert manifest["metrics"]["test_accuracy"] >= 0.88
-    labels = (Path(manifest["export"]["version_dir"]) / "labels.txt").read_text().splitlines()
+    assert manifest["results"]["test_accuracy"] >= 0.88
+    labels = (Path(manifest["results"]["version_dir"]) / "labels.txt").read_text().splitlines()
     assert labels[0] == "T-shirt/top" and labels[9] == "Ankle boot"

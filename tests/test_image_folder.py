@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from components.artifacts import load_split
+from components.config import DataConfig, ValidateConfig
+from components.errors import UserError
 from components.image_folder import BadImageError, ImageFormat, decode_image
 from components.ingest import ingest
 from components.validate import validate
-from components.config import DataConfig, ValidateConfig
-from components.errors import UserError
 from tests.conftest import make_images, write_image_folder
 
 
@@ -84,7 +84,7 @@ def test_bad_files_fail_the_ingest_listing_each_with_its_reason(bad_files, tmp_p
     with pytest.raises(UserError) as caught:
         ingest(DataConfig(source=f"folder:{bad_files}"), tmp_path / "out")
     message = str(caught.value)
-    assert message.startswith("4 unreadable image file(s) in ")
+    assert message.startswith("4 unreadable image files in ")
     assert "a/empty.png: empty file (0 bytes)" in message
     assert "b/notes.jpg: not an image" in message
     assert "c/cut.png: truncated or corrupt" in message
@@ -100,7 +100,7 @@ def test_skipped_bad_files_are_counted_in_the_statistics(bad_files, tmp_path, ca
     assert "ignored 1 file(s) that are not PNG or JPEG by name" in caplog.text
     schema = validate(ValidateConfig(), splits, tmp_path / "validate")
     assert json.loads(schema.statistics_path.read_text())["source"]["skipped_files"] == 4
-    assert "4 bad files skipped" in schema.summary
+    assert "4 bad files skipped" in schema.description
 
 
 def test_a_wrong_size_image_is_a_bad_file_unless_image_size_is_set(image_folder, tmp_path):
@@ -150,9 +150,9 @@ def test_the_model_takes_its_shape_and_classes_from_a_folder(tmp_path):
                            "train.epochs=1")
     assert run.returncode == 0, run.stderr
     assert run.manifest["artifacts"]["validate"]["image_shape"] == [12, 10, 3]
-    summary = run.manifest["artifacts"]["validate"]["summary"]
+    summary = run.manifest["artifacts"]["validate"]["description"]
     assert summary == "train 43 / val 5 / test 12, 12x10x3, 4 classes, 0 warnings"
-    version_dir = Path(run.manifest["export"]["version_dir"])
+    version_dir = Path(run.manifest["results"]["version_dir"])
     assert (version_dir / "labels.txt").read_text().split() == ["cat", "dog", "fish", "owl"]
     assert json.loads((version_dir / "metadata.json").read_text())["input"]["shape"] == [None, 12, 10, 3]
 
@@ -163,3 +163,17 @@ def test_a_folder_of_only_unreadable_images_is_refused(tmp_path):
         (tmp_path / "d" / name / "x.png").write_text("not a png")
     with pytest.raises(UserError, match=r"d: none of the 2 image files can be read"):
         ingest(DataConfig(source=f"folder:{tmp_path / 'd'}", on_bad_file="skip"), tmp_path / "out")
+
+
+def test_many_bad_files_are_counted_and_each_reason_said_once(tmp_path):
+    images, labels = make_images(4)
+    write_image_folder(tmp_path / "d", images, labels)
+    for index in range(40):
+        (tmp_path / "d" / "a" / f"empty{index:02d}.png").write_bytes(b"")
+    (tmp_path / "d" / "b" / "page.png").write_text("not an image")
+    with pytest.raises(UserError) as caught:
+        ingest(DataConfig(source=f"folder:{tmp_path / 'd'}"), tmp_path / "out")
+    message = str(caught.value)
+    assert message.startswith("41 unreadable image files in ") and "\n" not in message
+    assert message.count("empty file (0 bytes)") == 1 and "40 files: empty file (0 bytes) (a/empty00.png, " in message
+    assert "b/page.png: not an image" in message and len(message) < 400

@@ -16,7 +16,7 @@ def _write_a_run(db_path: str, index: int, start_at: float) -> None:
     for step in range(10):
         lineage.record_execution(f"run{index}", "ingest", "f" * 64, "c" * 64, "succeeded", False, time.time(),
                                  [("ingest", f"/in/{index}", "a")], [("ingest", f"/out/{index}/{step}", "b")])
-    lineage.end_run(f"run{index}", "succeeded", None, None, None, None)
+    lineage.end_run(f"run{index}", "succeeded", None, {"test_accuracy": 0.5})
 
 
 def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):

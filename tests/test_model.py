@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from components.model import as_float32, build_model
 from components.config import ModelConfig
+from components.errors import UserError
+from components.model import as_float32, build_model
 
 SMALL = ModelConfig(conv_widths=(4, 8), convs_per_block=1, dense_units=16, dropout=0.1, batch_norm=True)
 
@@ -55,3 +56,11 @@ def test_float32_twin_of_a_mixed_precision_model(policy):
         np.testing.assert_array_equal(a, b)
     pixels = np.random.default_rng(1).uniform(0, 255, (16, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(twin.predict(pixels, verbose=0), mixed.predict(pixels, verbose=0), atol=3e-2)
+
+
+@pytest.mark.parametrize("widths, convs", [((8, 8, 8), 1), ((8,), 3)])
+def test_a_network_that_shrinks_the_images_to_nothing_is_refused_with_the_keys_to_change(widths, convs):
+    config = ModelConfig(conv_widths=widths, convs_per_block=convs, padding="valid")
+    with pytest.raises(UserError, match=r"6x6 images shrink to nothing in conv block \d with model.padding=valid"):
+        build_model(config, (6, 6, 1), 3, 0.0, 1.0)
+    build_model(ModelConfig(conv_widths=widths, convs_per_block=convs, padding="same"), (6, 6, 1), 3, 0.0, 1.0)

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 
 from tests.conftest import run_pipeline_cli, run_python
@@ -13,11 +15,17 @@ def test_mixed_precision_runs_end_to_end_with_parity(tmp_path, policy):
     run = run_pipeline_cli(tmp_path, "--preset", "smoke", f"train.precision={policy}")
     assert run.returncode == 0, run.stderr
     manifest = run.manifest
-    assert manifest["precision"] == policy
-    assert manifest["metrics"]["test_accuracy"] > 0.5
-    metadata = json.loads((Path(manifest["export"]["version_dir"]) / "metadata.json").read_text())
+    assert manifest["results"]["precision"] == policy
+    assert manifest["results"]["test_accuracy"] > 0.75  # 3 epochs on digits; chance is 0.1
+    metadata = json.loads((Path(manifest["results"]["version_dir"]) / "metadata.json").read_text())
     assert metadata["trained_precision"] == policy and metadata["exported_precision"] == "float32"
     assert metadata["parity_max_abs_diff"] <= 1e-4
+    # The accuracy recorded is the shipped float32 model's, measured again here on the test split.
+    with np.load(run.run_dirs[-1] / "ingest" / "test.npz") as test:
+        images, labels = test["images"], test["labels"]
+    session = onnxruntime.InferenceSession(manifest["results"]["onnx_path"], providers=["CPUExecutionProvider"])
+    predicted = session.run(["probabilities"], {"pixels": images.astype(np.float32)})[0].argmax(1)
+    assert metadata["metrics"]["test_accuracy"] == float((predicted == labels).mean())
 
 
 MIRRORED_ON_TWO_CPUS = """
@@ -36,5 +44,5 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     assert process.returncode == 0, process.stderr
     manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
     assert manifest["artifacts"]["train"]["replicas"] == 2
-    assert manifest["metrics"]["test_accuracy"] > 0.5
-    assert Path(manifest["export"]["version_dir"], "saved_model.pb").exists()
+    assert manifest["results"]["test_accuracy"] > 0.75
+    assert Path(manifest["results"]["version_dir"], "saved_model.pb").exists()

@@ -69,7 +69,7 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path):
 
 
 def test_export_killed_midway_leaves_no_version_folder(tmp_path):
-    model_dir = tmp_path / "saved_models" / "smoke_cnn"
+    model_dir = tmp_path / "saved_models" / "digits"
     kill_when(start(tmp_path, "--preset", "smoke"), lambda: model_dir.exists() and any(
         p.name.startswith(".staging-") for p in model_dir.iterdir()))
     assert not [p for p in model_dir.iterdir() if p.name.isdigit()]

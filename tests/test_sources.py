@@ -5,9 +5,9 @@ import gzip
 import numpy as np
 import pytest
 
-from components.sources import read_digits, read_idx, read_idx_dir, read_source
 from components.config import DataConfig
 from components.errors import UserError
+from components.sources import read_digits, read_idx, read_idx_dir, read_source
 from tests.conftest import write_idx
 
 
@@ -63,7 +63,7 @@ def test_digits_are_raw_pixels_0_to_255():
 
 def test_unknown_source_names_the_offline_alternatives():
     with pytest.raises(UserError, match="idx:/usr/share/datasets/fashion-mnist"):
-        read_source(DataConfig(source="csv:foo"))
+        DataConfig(source="csv:foo")
 
 
 def test_tfds_unknown_dataset_is_a_user_error():

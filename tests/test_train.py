@@ -6,8 +6,9 @@ import keras
 import numpy as np
 
 from components.artifacts import Normalization, Schema
-from components.train import train
 from components.config import ModelConfig, TrainConfig
+from components.devices import plan_training
+from components.train import train
 from tests.conftest import make_images
 from tests.test_validate import write_splits
 
@@ -20,8 +21,8 @@ def _train_once(tmp_path, name):
     splits = write_splits(tmp_path / name, make_images(12), val=make_images(4, seed=1))
     schema = Schema(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
     normalization = Normalization(tmp_path / "n.json", 60.0, 70.0)
-    return train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, tmp_path / name / "train",
-                 tmp_path / name / "tensorboard")
+    return train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, plan_training(TINY_TRAIN),
+                 tmp_path / name / "train", tmp_path / name / "tensorboard")
 
 
 def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path):
@@ -49,7 +50,7 @@ def test_resuming_after_the_last_epoch_trains_no_more_and_keeps_the_result(tmp_p
     splits = write_splits(tmp_path / "data", make_images(12), val=make_images(4, seed=1))
     schema = Schema(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
     normalization = Normalization(tmp_path / "n.json", 60.0, 70.0)
-    runs = [train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, tmp_path / name, tmp_path / f"tb-{name}",
-                  resume_dir=tmp_path / "resume") for name in ("first", "again")]
+    runs = [train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, plan_training(TINY_TRAIN), tmp_path / name,
+                  tmp_path / f"tb-{name}", resume_dir=tmp_path / "resume") for name in ("first", "again")]
     assert runs[0].weights_sha256 == runs[1].weights_sha256
     assert json.loads(runs[1].history_path.read_text()) == json.loads(runs[0].history_path.read_text())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from components.artifacts import Splits, split_path
-from components.validate import validate
 from components.config import ValidateConfig
 from components.errors import UserError
+from components.validate import validate
 from tests.conftest import make_images
 
 
@@ -92,14 +92,14 @@ def test_statistics_record_leakage_skips_and_the_summary(tmp_path, caplog):
     test_images, test_labels = make_images(3, seed=2)
     test_images[:2] = train[0][:2]  # two test images copied from train
     splits = write_splits(tmp_path, train, test=(test_images, test_labels))
-    splits = Splits(splits.splits_dir, splits.fingerprint, splits.class_names, splits.num_examples, 5)
+    splits = Splits(splits.splits_dir, splits.data_sha256, splits.class_names, splits.num_examples, 5)
     schema = validate(ValidateConfig(), splits, tmp_path / "out")
     stats = json.loads(schema.statistics_path.read_text())
     assert stats["source"] == {"skipped_files": 5, "test_images_also_in_train": 2}
     assert stats["test"]["channel_mean"] == [pytest.approx(test_images.mean())]
     assert "2 of 9 test images are exact duplicates of training images (leakage)" in caplog.text
     assert schema.warnings == tuple(stats["warnings"]) and len(schema.warnings) == 1
-    assert schema.summary == "train 12 / val 6 / test 9, 6x6x1, 3 classes, 5 bad files skipped, 1 warning"
+    assert schema.description == "train 12 / val 6 / test 9, 6x6x1, 3 classes, 5 bad files skipped, 1 warning"
 
 
 def test_test_pixels_far_from_train_are_a_warning(tmp_path, caplog):
@@ -114,4 +114,4 @@ def test_test_pixels_far_from_train_are_a_warning(tmp_path, caplog):
 
 def test_good_data_has_no_warnings(tmp_path):
     schema = validate(ValidateConfig(), write_splits(tmp_path, make_images(4)), tmp_path / "out")
-    assert schema.warnings == () and schema.summary.endswith("3 classes, 0 warnings")
+    assert schema.warnings == () and schema.description.endswith("3 classes, 0 warnings")

@@ -1,0 +1,103 @@
+"""Export's checks: parity on every exported path (near-ties tolerated), one kind of model per name, ONNX axes."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from components.config import ModelConfig
+from components.errors import UserError
+from components.export import ParityError, check_parity, check_same_kind, compare, write_onnx, write_saved_model
+from components.model import build_model
+from tests.conftest import make_images
+
+SHAPE = (6, 6, 1)
+
+
+def tiny_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return build_model(ModelConfig(conv_widths=(4,), dense_units=8, dropout=0.0), SHAPE, 3, 60.0, 70.0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model written as a SavedModel and ONNX into one folder."""
+    model = tiny_model(0)
+    version_dir = tmp_path_factory.mktemp("version")
+    write_saved_model(model, SHAPE, version_dir)
+    write_onnx(model, SHAPE, version_dir / "model.onnx", 17)
+    return model, version_dir
+
+
+def test_parity_holds_for_the_model_that_was_exported(exported):
+    model, version_dir = exported
+    assert check_parity(model, version_dir, make_images(8)[0], 1e-4) < 1e-4
+
+
+def test_parity_fails_for_another_model_with_the_same_shapes(exported):
+    _, version_dir = exported
+    with pytest.raises(ParityError, match="disagrees with the Keras model"):
+        check_parity(tiny_model(1), version_dir, make_images(8)[0], 1e-4)
+
+
+def test_every_exported_path_is_compared_uint8_included(exported, monkeypatch):
+    import components.export as export_module
+
+    model, version_dir = exported
+    real = export_module.exported_predictions
+
+    def broken_uint8(version_dir, images):
+        outputs = real(version_dir, images)
+        outputs["SavedModel serving_uint8"] = {"probabilities": np.roll(
+            np.asarray(outputs["SavedModel serving_uint8"]["probabilities"]), 1, axis=1)}
+        return outputs
+
+    monkeypatch.setattr(export_module, "exported_predictions", broken_uint8)
+    with pytest.raises(ParityError, match="SavedModel serving_uint8 disagrees"):
+        check_parity(model, version_dir, make_images(8)[0], 1e-4)
+
+
+def test_a_flip_between_near_tied_classes_is_tolerated_a_decisive_one_is_not():
+    expected = np.array([[0.50000, 0.49999, 0.00001], [0.7, 0.2, 0.1]], np.float32)
+    near_tie_flipped = np.array([[0.49999, 0.50000, 0.00001], [0.7, 0.2, 0.1]], np.float32)
+    assert compare("ONNX", expected, {"probabilities": near_tie_flipped}, 1e-4) <= 1e-4
+    decisive = np.array([[0.50000, 0.49999, 0.00001], [0.45, 0.46, 0.09]], np.float32)  # within 0.3 of expected
+    with pytest.raises(ParityError, match="1 other predicted classes"):
+        compare("ONNX", expected, {"probabilities": decisive}, 0.3)
+    with pytest.raises(ParityError, match="max \\|diff\\| 1.00e-03"):
+        compare("ONNX", expected, {"probabilities": expected + np.float32(1e-3)}, 1e-4)
+
+
+def test_the_onnx_batch_axis_is_named_batch(exported):
+    _, version_dir = exported
+    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", *SHAPE]
+    assert session.get_outputs()[0].shape == ["batch", 3]
+
+
+def write_version(model_dir, version: int, shape, class_names) -> None:
+    (model_dir / str(version)).mkdir(parents=True)
+    metadata = {"input": {"shape": [None, *shape]}, "class_names": list(class_names)}
+    (model_dir / str(version) / "metadata.json").write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("shape, class_names, reason", [
+    ((32, 32, 3), ("a", "b", "c"), "32x32x3 images of 3 classes"),
+    (SHAPE, ("a", "b"), "6x6x1 images of 2 classes (a, b)"),
+    (SHAPE, ("c", "b", "a"), "6x6x1 images of 3 classes (c, b, a)"),
+])
+def test_a_name_is_kept_for_one_kind_of_model(tmp_path, shape, class_names, reason):
+    model_dir = tmp_path / "saved_models" / "digits"
+    write_version(model_dir, 1, shape, class_names)
+    write_version(model_dir, 2, SHAPE, ("a", "b", "c"))
+    check_same_kind(model_dir, SHAPE, ("a", "b", "c"))  # the newest version decides: same kind
+    write_version(model_dir, 3, shape, class_names)
+    with pytest.raises(UserError) as caught:
+        check_same_kind(model_dir, SHAPE, ("a", "b", "c"))
+    message = str(caught.value)
+    assert message.startswith(f"saved_models/digits/3 takes {reason}")
+    assert "set export.model_name to another name" in message
+    check_same_kind(tmp_path / "saved_models" / "new", SHAPE, ("a", "b", "c"))  # nothing there yet
