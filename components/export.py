@@ -67,6 +67,10 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
     """
     model_dir = saved_models_dir / config.model_name
     check_same_kind(model_dir, schema.image_shape, splits.class_names)
+    published = _already_published(model_dir, trained, splits, config)
+    if published is not None:
+        log.info("export: %s already holds this model; not published again", published.version_dir)
+        return _record(published, out_dir)
     model = as_float32(keras.models.load_model(trained.model_path, compile=False))
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_abandoned(model_dir, "staging")
@@ -77,14 +81,35 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         (staging_dir / "labels.txt").write_text("\n".join(splits.class_names) + "\n")
         images = load_split(splits, "test")[0][: config.parity_examples]
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
-        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff)
+        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config.onnx_opset)
         make_readable_by_all(staging_dir)  # TF Serving often runs as another user
         version_dir = _publish(staging_dir, model_dir)
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
     log.info("export: %s (parity max |diff| %.2e)", version_dir, max_diff)
-    exported = ExportedModel(version_dir, int(version_dir.name), version_dir / "model.onnx", max_diff)
+    return _record(ExportedModel(version_dir, int(version_dir.name), version_dir / "model.onnx", max_diff), out_dir)
+
+
+def _already_published(model_dir: Path, trained: TrainedModel, splits: Splits,
+                       config: ExportConfig) -> ExportedModel | None:
+    """The newest version, if it holds these weights trained on this data in this ONNX opset.
+
+    A rerun that changes nothing in the model (a code edit, a killed run resumed after its rename)
+    then points at it instead of publishing the same model again under a new number.
+    """
+    newest = version_dirs(model_dir)[-1:]
+    if not newest:
+        return None
+    metadata = read_metadata(newest[0])
+    same = (metadata.get("weights_sha256"), metadata.get("data_fingerprint"), metadata.get("onnx_opset")) == \
+        (trained.weights_sha256, splits.data_sha256, config.onnx_opset)
+    return ExportedModel(newest[0], int(newest[0].name), newest[0] / "model.onnx",
+                         metadata["parity_max_abs_diff"]) if same else None
+
+
+def _record(exported: ExportedModel, out_dir: Path) -> ExportedModel:
+    """Write `export.json`, the run's pointer to its version folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "export.json").write_text(json.dumps(dataclasses.asdict(exported), indent=2, default=str))
     return exported
@@ -185,7 +210,7 @@ def compare(name: str, expected: np.ndarray, actual: Any, atol: float) -> float:
 
 
 def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Schema, metrics: Metrics,
-                    trained: TrainedModel, parity_max_abs_diff: float) -> None:
+                    trained: TrainedModel, parity_max_abs_diff: float, onnx_opset: int) -> None:
     metadata = {
         "run_id": run_id,
         "data_fingerprint": splits.fingerprint,
@@ -198,6 +223,7 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
         "trained_precision": trained.precision,
         "exported_precision": "float32",
         "parity_max_abs_diff": parity_max_abs_diff,
+        "onnx_opset": onnx_opset,
     }
     (version_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
 

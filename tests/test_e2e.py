@@ -1,6 +1,7 @@
 """The runner end to end on `smoke`, and its exports loaded by consumers in fresh processes."""
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -194,3 +195,13 @@ def test_tensorboard_serves_scalars_images_and_profile_tabs(smoke_run):
         server.terminate()
         server.wait()
     assert all(plugins[name]["enabled"] for name in ("scalars", "images", "profile")), plugins
+
+
+def test_a_rerun_that_changes_nothing_in_the_model_does_not_publish_it_again(smoke_run, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(smoke_run.workdir, workdir, symlinks=True)
+    again = run_pipeline_cli(workdir, "--preset", "smoke", "train.profile_batches=(2, 3)", "--force", "export")
+    assert again.returncode == 0, again.stderr
+    assert {s["name"]: s["status"] for s in again.manifest["stages"]}["export"] == "succeeded"
+    assert again.manifest["results"]["version_dir"] == str(workdir.resolve() / "saved_models" / "digits" / "1")
+    assert sorted(p.name for p in (workdir / "saved_models" / "digits").iterdir()) == ["1"]
