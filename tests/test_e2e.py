@@ -57,7 +57,6 @@ def test_version_folder_is_complete_and_nothing_half_written_remains(smoke_run):
     assert metadata["data_fingerprint"] == smoke_run.manifest["results"]["data_fingerprint"]
     assert metadata["metrics"]["test_accuracy"] == smoke_run.manifest["results"]["test_accuracy"]
     assert metadata["input"]["shape"] == [None, 8, 8, 1]
-    assert metadata["parity_max_abs_diff"] <= 1e-4
 
 
 def test_exports_are_readable_by_other_users(smoke_run):
@@ -137,6 +136,7 @@ def test_onnx_runs_without_tensorflow_and_agrees_with_the_saved_model(consumers)
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_new_model_gets_the_next_version_and_another_kind_of_model_is_refused_the_name(tmp_path):
     for epochs in (2, 3):
         run = run_pipeline_cli(tmp_path, "--preset", "smoke", f"train.epochs={epochs}", "evaluate.max_regression=1")

@@ -60,6 +60,7 @@ def test_touching_the_source_files_reruns_ingest_but_not_what_the_same_content_f
         "train": "cached", "evaluate": "cached", "export": "cached"}
 
 
+@pytest.mark.slow
 def test_force_only_from_until(workdir):
     base = ("--preset", "smoke", "export.model_name=engine")
     assert statuses(run_pipeline_cli(workdir, *base, "--force", "validate"))["validate"] == "succeeded"
@@ -78,6 +79,7 @@ def test_only_a_stage_whose_inputs_are_not_cached_is_a_user_error(tmp_path):
     assert "error: stage ingest has no cached result for this config" in run.stderr
 
 
+@pytest.mark.slow
 def test_editing_stage_code_or_a_helper_it_imports_reruns_from_there(tmp_path):
     repo = tmp_path / "repo"
     for package in ("pipeline", "components"):
@@ -155,6 +157,7 @@ def test_a_regression_from_the_newest_export_is_not_blessed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "saved_models" / "digits").iterdir()) == ["1"]
 
 
+@pytest.mark.slow
 def test_two_runs_from_scratch_are_byte_identical(smoke_run, tmp_path):
     again = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.profile_batches=(2, 3)")
     assert again.returncode == 0, again.stderr
@@ -180,6 +183,7 @@ def test_manifest_records_what_a_reproduction_needs(smoke_run):
         assert reproduction["git"]["commit"] == head.stdout.strip()
 
 
+@pytest.mark.slow
 def test_two_runners_at_once_on_one_workdir(tmp_path):
     commands = [[sys.executable, "-m", "pipeline.run", "--preset", "smoke", "--workdir", str(tmp_path),
                  "evaluate.max_regression=1.0", f"train.epochs={epochs}"] for epochs in (2, 3)]
@@ -199,6 +203,7 @@ def test_two_runners_at_once_on_one_workdir(tmp_path):
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+@pytest.mark.slow
 def test_the_same_command_twice_at_once_trains_once(tmp_path):
     command = [sys.executable, "-m", "pipeline.run", "--preset", "smoke", "--workdir", str(tmp_path)]
     processes = [subprocess.Popen(command, cwd=REPO_DIR, env=QUIET_ENV, stdout=subprocess.PIPE,

@@ -8,6 +8,8 @@ import pytest
 from pipeline.config import resolve
 from tests.conftest import run_pipeline_cli
 
+pytestmark = pytest.mark.slow  # a minute or more: run by .ci/run with -m slow
+
 FASHION_DIR = Path(resolve("fashion").data.source.partition(":")[2])
 
 

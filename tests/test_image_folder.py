@@ -141,6 +141,7 @@ def test_float_mode_is_refused(tmp_path):
         decode_image(tmp_path / "x.png", ImageFormat(4, 4, 1, resize=False))
 
 
+@pytest.mark.slow
 def test_the_model_takes_its_shape_and_classes_from_a_folder(tmp_path):
     from tests.conftest import run_pipeline_cli
 

@@ -98,6 +98,7 @@ def run_in(repo, workdir, *args):
     return process, manifest, {stage["name"]: stage["status"] for stage in manifest["stages"]}
 
 
+@pytest.mark.slow
 def test_a_stage_added_in_one_module_one_entry_one_section_runs_caches_and_takes_overrides(
         repo_with_a_new_stage, tmp_path):
     repo, workdir = repo_with_a_new_stage, tmp_path / "work"

@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli
+
+pytestmark = pytest.mark.slow  # a minute or more: run by .ci/run with -m slow
 
 # Long enough on digits (about 0.2 s an epoch) to be killed in the middle of training.
 ARGS = ("--preset", "smoke", "train.epochs=12", "model.conv_widths=(16, 32)")

@@ -53,4 +53,8 @@ def test_resuming_after_the_last_epoch_trains_no_more_and_keeps_the_result(tmp_p
     runs = [train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, plan_training(TINY_TRAIN), tmp_path / name,
                   tmp_path / f"tb-{name}", resume_dir=tmp_path / "resume") for name in ("first", "again")]
     assert runs[0].weights_sha256 == runs[1].weights_sha256
+    # Weights and history of an epoch are saved in one file, so a kill cannot leave one without the other.
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["state.npz"]
+    with np.load(tmp_path / "resume" / "state.npz") as state:
+        assert int(state["epoch"]) == 2 and len(json.loads(str(state["history"]))["loss"]) == 3
     assert json.loads(runs[1].history_path.read_text()) == json.loads(runs[0].history_path.read_text())
