@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import run_pipeline_cli, run_python
 
+pytestmark = pytest.mark.slow  # a minute or more: run by .ci/run with -m slow
+
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_runs_end_to_end_with_parity(tmp_path, policy):
@@ -33,8 +35,6 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pipeline.run import main
-
-pytestmark = pytest.mark.slow  # a minute or more: run by .ci/run with -m slow
 sys.exit(main(sys.argv[1:]))
 """
 
