@@ -170,11 +170,7 @@ def _split_key(key: str) -> tuple[str, str]:
         return section_name, field_name
     nearest = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
     hint = f"did you mean {nearest[0]}?" if nearest else f"sections are {', '.join(sections())}"
-    return _raise(f"unknown config key {key!r}; {hint} (`python -m pipeline.run --help` lists every key)")
-
-
-def _raise(message: str) -> Any:
-    raise UserError(message)
+    raise UserError(f"unknown config key {key!r}; {hint} (`python -m pipeline.run --help` lists every key)")
 
 
 def _fill_derived_defaults(config: PipelineConfig) -> PipelineConfig:
