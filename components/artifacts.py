@@ -186,9 +186,17 @@ def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
 
 
 def version_dirs(model_dir: Path) -> list[Path]:
-    """The exported version folders of one model (TF Serving layout), oldest number first."""
-    versions = [path for path in model_dir.iterdir() if path.name.isdigit()] if model_dir.is_dir() else []
-    return sorted(versions, key=lambda path: int(path.name))
+    """The exported version folders of one model (TF Serving layout), oldest number first.
+
+    Only folders with a `metadata.json` count: a numbered folder someone made by hand is no export.
+    """
+    return [path for path in numbered_entries(model_dir) if (path / METADATA_FILE).is_file()]
+
+
+def numbered_entries(model_dir: Path) -> list[Path]:
+    """Everything under `model_dir` whose name is a version number, oldest first."""
+    entries = [path for path in model_dir.iterdir() if path.name.isdigit()] if model_dir.is_dir() else []
+    return sorted(entries, key=lambda path: int(path.name))
 
 
 def read_metadata(version_dir: Path) -> dict[str, Any]:
@@ -196,12 +204,21 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
     return json.loads((version_dir / METADATA_FILE).read_text())
 
 
-def find_baseline(model_dir: Path, trained: TrainedModel) -> Path | None:
+@dataclass(frozen=True)
+class Baseline:
+    """An exported version to compare a new model with, named by its content: a path can be reused."""
+
+    version_dir: Path
+    weights_sha256: str
+
+
+def find_baseline(model_dir: Path, trained: TrainedModel) -> Baseline | None:
     """The newest exported version under `model_dir`, unless it is this very model (or there is none)."""
     versions = version_dirs(model_dir)
     if not versions:
         return None
-    return None if read_metadata(versions[-1]).get("weights_sha256") == trained.weights_sha256 else versions[-1]
+    weights = read_metadata(versions[-1]).get("weights_sha256", "")
+    return None if weights == trained.weights_sha256 else Baseline(versions[-1], weights)
 
 
 def split_path(splits_dir: Path, split: str) -> Path:

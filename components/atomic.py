@@ -6,11 +6,13 @@ carries the writer's process id, so a later process can tell an abandoned one fr
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -75,3 +77,15 @@ def current_umask() -> int:
         umask = os.umask(0o022)
         os.umask(umask)
         return umask
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock until the block ends; other holders wait.
+
+    The lock file is a hidden sibling (`.<name>.lock`), so the folder itself holds only what it holds.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield

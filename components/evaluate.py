@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
-from components.artifacts import Metrics, Splits, TrainedModel, load_split, read_metadata
+from components.artifacts import Baseline, Metrics, Splits, TrainedModel, load_split, read_metadata
 from components.config import EvaluateConfig
 from components.model import as_float32
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_dir: Path,
-             baseline_dir: Path | None = None) -> Metrics:
+             baseline: Baseline | None = None) -> Metrics:
     """Score the trained model on the untouched test split, decide whether to bless it, write JSON.
 
     Args:
@@ -27,7 +27,7 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
         splits: ingest's output; only `test` is read.
         out_dir: folder for `metrics.json` (metrics only: byte-identical for identical models) and
             `blessing.json` (the decision, the baseline and the reason); created.
-        baseline_dir: an exported version to compare with (see `find_baseline`), scored on the same
+        baseline: an exported version to compare with (see `find_baseline`), scored on the same
             test split; None when there is none.
 
     Returns:
@@ -38,7 +38,8 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
     model = as_float32(keras.models.load_model(trained.model_path, compile=False))
     probabilities = model.predict(images.astype(np.float32), batch_size=config.batch_size, verbose=0)
     metrics = classification_metrics(labels, probabilities, splits.class_names)
-    blessing = bless(config, metrics["test_accuracy"], baseline_dir, splits, images, labels)
+    blessing = bless(config, metrics["test_accuracy"], baseline.version_dir if baseline else None, splits,
+                     images, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=2))

@@ -8,6 +8,7 @@ is either complete or absent.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -29,10 +30,11 @@ from components.artifacts import (
     Splits,
     TrainedModel,
     load_split,
+    numbered_entries,
     read_metadata,
     version_dirs,
 )
-from components.atomic import make_readable_by_all, new_hidden_dir, remove_abandoned
+from components.atomic import locked, make_readable_by_all, new_hidden_dir, remove_abandoned
 from components.config import ExportConfig
 from components.errors import UserError
 from components.model import as_float32
@@ -83,7 +85,9 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
         _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config.onnx_opset)
         make_readable_by_all(staging_dir)  # TF Serving often runs as another user
-        version_dir = _publish(staging_dir, model_dir)
+        with locked(model_dir):  # another run may have published another kind of model meanwhile
+            check_same_kind(model_dir, schema.image_shape, splits.class_names)
+            version_dir = _publish(staging_dir, model_dir)
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
@@ -102,10 +106,16 @@ def _already_published(model_dir: Path, trained: TrainedModel, splits: Splits,
     if not newest:
         return None
     metadata = read_metadata(newest[0])
-    same = (metadata.get("weights_sha256"), metadata.get("data_fingerprint"), metadata.get("onnx_opset")) == \
-        (trained.weights_sha256, splits.data_sha256, config.onnx_opset)
+    same = (metadata.get("weights_sha256"), metadata.get("data_fingerprint"), metadata.get("onnx_opset"),
+            metadata.get("exported_with")) == (trained.weights_sha256, splits.data_sha256, config.onnx_opset,
+                                               exporter_versions())
     return ExportedModel(newest[0], int(newest[0].name), newest[0] / "model.onnx",
                          metadata["parity_max_abs_diff"]) if same else None
+
+
+def exporter_versions() -> dict[str, str]:
+    """The versions of the libraries that write the SavedModel and the ONNX model."""
+    return {name: importlib.metadata.version(name) for name in ("tensorflow", "keras", "tf2onnx", "onnx")}
 
 
 def _record(exported: ExportedModel, out_dir: Path) -> ExportedModel:
@@ -224,6 +234,7 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
         "exported_precision": "float32",
         "parity_max_abs_diff": parity_max_abs_diff,
         "onnx_opset": onnx_opset,
+        "exported_with": exporter_versions(),
     }
     (version_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
 
@@ -231,7 +242,7 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
 def _publish(staging_dir: Path, model_dir: Path) -> Path:
     """Rename the finished staging folder to the next free integer version, atomically."""
     while True:
-        versions = version_dirs(model_dir)
+        versions = numbered_entries(model_dir)
         version_dir = model_dir / str(int(versions[-1].name) + 1 if versions else 1)
         try:
             os.rename(staging_dir, version_dir)  # fails if another process took this number first

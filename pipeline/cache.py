@@ -34,13 +34,20 @@ class StageCache:
         return self.cache_dir / stage / fingerprint
 
     def lookup(self, stage: str, fingerprint: str) -> Any | None:
-        """The artifact of a finished execution, or None if there is none whose files still exist."""
+        """The artifact of a finished execution, or None if there is none that still holds what it held.
+
+        Its files must exist and its content fingerprint must be the one it was committed with: an
+        export folder removed and its number taken by another model is no hit.
+        """
         final_dir = self.final_dir(stage, fingerprint)
         try:
             artifact = _load(final_dir)
+            if all(path.exists() for path in _paths(artifact)) and \
+                    artifact.fingerprint == _stored_fingerprint(final_dir):
+                return artifact
         except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return artifact if all(path.exists() for path in _paths(artifact)) else None
+            pass
+        return None
 
     @contextmanager
     def claim(self, stage: str, fingerprint: str) -> Iterator[None]:
@@ -67,7 +74,8 @@ class StageCache:
         another process committed the same fingerprint first, its outputs are kept and returned.
         """
         final_dir = self.final_dir(stage, fingerprint)
-        (work_dir / ARTIFACT_FILE).write_text(json.dumps(_dump(artifact, work_dir), indent=2))
+        (work_dir / ARTIFACT_FILE).write_text(json.dumps(
+            {**_dump(artifact, work_dir), "fingerprint": artifact.fingerprint}, indent=2))
         old_dir = final_dir.with_name(f".old-{os.getpid()}-{fingerprint}")
         if replace and final_dir.exists():
             os.rename(final_dir, old_dir)
@@ -94,6 +102,10 @@ def _dump(artifact: Any, work_dir: Path) -> dict[str, Any]:
             value = {"absolute": str(value)}
         fields[name] = value
     return {"type": f"{type(artifact).__module__}:{type(artifact).__qualname__}", "fields": fields}
+
+
+def _stored_fingerprint(final_dir: Path) -> str:
+    return json.loads((final_dir / ARTIFACT_FILE).read_text())["fingerprint"]
 
 
 def _load(final_dir: Path) -> Any:

@@ -45,21 +45,34 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def source_state(source: str) -> list[tuple[str, int, int]] | None:
-    """Name, size and modification time of every file a `kind:PATH` source reads (None for others).
+def source_state(source: str) -> list[tuple[str, int, int, int, int]] | None:
+    """Every file and folder a `kind:PATH` source reads, with size, inode and times (None for others).
 
-    Cheap enough to compute on every run (DVC-style), and any edit, copy or touch of the data shows.
+    Cheap enough to compute on every run (DVC-style). The change time is part of it: no tool can set
+    it back, so a file rewritten in place and given its old modification time (`touch -r`, `cp -p`,
+    `rsync -a`) still shows. Symbolic links to folders are followed, as the readers follow them.
     """
-    path = Path(source.partition(":")[2])
-    if not source.partition(":")[2] or not path.exists():
+    argument = source.partition(":")[2]
+    path = Path(argument)
+    if not argument or not path.exists():
         return None
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [(str(p.relative_to(path)) if p != path else p.name, *_size_and_mtime(p)) for p in files]
+    if path.is_file():
+        return [(path.name, *_identity(path))]
+    entries, seen = [], set()
+    for folder, folder_names, file_names in os.walk(path, followlinks=True):
+        if os.path.realpath(folder) in seen:  # a link back up the tree: read once
+            folder_names.clear()
+            continue
+        seen.add(os.path.realpath(folder))
+        for name in sorted(folder_names) + sorted(file_names):
+            entry = Path(folder) / name
+            entries.append((str(entry.relative_to(path)), *_identity(entry)))
+    return entries
 
 
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    stat = os.stat(path)  # follows links: what is read, not the link
+    return stat.st_size if not path.is_dir() else 0, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def code_fingerprint(module_name: str) -> str:

@@ -113,12 +113,17 @@ class Lineage:
                 (execution["id"],))
         return run
 
-    def producer_of(self, path: str) -> str | None:
-        """The run whose (non-cached) execution first produced the artifact at `path`."""
+    def producer_of(self, path: str, fingerprint: str | None = None) -> str | None:
+        """The run whose (non-cached) execution first produced the artifact at `path` (with `fingerprint`).
+
+        A path can be reused (an export folder removed, and the number taken again): the fingerprint
+        tells which of the artifacts that had it is there now.
+        """
         rows = self._query(
             "SELECT executions.run_id FROM artifacts JOIN events ON events.artifact_id = artifacts.id "
             "JOIN executions ON executions.id = events.execution_id WHERE artifacts.path = ? "
-            "AND events.type = 'output' ORDER BY executions.cache_hit, executions.id LIMIT 1", (path,))
+            "AND (? IS NULL OR artifacts.fingerprint = ?) AND events.type = 'output' "
+            "ORDER BY executions.cache_hit, executions.id LIMIT 1", (path, fingerprint, fingerprint))
         return rows[0]["run_id"] if rows else None
 
     def _query(self, sql: str, parameters: tuple = ()) -> list[dict[str, Any]]:

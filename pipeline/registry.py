@@ -67,7 +67,7 @@ STAGES: tuple[Stage, ...] = (
           resolves=lambda config, artifacts, places: {"plan": plan_training(config.train)}),
     Stage("evaluate", "components.evaluate:evaluate", {"config": EvaluateConfig},
           {"trained": "train", "splits": "ingest"},
-          resolves=lambda config, artifacts, places: {"baseline_dir": find_baseline(
+          resolves=lambda config, artifacts, places: {"baseline": find_baseline(
               places.saved_models_dir / config.export.model_name, artifacts["train"])}),
     Stage("export", "components.export:export", {"config": ExportConfig},
           {"trained": "train", "splits": "ingest", "schema": "validate", "metrics": "evaluate"},

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from components.artifacts import METADATA_FILE, file_sha256
 from components.errors import UserError
 from pipeline.lineage import Lineage
 
@@ -42,7 +43,8 @@ def show(lineage: Lineage, target: str, workdir: Path) -> str:
     run_id, header = target, []
     folder = next((path for path in (Path(target), workdir / target) if path.is_dir()), None)
     if folder is not None:
-        run_id = lineage.producer_of(str(folder.resolve()))
+        metadata = folder / METADATA_FILE  # an export: named by its content too, as its folder may be reused
+        run_id = lineage.producer_of(str(folder.resolve()), file_sha256(metadata) if metadata.is_file() else None)
         if run_id is None:
             raise UserError(f"{target}: no run in {lineage.db_path} produced it; pass the --workdir its run used")
         header = [f"{target} was produced by run {run_id}"]

@@ -214,3 +214,25 @@ def test_the_same_command_twice_at_once_trains_once(tmp_path):
     train_statuses = sorted(next(s["status"] for s in m["stages"] if s["name"] == "train") for m in manifests)
     assert train_statuses == ["cached", "succeeded"]
     assert [p.name for p in (tmp_path / "saved_models" / "digits").iterdir() if p.name.isdigit()] == ["1"]
+
+
+@pytest.mark.slow
+def test_an_export_folder_replaced_by_another_model_is_never_served_from_the_cache(tmp_path):
+    def run(*args):
+        process = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=1", "evaluate.max_regression=1", *args)
+        return process, statuses(process)
+
+    first_weights = run("train.seed=1")[0].manifest["artifacts"]["train"]["weights_sha256"]
+    shutil.rmtree(tmp_path / "saved_models" / "digits")
+    other_run_id = run("train.seed=3")[0].manifest["run_id"]  # takes the number digits/1 again, other weights
+    again, again_statuses = run("train.seed=1")
+    assert again_statuses["train"] == "cached"
+    assert again_statuses["evaluate"] == "succeeded"  # its baseline is another model now
+    version_dir = Path(again.manifest["results"]["version_dir"])
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["weights_sha256"] == first_weights
+    assert version_dir.name == "2"
+    shown = subprocess.run([sys.executable, "-m", "pipeline.runs", "--workdir", str(tmp_path), "show",
+                            str(tmp_path / "saved_models" / "digits" / "1")], cwd=REPO_DIR, env=QUIET_ENV,
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.splitlines()[0].endswith(f"was produced by run {other_run_id}")

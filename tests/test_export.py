@@ -101,3 +101,30 @@ def test_a_name_is_kept_for_one_kind_of_model(tmp_path, shape, class_names, reas
     assert message.startswith(f"saved_models/digits/3 takes {reason}")
     assert "set export.model_name to another name" in message
     check_same_kind(tmp_path / "saved_models" / "new", SHAPE, ("a", "b", "c"))  # nothing there yet
+
+
+def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_path, monkeypatch):
+    import components.export as export_module
+    from components.artifacts import Metrics, Schema, TrainedModel
+    from components.config import ExportConfig
+    from tests.test_validate import write_splits
+
+    model = tiny_model(0)
+    model.save(tmp_path / "model.keras")
+    trained = TrainedModel(tmp_path / "model.keras", "float32", tmp_path / "history.json", "w" * 64, 1)
+    (tmp_path / "data").mkdir()
+    splits = write_splits(tmp_path / "data", make_images(4))
+    schema = Schema(tmp_path / "schema.json", tmp_path / "statistics.json", SHAPE, 3)
+    metrics = Metrics(tmp_path / "m.json", tmp_path / "b.json", 0.5, 0.9, True, "blessed")
+    model_dir = tmp_path / "saved_models" / "shared"
+    real_check = export_module.check_parity
+
+    def another_run_publishes_meanwhile(*args):
+        write_version(model_dir, 1, (32, 32, 3), ("cat", "dog"))
+        return real_check(*args)
+
+    monkeypatch.setattr(export_module, "check_parity", another_run_publishes_meanwhile)
+    with pytest.raises(UserError, match="saved_models/shared/1 takes 32x32x3 images of 2 classes"):
+        export_module.export(ExportConfig(model_name="shared", parity_examples=4), trained, splits, schema, metrics,
+                             tmp_path / "saved_models", "run", tmp_path / "out")
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1"]  # nothing else published, no staging left

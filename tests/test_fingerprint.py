@@ -16,12 +16,28 @@ def test_stage_code_covers_the_project_modules_it_imports():
     assert code_fingerprint("components.train") != code_fingerprint("components.evaluate")
 
 
-def test_source_state_follows_size_and_mtime_of_every_file(tmp_path):
-    (tmp_path / "a.gz").write_bytes(b"12")
-    before = source_state(f"idx:{tmp_path}")
-    assert before == source_state(f"idx:{tmp_path}")
-    os.utime(tmp_path / "a.gz", ns=(1, 1))
-    assert source_state(f"idx:{tmp_path}") != before
+def test_source_state_shows_every_edit_of_the_data(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (data / "a").mkdir(parents=True)
+    (elsewhere / "b").mkdir(parents=True)
+    (data / "a" / "1.png").write_bytes(b"12")
+    (elsewhere / "b" / "2.png").write_bytes(b"34")
+    (data / "b").symlink_to(elsewhere / "b")
+    (data / "loop").symlink_to(data)  # a link back up the tree is read once
+    states = [source_state(f"folder:{data}")]
+    assert states[0] == source_state(f"folder:{data}") and "b/2.png" in [entry[0] for entry in states[0]]
+
+    def changed(edit) -> bool:
+        edit()
+        states.append(source_state(f"folder:{data}"))
+        return states[-1] != states[-2]
+
+    assert changed(lambda: os.utime(data / "a" / "1.png", ns=(1, 1)))  # touched
+    old = os.stat(data / "a" / "1.png")
+    assert changed(lambda: ((data / "a" / "1.png").write_bytes(b"21"),  # same size and time, new bytes
+                            os.utime(data / "a" / "1.png", ns=(old.st_atime_ns, old.st_mtime_ns))))
+    assert changed(lambda: (elsewhere / "b" / "2.png").write_bytes(b"345"))  # behind a link
+    assert changed(lambda: (data / "c").mkdir())  # a new, empty class folder
     assert source_state("digits") is None
 
 
