@@ -47,16 +47,21 @@ def above(low: float) -> Check:
 
 
 def _is_size(value: tuple[int, ...]) -> bool:
-    return value == () or (len(value) == 2 and min(value) >= 1)
+    return value == () or (len(value) == 2 and 1 <= min(value) and max(value) <= 4096)
 
 
 def _is_profile_range(value: tuple[int, ...]) -> bool:
     return value == () or (len(value) == 2 and 1 <= value[0] <= value[1])
 
 
+def is_class_name(name: str) -> bool:
+    """Printable and non-empty: `labels.txt` holds one name per line, and a line break would shift them."""
+    return bool(name.strip()) and name.isprintable()
+
+
 def _is_class_list(text: str) -> bool:
     names = [name.strip() for name in text.split(",")]
-    return text == "" or (all(names) and len(set(names)) == len(names) and "\n" not in text)
+    return text == "" or (all(map(is_class_name, names)) and len(set(names)) == len(names))
 
 
 SOURCE_KINDS = ("digits", "idx", "npz", "folder", "tfds")
@@ -99,7 +104,8 @@ class DataConfig(Section):
                                 "or idx:/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)"))
     tfds_data_dir: str = setting("", "tfds: where TFDS keeps prepared datasets; \"\" = TFDS's default")
     class_names: str = setting("", "comma-separated class names replacing the source's; \"\" = keep them",
-                               Check(_is_class_list, "distinct, non-empty names separated by commas"))
+                               Check(_is_class_list, "distinct, printable, non-empty names separated by "
+                                                     "commas"))
     download: bool = setting(False, "tfds: may download and prepare the dataset when it is not prepared yet")
     val_fraction: float = setting(0.1, "share of the training split carved out (stratified) for validation",
                                   between(0.001, 0.9))
@@ -109,19 +115,33 @@ class DataConfig(Section):
                                       at_least(0))
     seed: int = setting(0, "seed of the validation (and test) carve-out", between(0, 2**32 - 1))
     image_size: tuple[int, ...] = setting((), "folder: (height, width) every image is resized to; () = the "
-                                          "first image's size", Check(_is_size, "(height, width), e.g. (28, 28)"))
+                                          "first image's size",
+                                          Check(_is_size, "(height, width) from 1 to 4096, e.g. (28, 28)"))
     channels: int = setting(0, "folder: 1 (grayscale) or 3 (RGB) every image is converted to; 0 = the first "
                             "image's", one_of(0, 1, 3))
     on_bad_file: str = setting("fail", "folder: fail | skip: an unreadable image stops the run, or is skipped",
                                one_of("fail", "skip"))
 
     def check_together(self) -> None:
+        self._check_source_path()
         if self.source.startswith("folder:"):
             return
         for key, default in (("image_size", ()), ("channels", 0), ("on_bad_file", "fail")):
             if getattr(self, key) != default:
                 raise UserError(f"data.{key}={getattr(self, key)!r} applies only to folder: sources, and "
                                 f"data.source={self.source!r} is not one; remove data.{key}")
+
+
+    def _check_source_path(self) -> None:
+        kind, _, argument = self.source.partition(":")
+        path = Path(argument)
+        if kind in ("idx", "folder") and not path.is_dir():
+            what = ("MNIST-format files (Fashion-MNIST: apt-get install dataset-fashion-mnist)" if kind == "idx"
+                    else "one sub-folder of images per class")
+            raise UserError(f"data.source={self.source}: no such folder; point it at a folder of {what}")
+        if kind == "npz" and not path.is_file():
+            raise UserError(f"data.source={self.source}: no such file; point it at a file written by "
+                            "numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)")
 
 
 @dataclass(frozen=True)
@@ -137,19 +157,19 @@ class ValidateConfig(Section):
 class PreprocessConfig(Section):
     name: ClassVar[str] = "preprocess"
     epsilon: float = setting(1e-6, "added to the pixel std so a constant image set cannot divide by zero",
-                             above(0))
+                             between(1e-12, 1.0))
 
 
 @dataclass(frozen=True)
 class ModelConfig(Section):
     name: ClassVar[str] = "model"
     conv_widths: tuple[int, ...] = setting((32, 64), "filters per conv block; each block halves the image "
-                                           "size", Check(lambda v: len(v) >= 1 and min(v) >= 1,
-                                                         "one or more positive filter counts, e.g. (32, 64)"))
+                                           "size", Check(lambda v: 1 <= len(v) <= 16 and 1 <= min(v) and max(v) <= 4096,
+                                                         "1 to 16 filter counts from 1 to 4096, e.g. (32, 64)"))
     convs_per_block: int = setting(1, "3x3 convolutions in each block", between(1, 8))
     padding: str = setting("same", "same | valid: \"valid\" shrinks each conv's output by 2 pixels (cheaper)",
                            one_of("same", "valid"))
-    dense_units: int = setting(128, "width of the hidden dense layer; 0 = none", at_least(0))
+    dense_units: int = setting(128, "width of the hidden dense layer; 0 = none", between(0, 65536))
     dropout: float = setting(0.3, "dropout rate before the classifier", between(0, 0.95))
     batch_norm: bool = setting(True, "batch normalization after every convolution")
 

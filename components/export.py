@@ -130,6 +130,9 @@ def check_same_kind(model_dir: Path, image_shape: tuple[int, int, int], class_na
 
     A server that follows the newest version would otherwise switch, silently, to another kind of model.
     """
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UserError(f"{model_dir} is a file, not a model folder; move it, or set export.model_name to "
+                        "another name")
     versions = version_dirs(model_dir)
     if not versions:
         return

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from components.config import is_class_name
 from components.errors import UserError
 from components.source_data import SourceData
 
@@ -145,8 +146,9 @@ def decode_image(path: Path, image_format: ImageFormat) -> np.ndarray:
 def _to_format(image: Image.Image, image_format: ImageFormat) -> np.ndarray:
     size = (image_format.width, image_format.height)
     if image.size != size and not image_format.resize:
-        raise BadImageError(f"{image.height}x{image.width} pixels (height x width), the first image is "
-                            f"{size[1]}x{size[0]}; set data.image_size=({size[1]}, {size[0]}) to resize every image")
+        # The same words for every such file, so the message says them once and counts the files.
+        raise BadImageError(f"not {size[1]}x{size[0]} pixels (height x width) like the first image; set "
+                            f"data.image_size=({size[1]}, {size[0]}) to resize every image")
     image = image.convert("L" if image_format.channels == 1 else "RGB")
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
@@ -191,6 +193,10 @@ def _class_names(train_dir: Path) -> tuple[str, ...]:
     if not names:
         raise UserError(f"{train_dir}: no class sub-folders, so no images; put each class's PNG or JPEG "
                         "files in a sub-folder named after the class")
+    unprintable = [name for name in names if not is_class_name(name)]
+    if unprintable:
+        raise UserError(f"{train_dir}: class folder name {unprintable[0]!r} has a line break or another "
+                        "unprintable character, which labels.txt cannot hold; rename the folder")
     return names
 
 

@@ -74,8 +74,7 @@ def read_idx_dir(data_dir: Path) -> SourceData:
         raise UserError(f"data.source=idx:{data_dir}: no such folder; point it at a folder of MNIST-format files")
     arrays = {prefix: read_idx(_find_idx_file(data_dir, prefix)) for prefix in
               ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-    num_classes = int(max(arrays["train-labels"].max(initial=0), arrays["t10k-labels"].max(initial=0))) + 1
-    names = tuple(str(i) for i in range(num_classes))  # IDX files carry no names: see data.class_names
+    names = _numbered_classes(arrays["train-labels"], arrays["t10k-labels"], f"idx:{data_dir}")
     return SourceData(
         _with_channels(arrays["train-images"]), arrays["train-labels"].astype(np.int64),
         _with_channels(arrays["t10k-images"]), arrays["t10k-labels"].astype(np.int64), names,
@@ -136,6 +135,9 @@ def read_tfds(name: str, data_dir: str, download: bool) -> SourceData:
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(f"data.source=tfds:{name}: TFDS has no dataset of that name; "
                         f"check the spelling (e.g. tfds:mnist), or offline use {OFFLINE_SOURCES}") from None
+    except Exception as error:  # a malformed name or a community source TFDS cannot load comes in many types
+        raise UserError(f"data.source=tfds:{name}: TFDS cannot load that name ({_first_line(error)}); give a "
+                        f"dataset name such as tfds:mnist or tfds:emnist/letters") from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise UserError(f"data.source=tfds:{name}: has no 'image' and 'label' features; "
@@ -238,9 +240,8 @@ def read_npz(path: Path) -> SourceData:
                         "write it with numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)") from None
     for split in ("train", "test"):
         _check_npz_pair(arrays[f"x_{split}"], arrays[f"y_{split}"], split, path)
-    num_classes = int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0))) + 1
     return SourceData(_with_channels(arrays["x_train"]), arrays["y_train"], _with_channels(arrays["x_test"]),
-                      arrays["y_test"], tuple(str(i) for i in range(max(num_classes, 1))))
+                      arrays["y_test"], _numbered_classes(arrays["y_train"], arrays["y_test"], f"npz:{path}"))
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -270,7 +271,22 @@ def _find_idx_file(data_dir: Path, prefix: str) -> Path:
     if not matches:
         raise UserError(f"{data_dir}: no {prefix}* file; an idx: folder needs train-images, train-labels, "
                         "t10k-images and t10k-labels files (raw or .gz)")
+    if len(matches) > 1:
+        raise UserError(f"{data_dir}: {len(matches)} {prefix}* files ({', '.join(p.name for p in matches)}); "
+                        "keep one of them (raw or .gz) so it is clear which is read")
     return matches[0]
+
+
+MAX_LABEL = 100_000  # classes are numbered 0..max label: a larger label is a mistake, not a class
+
+
+def _numbered_classes(train_labels: np.ndarray, test_labels: np.ndarray, source: str) -> tuple[str, ...]:
+    """Names "0".."max label" for sources that carry none (see data.class_names); unused ones are dropped later."""
+    largest = max(train_labels.max(initial=0), test_labels.max(initial=0))
+    if np.issubdtype(np.asarray(largest).dtype, np.integer) and largest > MAX_LABEL:
+        raise UserError(f"data.source={source}: a label is {largest}; labels number the classes from 0, up to "
+                        f"{MAX_LABEL:,}: renumber them")
+    return tuple(str(i) for i in range(max(int(largest), 0) + 1))
 
 
 def _with_channels(images: np.ndarray) -> np.ndarray:

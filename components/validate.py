@@ -41,6 +41,8 @@ def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
     image_shape = _check_shapes(data)
     for split, (images, labels) in data.items():
         _check_values(split, images, labels, num_classes)
+    for split, (images, _) in data.items():  # after the values: NaN is the more precise message
+        _check_pixels_are_bytes(split, images)
     _check_every_class_in_train(data["train"][1], splits.class_names)
     schema = {"image_shape": list(image_shape), "dtype": str(data["train"][0].dtype),
               "num_classes": num_classes, "class_names": list(splits.class_names)}
@@ -125,7 +127,17 @@ def _check_shapes(data: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, 
     if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
         raise UserError(f"splits disagree on image shape or dtype: shapes {shapes}, dtypes {dtypes}; "
                         "every image must have the same size, channels and type")
+    if shapes["train"][-1] not in (1, 3):
+        raise UserError(f"images have {shapes['train'][-1]} channels; this pipeline takes 1 (grayscale) or 3 (RGB): "
+                        "convert them at the source, or use a folder: source with data.channels")
     return tuple(int(n) for n in shapes["train"])  # type: ignore[return-value]
+
+
+def _check_pixels_are_bytes(split: str, images: np.ndarray) -> None:
+    """The model and its exports take 8-bit pixels, 0..255; other types would be scaled wrongly."""
+    if images.dtype != np.uint8:
+        raise UserError(f"{split} images have dtype {images.dtype}; this pipeline takes 8-bit pixels 0..255: "
+                        "convert them at the source (e.g. floats in 0..1: np.round(x * 255).astype(np.uint8))")
 
 
 def _check_values(split: str, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:

@@ -92,9 +92,20 @@ def resolve(preset: str = "default", overrides: list[str] | tuple[str, ...] = ()
     """
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    command_line = dict(parse_override(text) for text in overrides)
+    _check_preset_fits_source(preset, command_line)
     config = apply_overrides(default_config(), PRESETS[preset])
-    config = apply_overrides(config, dict(parse_override(text) for text in overrides))
+    config = apply_overrides(config, command_line)
     return _fill_derived_defaults(config)
+
+
+def _check_preset_fits_source(preset: str, command_line: Mapping[str, Any]) -> None:
+    """A preset's class names belong to its source: with another source they would label it wrongly."""
+    if "data.source" in command_line and "data.class_names" in PRESETS[preset] \
+            and "data.class_names" not in command_line:
+        raise UserError(f"--preset {preset} names the classes of {PRESETS[preset]['data.source']}, and "
+                        f"data.source={command_line['data.source']} is another source; also give "
+                        "data.class_names (\"\" keeps the source's own names)")
 
 
 def apply_overrides(config: PipelineConfig, overrides: Mapping[str, Any]) -> PipelineConfig:

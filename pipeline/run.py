@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -55,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("pipeline", "components"):
         logging.getLogger(name).setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         config = resolve(args.preset, args.overrides)
         if args.workdir.exists() and not args.workdir.is_dir():
             raise UserError(f"--workdir {args.workdir} is a file; give a folder (it is created if missing)")
+        _create_workdir(args.workdir)
         _quiet_tensorflow(args.verbose)
         from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline  # imports TensorFlow
 
@@ -70,12 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotBlessed as error:
         print(f"error: {error} (evaluate.fail_if_not_blessed=true)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume (finished stages and epochs are kept)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        print(f"{interruption or 'interrupted'}: rerun the same command to resume (finished stages and epochs "
+              "are kept)", file=sys.stderr)
+        return 143 if isinstance(interruption, Terminated) else 130
     print(format_summary(manifest))
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler's stop), handled as Ctrl-C is: the run is recorded as stopped."""
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
+def _create_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--workdir {workdir}: cannot create it ({error.strerror}); give a folder you can "
+                        "write in") from None
 
 
 def selection(args: argparse.Namespace):

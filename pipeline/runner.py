@@ -219,7 +219,7 @@ def _describe_error(exception: BaseException) -> str:
     if isinstance(exception, UserError):
         return str(exception)
     if isinstance(exception, KeyboardInterrupt):
-        return "interrupted"
+        return str(exception) or "interrupted"
     text = str(exception).strip().splitlines()
     return f"{type(exception).__name__}: {text[0]}" if text else type(exception).__name__
 

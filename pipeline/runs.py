@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("show needs a run id or a saved_models/<name>/<version> folder")
         lineage = Lineage(db_path)
         print(show(lineage, args.target, args.workdir) if args.command == "show" else list_runs(lineage))
+    except sqlite3.DatabaseError as error:
+        print(f"error: {db_path} cannot be read as a lineage database ({error}); restore it or move it aside",
+              file=sys.stderr)
+        return 2
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

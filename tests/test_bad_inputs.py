@@ -127,11 +127,28 @@ def sixteen_bit_png(tmp_path: Path) -> Case:
 def wrong_size_image(tmp_path: Path) -> Case:
     folder_dir = _folder(tmp_path)
     Image.fromarray(np.zeros((6, 8), np.uint8)).save(folder_dir / "c" / "wide.png")
-    return [f"data.source=folder:{folder_dir}"], "c/wide.png: 6x8 pixels (height x width), the first image is 6x6"
+    return [f"data.source=folder:{folder_dir}"], "c/wide.png: not 6x6 pixels (height x width) like the first image"
 
 
 def bad_on_bad_file_value(tmp_path: Path) -> Case:
     return [_npz(tmp_path), "data.on_bad_file=maybe"], "data.on_bad_file='maybe' cannot work; use one of fail, skip"
+
+
+def float_pixels(tmp_path: Path) -> Case:
+    train, test = make_images(10), make_images(4, seed=1)
+    return [_npz(tmp_path, x_train=train[0] / 255.0, x_test=test[0] / 255.0)], \
+        "dtype float64; this pipeline takes 8-bit"
+
+
+def five_channels(tmp_path: Path) -> Case:
+    train, test = make_images(10, shape=(6, 6, 5)), make_images(4, shape=(6, 6, 5), seed=1)
+    return [_npz(tmp_path, x_train=train[0], x_test=test[0])], "images have 5 channels"
+
+
+def class_name_breaking_labels_txt(tmp_path: Path) -> Case:
+    images, labels = make_images(12)
+    write_image_folder(tmp_path / "names", images, labels, class_names=("a", "b\x0bc", "d"))
+    return [f"data.source=folder:{tmp_path / 'names'}"], "class folder name 'b\\x0bc'"
 
 
 def single_class_folder(tmp_path: Path) -> Case:
@@ -144,11 +161,11 @@ CASES: dict[str, Callable[[Path], Case]] = {case.__name__: case for case in (
     label_out_of_range, labels_not_integers, nan_pixels, inconsistent_shapes, empty_split,
     class_absent_from_train, npz_object_array, idx_wrong_magic, idx_truncated, folder_without_images,
     empty_class_folder, truncated_zero_byte_and_fake_images, sixteen_bit_png, wrong_size_image,
-    bad_on_bad_file_value, single_class_folder,
+    bad_on_bad_file_value, single_class_folder, float_pixels, five_channels, class_name_breaking_labels_txt,
 )}
 CLI_CASES = ("label_out_of_range", "npz_object_array", "idx_wrong_magic", "empty_class_folder",
              "truncated_zero_byte_and_fake_images", "sixteen_bit_png", "wrong_size_image", "bad_on_bad_file_value",
-             "single_class_folder")
+             "single_class_folder", "float_pixels")
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -13,22 +13,23 @@ from pipeline.registry import sections
 # Values of each key that cannot work. Every key is either here or in ANY_VALUE_WORKS: a new key
 # fails `test_every_key_is_covered` until someone says which of its values must be refused.
 BAD_VALUES = {
-    "data.source": ["mnist", "idx:", "folder:", "tfds:", "digits:x", "s3://bucket/data"],
-    "data.class_names": ["a,,b", "a,a", ","],
+    "data.source": ["mnist", "idx:", "folder:", "tfds:", "digits:x", "s3://bucket/data", "idx:/nowhere",
+                    "folder:/nowhere", "npz:/nowhere.npz", "folder:/etc/hostname", "npz:/tmp"],
+    "data.class_names": ["a,,b", "a,a", ",", "a,b\x0bc", "a,b\u2028c"],
     "data.val_fraction": [0, 1, -0.1, 0.95],
     "data.test_fraction": [0, 1.5],
     "data.max_train_examples": [-1],
     "data.seed": [-1, 2**32],
-    "data.image_size": [(0, 8), (8,), (8, 8, 8), (8, 8)],  # the last: folder-only, refused for digits
+    "data.image_size": [(0, 8), (8,), (8, 8, 8), (5000, 8), (8, 8)],  # the last: folder-only, refused here
     "data.channels": [2, -1, 3],  # 3 is folder-only: refused for digits
     "data.on_bad_file": ["ignore", "skip"],  # skip is folder-only
     "validate.imbalance_warn_ratio": [0.5, -1],
     "validate.drift_warn_std": [0, -1],
-    "preprocess.epsilon": [0, -1e-6],
-    "model.conv_widths": [(), (0, 8), (16, -1)],
+    "preprocess.epsilon": [0, -1e-6, 1e309, 10],
+    "model.conv_widths": [(), (0, 8), (16, -1), (10**6,)],
     "model.convs_per_block": [0, -1],
     "model.padding": ["full", ""],
-    "model.dense_units": [-5],
+    "model.dense_units": [-5, 10**10],
     "model.dropout": [1.0, -0.1],
     "train.epochs": [0, -3],
     "train.batch_size": [0, -1],
@@ -86,21 +87,21 @@ def test_every_field_has_a_meaning_and_every_default_passes_its_own_check():
             assert check is None or check.test(item.default), f"{section.name}.{item.name}"
 
 
-def test_overrides_are_typed_by_the_field():
+def test_overrides_are_typed_by_the_field(tmp_path):
     config = resolve("default", ["train.epochs=3", "train.learning_rate=1e-3", "model.batch_norm=false",
-                                 "model.conv_widths=(16, 32, 64)", "data.source=idx:/some/dir",
+                                 "model.conv_widths=(16, 32, 64)", f"data.source=idx:{tmp_path}",
                                  "evaluate.batch_size=7", "train.learning_rate=1"])
     assert config.train.epochs == 3
     assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
     assert config.model.batch_norm is False
     assert config.model.conv_widths == (16, 32, 64)
-    assert config.data.source == "idx:/some/dir"
+    assert config.data.source == f"idx:{tmp_path}"
     assert config.evaluate.batch_size == 7
 
 
-def test_overrides_of_one_section_are_checked_together_in_any_order():
-    for order in (["data.image_size=(8, 8)", "data.source=folder:/x"],
-                  ["data.source=folder:/x", "data.image_size=(8, 8)"]):
+def test_overrides_of_one_section_are_checked_together_in_any_order(tmp_path):
+    for order in (["data.image_size=(8, 8)", f"data.source=folder:{tmp_path}"],
+                  [f"data.source=folder:{tmp_path}", "data.image_size=(8, 8)"]):
         assert resolve("default", order).data.image_size == (8, 8)
 
 
@@ -123,14 +124,16 @@ def test_an_unrecognisable_key_names_the_sections_and_a_malformed_override_the_f
 
 
 @pytest.mark.parametrize("source, name", [
-    ("digits", "digits"), ("idx:/usr/share/datasets/fashion-mnist", "fashion_mnist"),
-    ("folder:/data/Pets/", "pets"), ("tfds:emnist/letters", "emnist_letters"), ("npz:/x/mnist.npz", "mnist"),
-    ("folder:/data/../..", "model"),
+    ("digits", "digits"), ("idx:{tmp}/fashion-mnist", "fashion_mnist"), ("folder:{tmp}/Pets/", "pets"),
+    ("tfds:emnist/letters", "emnist_letters"), ("npz:{tmp}/mnist.npz", "mnist"), ("folder:{tmp}/Pets/..", "model"),
 ])
-def test_the_model_is_named_after_its_data_unless_named(source, name):
+def test_the_model_is_named_after_its_data_unless_named(source, name, tmp_path):
+    for folder in ("fashion-mnist", "Pets"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    source = source.format(tmp=tmp_path)
     assert resolve("default", [f"data.source={source}"]).export.model_name == name
     assert resolve("default", [f"data.source={source}", "export.model_name=mine"]).export.model_name == "mine"
-    assert resolve("fashion").export.model_name == "fashion_mnist"
 
 
 def test_presets_apply_over_defaults_and_overrides_over_presets():
@@ -164,3 +167,16 @@ def test_cli_refuses_a_file_as_workdir(tmp_path, capsys):
     assert run.main(["--workdir", str(not_a_folder), "--preset", "smoke"]) == 2
     assert capsys.readouterr().err.strip() == \
         f"error: --workdir {not_a_folder} is a file; give a folder (it is created if missing)"
+
+
+def test_a_presets_class_names_are_not_carried_to_another_source():
+    with pytest.raises(UserError, match="--preset fashion names the classes of idx:"):
+        resolve("fashion", ["data.source=digits"])
+    assert resolve("fashion", ["data.source=digits", "data.class_names="]).data.class_names == ""
+
+
+def test_cli_refuses_a_workdir_it_cannot_create_in_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert run.main(["--workdir", str(tmp_path / "file" / "work"), "--preset", "smoke"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --workdir {tmp_path / 'file' / 'work'}: cannot create it "
+                                               "(Not a directory); give a folder you can write in")

@@ -154,7 +154,8 @@ def test_a_new_model_gets_the_next_version_and_another_kind_of_model_is_refused_
 
 
 def test_missing_data_is_one_clear_line_exit_2_and_a_failed_manifest(tmp_path):
-    run = run_pipeline_cli(tmp_path, "--preset", "smoke", f"data.source=idx:{tmp_path / 'nowhere'}")
+    (tmp_path / "empty").mkdir()
+    run = run_pipeline_cli(tmp_path, "--preset", "smoke", f"data.source=idx:{tmp_path / 'empty'}")
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith("error: data.source=idx:")
     assert "Traceback" not in run.stderr

@@ -128,3 +128,9 @@ def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_
         export_module.export(ExportConfig(model_name="shared", parity_examples=4), trained, splits, schema, metrics,
                              tmp_path / "saved_models", "run", tmp_path / "out")
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]  # nothing else published, no staging left
+
+
+def test_a_file_where_the_model_folder_belongs_is_refused_before_any_export(tmp_path):
+    (tmp_path / "digits").write_text("")
+    with pytest.raises(UserError, match="digits is a file, not a model folder; move it, or set export.model_name"):
+        check_same_kind(tmp_path / "digits", SHAPE, ("a", "b", "c"))

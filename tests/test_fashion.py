@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import resolve
+from pipeline.config import PRESETS
 from tests.conftest import run_pipeline_cli
 
 pytestmark = pytest.mark.slow  # a minute or more: run by .ci/run with -m slow
 
-FASHION_DIR = Path(resolve("fashion").data.source.partition(":")[2])
+FASHION_DIR = Path(PRESETS["fashion"]["data.source"].partition(":")[2])
 
 
 @pytest.fixture

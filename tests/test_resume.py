@@ -84,3 +84,21 @@ def test_export_killed_midway_leaves_no_version_folder(tmp_path):
     versions = [p for p in model_dir.iterdir() if p.name.isdigit()]
     assert [p.name for p in versions] == ["1"] and (versions[0] / "saved_model.pb").exists()
     assert json.loads((versions[0] / "metadata.json").read_text())["run_id"] == run.manifest["run_id"]
+
+
+def test_sigterm_mid_training_is_recorded_and_the_rerun_resumes(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.run", "--workdir", str(tmp_path), *ARGS],
+                               cwd=REPO_DIR, env=QUIET_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 300
+    while (saved_epoch(tmp_path) or 0) < 1:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM): rerun the same command to resume")
+    manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == "terminated (SIGTERM)"
+    resumed = run_pipeline_cli(tmp_path, *ARGS)
+    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stderr
