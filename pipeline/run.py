@@ -61,22 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve(args.preset, args.overrides)
         if args.workdir.exists() and not args.workdir.is_dir():
             raise UserError(f"--workdir {args.workdir} is a file; give a folder (it is created if missing)")
-        _create_workdir(args.workdir)
         _quiet_tensorflow(args.verbose)
         from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline  # imports TensorFlow
 
+        stages = selection(args)
+        _create_workdir(args.workdir)
         command = " ".join(["python -m pipeline.run", *(argv if argv is not None else sys.argv[1:])])
-        manifest = run_pipeline(config, args.workdir, selection(args), command)
+        manifest = run_pipeline(config, args.workdir, stages, command)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ModelNotBlessed as error:
-        print(f"error: {error} (evaluate.fail_if_not_blessed=true)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as interruption:
+    except KeyboardInterrupt as interruption:  # before ModelNotBlessed: that name exists once TF is imported
         print(f"{interruption or 'interrupted'}: rerun the same command to resume (finished stages and epochs "
               "are kept)", file=sys.stderr)
         return 143 if isinstance(interruption, Terminated) else 130
+    except ModelNotBlessed as error:
+        print(f"error: {error} (evaluate.fail_if_not_blessed=true)", file=sys.stderr)
+        return 1
     print(format_summary(manifest))
     return 0
 
@@ -101,6 +102,9 @@ def selection(args: argparse.Namespace):
     """The runner's Selection from --force/--only/--from/--until."""
     from pipeline.runner import Selection
 
+    if args.only and args.until:
+        raise UserError(f"--only {args.only} runs one stage, so --until {args.until} has no meaning with it; "
+                        "use --from and --until for a range")
     first = args.only or args.first or STAGES[0]
     last = args.only or args.until or STAGES[-1]
     if STAGES.index(last) < STAGES.index(first):

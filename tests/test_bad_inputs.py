@@ -189,7 +189,11 @@ def test_bad_files_are_each_listed_with_a_reason(tmp_path):
         assert fragment in message
 
 
-@pytest.mark.parametrize("name", CLI_CASES)
+FAST_CLI_CASES = ("label_out_of_range", "truncated_zero_byte_and_fake_images", "single_class_folder")
+
+
+@pytest.mark.parametrize("name", [name if name in FAST_CLI_CASES else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in CLI_CASES])
 def test_bad_input_through_the_cli_is_exit_2_one_line_and_nothing_finished(tmp_path, name):
     overrides, expected = CASES[name](tmp_path)
     run = run_pipeline_cli(tmp_path / "work", "--preset", "smoke", *overrides)

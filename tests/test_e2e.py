@@ -157,7 +157,7 @@ def test_missing_data_is_one_clear_line_exit_2_and_a_failed_manifest(tmp_path):
     (tmp_path / "empty").mkdir()
     run = run_pipeline_cli(tmp_path, "--preset", "smoke", f"data.source=idx:{tmp_path / 'empty'}")
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1].startswith("error: data.source=idx:")
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'empty'}: no train-images* file")
     assert "Traceback" not in run.stderr
     assert run.manifest["status"] == "failed"
     assert "error: " + run.manifest["error"] == run.stderr.strip().splitlines()[-1]
