@@ -204,6 +204,12 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
     return json.loads((version_dir / METADATA_FILE).read_text())
 
 
+def model_kind(version_dir: Path) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """What an exported version takes and predicts: its image shape and its class names."""
+    metadata = read_metadata(version_dir)
+    return tuple(metadata["input"]["shape"][1:]), tuple(metadata["class_names"])
+
+
 @dataclass(frozen=True)
 class Baseline:
     """An exported version to compare a new model with, named by its content: a path can be reused."""

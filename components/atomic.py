@@ -81,11 +81,11 @@ def current_umask() -> int:
 
 @contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """Hold `folder`'s lock until the block ends; other holders wait.
+    """Hold `folder`'s lock until the block ends; other holders wait. The folder need not exist.
 
     The lock file is a hidden sibling (`.<name>.lock`), so the folder itself holds only what it holds.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
         yield

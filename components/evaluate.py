@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
-from components.artifacts import Baseline, Metrics, Splits, TrainedModel, load_split, read_metadata
+from components.artifacts import Baseline, Metrics, Splits, TrainedModel, load_split, model_kind
 from components.config import EvaluateConfig
 from components.model import as_float32
 
@@ -72,12 +72,11 @@ def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, sp
 
 def _comparable(baseline_dir: Path, class_names: tuple[str, ...], image_shape: tuple[int, ...]) -> bool:
     """Whether the baseline takes these images and predicts these classes (export refuses otherwise)."""
-    metadata = read_metadata(baseline_dir)
-    if tuple(metadata["input"]["shape"][1:]) == tuple(image_shape) and tuple(metadata["class_names"]) == class_names:
+    theirs = model_kind(baseline_dir)
+    if theirs == (tuple(image_shape), class_names):
         return True
     log.warning("evaluate: baseline %s takes %s images of classes %s, not %s images of %s: not compared",
-                baseline_dir, metadata["input"]["shape"][1:], metadata["class_names"], list(image_shape),
-                list(class_names))
+                baseline_dir, list(theirs[0]), list(theirs[1]), list(image_shape), list(class_names))
     return False
 
 

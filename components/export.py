@@ -30,6 +30,7 @@ from components.artifacts import (
     Splits,
     TrainedModel,
     load_split,
+    model_kind,
     numbered_entries,
     read_metadata,
     version_dirs,
@@ -136,8 +137,7 @@ def check_same_kind(model_dir: Path, image_shape: tuple[int, int, int], class_na
     versions = version_dirs(model_dir)
     if not versions:
         return
-    metadata = read_metadata(versions[-1])
-    theirs = (tuple(metadata["input"]["shape"][1:]), tuple(metadata["class_names"]))
+    theirs = model_kind(versions[-1])
     if theirs == (tuple(image_shape), tuple(class_names)):
         return
     raise UserError(f"saved_models/{model_dir.name}/{versions[-1].name} takes {_kind(*theirs)}, this model "

@@ -119,7 +119,8 @@ def drop_unused_classes(source: SourceData) -> SourceData:
     if len(used) == len(source.class_names) or used.size == 0 or used.min() < 0 or \
             used.max() >= len(source.class_names):  # nothing to drop, or out-of-range labels: validate says so
         return source
-    dropped = [name for index, name in enumerate(source.class_names) if index not in set(used.tolist())]
+    kept = set(used.tolist())
+    dropped = [name for index, name in enumerate(source.class_names) if index not in kept]
     log.warning("ingest: %d declared class(es) have no image and are left out: %s", len(dropped),
                 ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else ""))
     renumber = {"train_labels": np.searchsorted(used, source.train_labels),

@@ -56,8 +56,8 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         if first_epoch == 0:
             log_images(tensorboard_dir, train_images[: config.log_images])
         if first_epoch < config.epochs:  # killed after its last epoch: nothing left to train
-            fitted = _fit(model, config, splits, (train_images, train_labels), first_epoch, tensorboard_dir,
-                          [checkpoint] if checkpoint else [])
+            fitted = _fit(model, config, splits, (train_images, train_labels), first_epoch, steps_per_epoch,
+                          tensorboard_dir, [checkpoint] if checkpoint else [])
             for key, values in fitted.items():
                 history[key] = history.get(key, []) + [float(value) for value in values]
     finally:
@@ -66,10 +66,9 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
 
 
 def _fit(model: keras.Model, config: TrainConfig, splits: Splits, train_data: tuple[np.ndarray, np.ndarray],
-         first_epoch: int, tensorboard_dir: Path, callbacks: list) -> dict[str, list[float]]:
+         first_epoch: int, steps_per_epoch: int, tensorboard_dir: Path, callbacks: list) -> dict[str, list[float]]:
     """Epochs `first_epoch..config.epochs-1` of `model.fit`; returns their history."""
     images, labels = train_data
-    steps_per_epoch = -(-len(labels) // config.batch_size)
     fit = model.fit(
         make_dataset(images, labels, config.batch_size, shuffle_seed=config.seed, epochs=config.epochs,
                      first_epoch=first_epoch),

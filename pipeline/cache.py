@@ -9,7 +9,6 @@ execution of that stage removes.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import importlib
 import json
 import os
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from components.atomic import new_hidden_dir, remove_abandoned
+from components.atomic import locked, new_hidden_dir, remove_abandoned
 
 ARTIFACT_FILE = "artifact.json"
 
@@ -41,9 +40,9 @@ class StageCache:
         """
         final_dir = self.final_dir(stage, fingerprint)
         try:
-            artifact = _load(final_dir)
-            if all(path.exists() for path in _paths(artifact)) and \
-                    artifact.fingerprint == _stored_fingerprint(final_dir):
+            data = json.loads((final_dir / ARTIFACT_FILE).read_text())
+            artifact = _artifact(final_dir, data)
+            if all(path.exists() for path in _paths(artifact)) and artifact.fingerprint == data["fingerprint"]:
                 return artifact
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -56,9 +55,7 @@ class StageCache:
         A second process running the same stage on the same inputs waits here, then finds the
         first one's outputs instead of computing them again.
         """
-        (self.cache_dir / stage).mkdir(parents=True, exist_ok=True)
-        with open(self.cache_dir / stage / f".{fingerprint}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        with locked(self.final_dir(stage, fingerprint)):
             yield
 
     def new_work_dir(self, stage: str) -> Path:
@@ -104,12 +101,12 @@ def _dump(artifact: Any, work_dir: Path) -> dict[str, Any]:
     return {"type": f"{type(artifact).__module__}:{type(artifact).__qualname__}", "fields": fields}
 
 
-def _stored_fingerprint(final_dir: Path) -> str:
-    return json.loads((final_dir / ARTIFACT_FILE).read_text())["fingerprint"]
-
-
 def _load(final_dir: Path) -> Any:
-    data = json.loads((final_dir / ARTIFACT_FILE).read_text())
+    return _artifact(final_dir, json.loads((final_dir / ARTIFACT_FILE).read_text()))
+
+
+def _artifact(final_dir: Path, data: dict[str, Any]) -> Any:
+    """The artifact described by `artifact.json`'s data, its relative paths made absolute in `final_dir`."""
     module_name, _, class_name = data["type"].partition(":")  # the artifact type, wherever its stage defines it
     if module_name.partition(".")[0] not in ("components", "pipeline"):
         raise ValueError(f"{final_dir}: artifact type {data['type']!r} is not the project's")

@@ -9,14 +9,14 @@ a comment or formatting change does not invalidate the cache, while any change t
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+
+from components.artifacts import json_sha256
 
 PROJECT_PACKAGES = ("components", "pipeline")
 # What these modules mean to a stage is its config section (hashed as data) or an exception class;
@@ -27,9 +27,7 @@ PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "tensorflow-datasets
             "pillow")
 
 
-def digest(data: Any) -> str:
-    """sha256 of `data` as canonical JSON."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+digest = json_sha256  # sha256 of data as canonical JSON: one definition, shared with the artifacts
 
 
 @lru_cache(maxsize=None)
@@ -71,8 +69,9 @@ def source_state(source: str) -> list[tuple[str, int, int, int, int]] | None:
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
-    stat = os.stat(path)  # follows links: what is read, not the link
-    return stat.st_size if not path.is_dir() else 0, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns
+    status = os.stat(path)  # follows links: what is read, not the link
+    size = 0 if stat.S_ISDIR(status.st_mode) else status.st_size
+    return size, status.st_ino, status.st_mtime_ns, status.st_ctime_ns
 
 
 def code_fingerprint(module_name: str) -> str:

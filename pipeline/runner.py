@@ -111,7 +111,7 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
         if stage.resolves else {}
     keys = _fingerprint_parts(stage, config, context, resolved)
     fingerprint = digest(keys)
-    record.update(fingerprint=fingerprint, inputs=keys["inputs"], outside=digest([keys["watched"], resolved]))
+    record.update(fingerprint=fingerprint, inputs=keys["inputs"], outside=digest([keys["watched"], keys["resolved"]]))
     started = time.time()
     with context.cache.claim(stage.name, fingerprint):
         artifact = None if stage.name in selection.force else context.cache.lookup(stage.name, fingerprint)
@@ -123,14 +123,14 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
                 artifact = _execute(stage, config, context, fingerprint, resolved, record,
                                     stage.name in selection.force)
             except BaseException:
-                _record_lineage(stage, context, fingerprint, record, started, produced=False)
+                _record_lineage(stage, context, keys, record, started, produced=False)
                 raise
         else:
             record["status"] = "cached"
             log.info("stage %s: cached", stage.name)
     _link(context.run_dir / stage.name, context.cache.final_dir(stage.name, fingerprint))
     context.artifacts[stage.name] = artifact
-    _record_lineage(stage, context, fingerprint, record, started)
+    _record_lineage(stage, context, keys, record, started)
 
 
 def _execute(stage: Stage, config: PipelineConfig, context: RunContext, fingerprint: str, resolved: dict,
@@ -188,13 +188,13 @@ def _hashable(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def _record_lineage(stage: Stage, context: RunContext, fingerprint: str, record: dict, started: float,
+def _record_lineage(stage: Stage, context: RunContext, keys: dict, record: dict, started: float,
                     produced: bool = True) -> None:
     def described(name: str) -> tuple[str, str, str]:
         return name, str(_artifact_path(context.artifacts[name])), context.artifacts[name].fingerprint
 
     context.lineage.record_execution(
-        context.run_id, stage.name, fingerprint, code_fingerprint(stage.function.partition(":")[0]),
+        context.run_id, stage.name, record["fingerprint"], keys["code"],
         record["status"], record["status"] == "cached", started,
         [described(name) for name in stage.inputs.values()], [described(stage.name)] if produced else [])
 
