@@ -92,23 +92,34 @@ class Normalization(Artifact):
 
 @dataclass(frozen=True)
 class TrainedModel(Artifact):
-    """Train's output: the Keras model as trained (its own precision policy) and its history."""
+    """Train's output: the Keras model as trained (its own precision policy), its history and record."""
 
     model_path: Path
     precision: str
     history_path: Path
     weights_sha256: str  # identifies the trained weights, e.g. to tell whether an export is this model
     replicas: int  # devices trained on in parallel (1 unless train.strategy mirrored over several)
+    training_path: Path  # training.json: epochs run and kept, why it stopped, seconds, images/s
 
     @property
     def fingerprint(self) -> str:
         return json_sha256([self.weights_sha256, self.precision])
 
+    def record(self) -> dict[str, Any]:
+        return json.loads(self.training_path.read_text())
+
     def facts(self) -> dict[str, Any]:
-        return {"precision": self.precision, "replicas": self.replicas}
+        record = self.record()
+        return {"precision": self.precision, "replicas": self.replicas, "epochs_run": record["epochs_run"],
+                "best_epoch": record["best_epoch"], "stopped_by": record["stopped_by"],
+                "train_seconds": record["seconds"], "train_images_per_second": record["images_per_second"],
+                "train_gflops_per_second": record["gflops_per_second"]}
 
     def summary(self) -> list[str]:
-        return [f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}"]
+        record = self.record()
+        return [f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}: "
+                f"{record['epochs_run']} epochs in {record['seconds']:.1f} s ({record['images_per_second']:,.0f} "
+                f"images/s), kept epoch {record['best_epoch']}, stopped by {record['stopped_by']}"]
 
 
 @dataclass(frozen=True)

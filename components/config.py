@@ -176,21 +176,42 @@ class ModelConfig(Section):
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "single", "mirrored")
+AUGMENTATIONS = ("auto", "none", "shift", "shift+flip")
 
 
 @dataclass(frozen=True)
 class TrainConfig(Section):
     name: ClassVar[str] = "train"
-    epochs: int = setting(30, "passes over the training split", between(1, 100_000))
-    batch_size: int = setting(64, "examples per step", between(1, 1_000_000))
-    learning_rate: float = setting(2e-3, "peak Adam learning rate, decayed to 0 along a cosine", between(1e-8, 10))
+    epochs: int = setting(0, "most passes over the training split; 0 = sized to the data (about 60,000 "
+                          "images seen, 6 to 60 passes)", between(0, 100_000))
+    batch_size: int = setting(64, "examples per step on each replica (the global batch is this times the "
+                              "replicas)", between(1, 1_000_000))
+    learning_rate: float = setting(3e-3, "peak Adam learning rate: warmed up to, then decayed to 0 along a "
+                                   "cosine", between(1e-8, 10))
+    warmup: float = setting(0.05, "share of the planned steps spent warming the learning rate up from 0",
+                            between(0, 0.5))
+    label_smoothing: float = setting(0.1, "share of each label's probability spread over the other classes",
+                                     between(0, 0.5))
+    augment: str = setting("auto", "auto | none | shift | shift+flip: random shifts (and left-right flips) "
+                           "of training images; auto: shift+flip for data a flip keeps the class of "
+                           "(fashion_mnist, cifar10), shift otherwise", one_of(*AUGMENTATIONS))
+    max_shift: float = setting(0.1, "largest random shift, as a share of the image size (at least 1 pixel)",
+                               between(0.01, 0.5))
+    patience: int = setting(10, "epochs without a better validation score before training stops; 0 = never "
+                            "stop early. The best epoch's weights are kept either way", between(0, 100_000))
+    max_seconds: float = setting(0.0, "time budget for training, in seconds: the learning-rate schedule is "
+                                 "planned to end within it; 0 = none", between(0, 1e7))
     precision: str = setting("auto", "auto | float32 | mixed_float16 | mixed_bfloat16 (auto: float16 on GPUs "
                              ">= 7.0)", one_of(*PRECISIONS))
     strategy: str = setting("auto", "auto | single | mirrored (auto: data-parallel over all GPUs when there "
                             "are 2+)", one_of(*STRATEGIES))
-    seed: int = setting(42, "seeds Python, NumPy, TensorFlow and the tf.data shuffle", between(0, 2**32 - 1))
-    deterministic: bool = setting(True, "TF op determinism: byte-identical reruns, somewhat slower on GPU")
-    profile_batches: tuple[int, ...] = setting((2, 4), "first and last batch traced by the profiler; () = off",
+    xla: str = setting("auto", "auto | on | off: compile training with XLA (auto: on GPUs only; on CPUs it "
+                       "measured 4x slower)", one_of("auto", "on", "off"))
+    seed: int = setting(42, "seeds Python, NumPy, TensorFlow, the shuffle and the augmentation",
+                        between(0, 2**32 - 1))
+    deterministic: bool = setting(False, "TF op determinism: byte-identical reruns on GPUs too, at a cost "
+                                  "(CPU runs are repeatable without it)")
+    profile_batches: tuple[int, ...] = setting((), "first and last batch traced by the profiler; () = off",
                                                Check(_is_profile_range, "(first, last) batch numbers from 1, "
                                                      "first <= last, or () for off"))
     log_images: int = setting(16, "training images written to TensorBoard's Images tab; 0 = none",
@@ -219,6 +240,15 @@ class ExportConfig(Section):
     parity_atol: float = setting(1e-4, "largest allowed absolute difference between their probabilities",
                                  between(1e-9, 0.1))
     onnx_opset: int = setting(17, "ONNX opset of model.onnx", between(13, 18))
+
+
+# Data whose classes survive a left-right flip (a shirt mirrored is a shirt; a mirrored 3 is no digit).
+FLIP_INVARIANT_DATA = ("fashion_mnist", "cifar10", "cifar100")
+
+
+def augmentation_for(source: str) -> str:
+    """What `train.augment=auto` means for a data source: shift+flip where a flip keeps the class."""
+    return "shift+flip" if model_name_from_source(source) in FLIP_INVARIANT_DATA else "shift"
 
 
 def model_name_from_source(source: str) -> str:

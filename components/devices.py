@@ -1,12 +1,19 @@
 """Which precision policy and which distribution strategy to train with, decided from the devices.
 
 The decisions are pure functions of `Device` values so tests can drive them with any GPUs they
-describe; `local_devices()` and `make_strategy()` are the only parts that ask TensorFlow.
+describe; `local_devices()`, `num_logical_devices()` and `make_strategy()` are the only parts that ask
+TensorFlow, and the first two only when they cannot know its answer without it.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import site
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from components.config import TrainConfig
@@ -17,35 +24,113 @@ MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
 
 @dataclass(frozen=True)
 class Device:
-    """A device as far as the precision choice cares: its kind and, for GPUs, compute capability."""
+    """A device as far as the precision choice cares: its kind, a GPU's compute capability, and
+    whether a CPU computes in bfloat16 natively."""
 
     kind: str  # "GPU" or "CPU"
     compute_capability: tuple[int, int] | None = None
+    bfloat16: bool = False  # a CPU with AVX512_BF16 or AMX: oneDNN runs bfloat16 convolutions natively
 
 
 def choose_precision(requested: str, devices: Sequence[Device]) -> str:
     """Resolve `train.precision` to a Keras dtype policy name.
 
     `auto` picks mixed_float16 only when there are GPUs and all have compute capability >= 7.0;
-    otherwise float32 (on CPUs float16 is emulated and slower). Explicit policies are kept as asked.
+    without GPUs, mixed_bfloat16 on a CPU with native bfloat16 instructions (measured 1.45x the
+    images/s of float32 here, `bench/throughput.py --levers`); otherwise float32 (a CPU emulates
+    float16 and bfloat16 without them, slower). Explicit policies are kept as asked.
     """
     if requested != "auto":
         return requested
     gpus = [device for device in devices if device.kind == "GPU"]
     if gpus and all((d.compute_capability or (0, 0)) >= MIN_FLOAT16_COMPUTE_CAPABILITY for d in gpus):
         return "mixed_float16"
+    if not gpus and any(device.kind == "CPU" and device.bfloat16 for device in devices):
+        return "mixed_bfloat16"
     return "float32"
 
 
+# What shows, without TensorFlow, that it might find a GPU: NVIDIA's driver (its device files, its
+# /proc entries, nvidia-smi), WSL's GPU bridge, AMD's ROCm driver. CUDA_VISIBLE_DEVICES can hide the
+# NVIDIA ones; nothing in this list tells whether TensorFlow can use the GPU (its CUDA libraries).
+NVIDIA_GPU_SIGNS = ("/dev/nvidia[0-9]*", "/proc/driver/nvidia/gpus/*", "/dev/dxg")
+OTHER_GPU_SIGNS = ("/dev/kfd",)
+
+
 def local_devices() -> list[Device]:
-    """Describe this machine's GPUs (with compute capability) and its CPU."""
+    """Describe this machine's GPUs (with compute capability) and its CPU, as TensorFlow sees them.
+
+    Without importing TensorFlow (seconds) when it is not loaded yet and no GPU can be visible to it:
+    then it would report just the CPU. Otherwise TensorFlow is asked, because only it knows which
+    GPUs it can use (CUDA libraries installed, compute capability supported, devices set visible).
+    """
+    if not _needs_tensorflow():
+        return [local_cpu()]
     import tensorflow as tf
 
     gpus = [
         Device("GPU", tf.config.experimental.get_device_details(gpu).get("compute_capability"))
         for gpu in tf.config.list_physical_devices("GPU")
     ]
-    return gpus + [Device("CPU")]
+    return gpus + [local_cpu()]
+
+
+# CPU flags (Linux's /proc/cpuinfo names) of native bfloat16 arithmetic that oneDNN uses.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def local_cpu(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> Device:
+    """This machine's CPU, with whether it computes in bfloat16 natively (False where unknown)."""
+    try:
+        flags = next((line.partition(":")[2].split() for line in cpuinfo_path.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return Device("CPU", bfloat16=any(flag in flags for flag in BFLOAT16_CPU_FLAGS))
+
+
+def num_logical_devices(kind: str) -> int:
+    """How many logical devices of `kind` ("GPU" or "CPU") TensorFlow has in this process."""
+    if not _needs_tensorflow():
+        return int(kind == "CPU")  # what a fresh TensorFlow process without a GPU reports
+    import tensorflow as tf
+
+    return len(tf.config.list_logical_devices(kind))
+
+
+def _needs_tensorflow() -> bool:
+    """Whether only TensorFlow can describe the devices.
+
+    It is loaded already (and may have been configured, e.g. with logical CPU devices), or this machine
+    may have a GPU it could use.
+    """
+    return "tensorflow" in sys.modules or gpu_may_be_visible()
+
+
+def gpu_may_be_visible() -> bool:
+    """False only when TensorFlow certainly finds no GPU here: no GPU driver, no device plugin."""
+    if _device_plugins_installed() or any(glob.glob(sign) for sign in OTHER_GPU_SIGNS):
+        return True
+    if _hides_every_gpu(os.environ.get("CUDA_VISIBLE_DEVICES")):
+        return False
+    return shutil.which("nvidia-smi") is not None or any(glob.glob(sign) for sign in NVIDIA_GPU_SIGNS)
+
+
+def _hides_every_gpu(cuda_visible_devices: str | None) -> bool:
+    """CUDA reads the list up to its first invalid entry: an empty list or one that starts with -1 hides all."""
+    if cuda_visible_devices is None:
+        return False
+    first = cuda_visible_devices.split(",")[0].strip()
+    return first == "" or first.startswith("-")
+
+
+def _device_plugins_installed() -> bool:
+    """Pluggable devices (tensorflow-metal, DirectML, ...), found where TensorFlow's import looks for them."""
+    if os.environ.get("TF_PLUGGABLE_DEVICE_LIBRARY_PATH"):
+        return True
+    folders = [*getattr(site, "getsitepackages", list)(), site.getusersitepackages(),
+               *(path for path in sys.path if "site-packages" in path)]
+    return any(Path(folder, "tensorflow-plugins").exists() for folder in folders)
 
 
 @dataclass(frozen=True)
@@ -93,9 +178,39 @@ class TrainingPlan:
 
 def plan_training(config: TrainConfig, devices: Sequence[Device] | None = None) -> TrainingPlan:
     """Resolve precision and strategy for `devices` (this machine's when None)."""
-    import tensorflow as tf
-
     devices = tuple(local_devices() if devices is None else devices)
     strategy = choose_strategy(config.strategy, devices)
-    num_logical = len(tf.config.list_logical_devices(strategy.device_kind))
-    return TrainingPlan(choose_precision(config.precision, devices), strategy, devices, num_logical)
+    return TrainingPlan(choose_precision(config.precision, devices), strategy, devices,
+                        num_logical_devices(strategy.device_kind))
+
+
+def choose_xla(requested: str, devices: Sequence[Device]) -> bool:
+    """Resolve `train.xla`: `auto` compiles with XLA only on GPUs.
+
+    On this project's CPU (2 cores, oneDNN) an XLA-compiled training step measured about 4x slower
+    than TensorFlow's own kernels (`bench/throughput.py --levers`), so CPUs keep them.
+    """
+    if requested != "auto":
+        return requested == "on"
+    return any(device.kind == "GPU" for device in devices)
+
+
+def scale_batch(batch_size: int, learning_rate: float, replicas: int) -> tuple[int, float]:
+    """The global batch and peak learning rate for `replicas` data-parallel replicas.
+
+    Each replica takes `batch_size` examples per step, so the global batch grows with the replicas;
+    Adam's learning rate grows with its square root (the scaling rule for adaptive optimizers of
+    Malladi et al., 2022), where SGD's would grow linearly.
+    """
+    return batch_size * replicas, learning_rate * replicas ** 0.5
+
+
+def prefetch_device(plan: TrainingPlan) -> str | None:
+    """Where training batches are prefetched to: the GPU of a single-GPU run, so copies overlap steps.
+
+    Under MirroredStrategy, Keras distributes the dataset and each replica's batch is placed for it;
+    on CPUs the batches already are where the step runs.
+    """
+    if plan.strategy.kind == "single" and plan.strategy.device_kind == "GPU":
+        return "/GPU:0"
+    return None

@@ -19,7 +19,6 @@ from typing import Any
 import keras
 import numpy as np
 import onnx
-import onnxruntime
 import tensorflow as tf
 
 from components.artifacts import (
@@ -38,6 +37,7 @@ from components.artifacts import (
 from components.atomic import locked, make_readable_by_all, new_hidden_dir, remove_abandoned
 from components.config import ExportConfig
 from components.errors import UserError
+from components.inference import onnx_session
 from components.model import as_float32
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def exported_predictions(version_dir: Path, images: np.ndarray) -> dict[str, np.
     """Probabilities for `images` (uint8) from each way a consumer can load the version."""
     pixels = images.astype(np.float32)
     signatures = tf.saved_model.load(str(version_dir)).signatures
-    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnx_session(version_dir / "model.onnx", batch_hint=len(images))
     return {
         "SavedModel serving_default": signatures["serving_default"](**{INPUT_NAME: tf.constant(pixels)}),
         "SavedModel serving_uint8": signatures["serving_uint8"](**{INPUT_NAME: tf.constant(images.astype(np.uint8))}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -13,9 +14,11 @@ import tensorflow as tf
 
 from components.artifacts import Normalization, Schema, Splits, TrainedModel, fingerprint_arrays, load_split
 from components.atomic import write_atomically
+from components.batches import evaluation_batches, steps_per_epoch, steps_per_execution, training_batches
 from components.config import ModelConfig, TrainConfig
-from components.devices import TrainingPlan, make_strategy
-from components.model import build_model
+from components.devices import TrainingPlan, choose_xla, make_strategy, prefetch_device, scale_batch
+from components.model import build_model, forward_flops
+from components.training import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
 
 log = logging.getLogger(__name__)
 
@@ -23,73 +26,134 @@ log = logging.getLogger(__name__)
 def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: Schema,
           normalization: Normalization, plan: TrainingPlan, out_dir: Path, tensorboard_dir: Path,
           resume_dir: Path | None = None) -> TrainedModel:
-    """Train the model and save it as `model.keras` with its per-epoch `history.json`.
+    """Train the model and save it as `model.keras`, with `history.json` (per epoch) and `training.json`.
+
+    The network is trained on its logits (a numerically stable loss, with label smoothing) and
+    saved with its float32 softmax for serving. The weights kept are those of the best epoch on
+    validation; training ends after the planned epochs, after `patience` epochs without a better
+    one, or when the time budget is spent.
 
     Args:
-        config: the `train` section (epochs, batch size, learning rate, seed, profiler range).
+        config: the `train` section.
         model_config: the `model` section.
-        splits: ingest's output; `train` is fitted, `val` is monitored.
+        splits: ingest's output; `train` is fitted, `val` picks the epoch kept.
         schema: validate's output; the model's input shape and width come from it.
         normalization: preprocess's output, baked into the model's first layer.
-        plan: the precision policy and strategy `train.precision` and `train.strategy` resolved to.
-        out_dir: folder for the model and its history; created.
+        plan: the precision, strategy and XLA choice `train.precision`, `train.strategy` and
+            `train.xla` resolved to.
+        out_dir: folder for the model, its history and its training record; created.
         tensorboard_dir: where TensorBoard's scalars, images and profiler trace go.
         resume_dir: where the state after each finished epoch is kept; a later call with the same
-            folder resumes from it and ends with the same weights as an uninterrupted run.
+            folder resumes from it and ends with the same weights as an uninterrupted run (unless a
+            time budget, which depends on the machine's speed, ended it).
 
     Returns:
-        The saved model's path and weights hash, the precision policy it trained in, its history.
+        The saved model's path and weights hash, the precision policy it trained in, its records.
     """
     strategy = make_strategy(plan.strategy)
     _seed_everything(config.seed, config.deterministic)
-    train_images, train_labels = load_split(splits, "train")
-    steps_per_epoch = -(-len(train_labels) // config.batch_size)
-    checkpoint = EpochCheckpoint(resume_dir) if resume_dir else None
+    images, labels = load_split(splits, "train")
+    batch_size, peak_learning_rate = scale_batch(config.batch_size, config.learning_rate,
+                                                 strategy.num_replicas_in_sync)
+    epochs = planned_epochs(config.epochs, len(labels))
+    steps = steps_per_epoch(len(labels), batch_size)
     keras.mixed_precision.set_global_policy(plan.precision)
     try:
         with strategy.scope():
             model = build_model(model_config, schema.image_shape, schema.num_classes,
                                 normalization.mean, normalization.std)
-            model.compile(optimizer=_optimizer(config, steps_per_epoch),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            first_epoch, history = checkpoint.restore(model) if checkpoint else (0, {})
+            schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps)
+            trainee = _compile_trainee(model, config, schedule, steps, plan)
+        controls = _Controls(config, schedule, epochs * steps, resume_dir)
+        first_epoch, history = controls.restore(trainee)
         if first_epoch == 0:
-            log_images(tensorboard_dir, train_images[: config.log_images])
-        if first_epoch < config.epochs:  # killed after its last epoch: nothing left to train
-            fitted = _fit(model, config, splits, (train_images, train_labels), first_epoch, steps_per_epoch,
-                          tensorboard_dir, [checkpoint] if checkpoint else [])
-            for key, values in fitted.items():
+            log_images(tensorboard_dir, images[: config.log_images])
+        started = time.perf_counter()
+        if first_epoch < epochs and not controls.stopped():  # killed after its last epoch: nothing left
+            batches = training_batches(images, labels, schema.num_classes, batch_size, config.seed, epochs,
+                                       first_epoch, config.augment, config.max_shift, prefetch_device(plan))
+            validation = evaluation_batches(*load_split(splits, "val"), schema.num_classes, batch_size)
+            fitted = trainee.fit(batches, validation_data=validation, epochs=epochs, initial_epoch=first_epoch,
+                                 steps_per_epoch=steps, shuffle=False, verbose=2,
+                                 callbacks=[*controls.callbacks(),
+                                            _tensorboard(config, tensorboard_dir, epochs * steps)])
+            for key, values in fitted.history.items():
                 history[key] = history.get(key, []) + [float(value) for value in values]
+        controls.keep_best.restore(model)
+        record = controls.record(history, min(len(labels), steps * batch_size), time.perf_counter() - started,
+                                 epochs, batch_size, forward_flops(model))
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return _save(model, history, plan.precision, strategy.num_replicas_in_sync, out_dir, checkpoint)
+    return _save(model, history, record, plan.precision, strategy.num_replicas_in_sync, out_dir, controls)
 
 
-def _fit(model: keras.Model, config: TrainConfig, splits: Splits, train_data: tuple[np.ndarray, np.ndarray],
-         first_epoch: int, steps_per_epoch: int, tensorboard_dir: Path, callbacks: list) -> dict[str, list[float]]:
-    """Epochs `first_epoch..config.epochs-1` of `model.fit`; returns their history."""
-    images, labels = train_data
-    fit = model.fit(
-        make_dataset(images, labels, config.batch_size, shuffle_seed=config.seed, epochs=config.epochs,
-                     first_epoch=first_epoch),
-        validation_data=make_dataset(*load_split(splits, "val"), config.batch_size),
-        epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
-        callbacks=[_tensorboard(config, tensorboard_dir, steps_per_epoch), *callbacks],
-        shuffle=False, verbose=2,  # the dataset shuffles itself, seeded per epoch
-    )
-    return fit.history
+def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCosine, steps: int,
+                     plan: TrainingPlan) -> keras.Model:
+    """The model up to its logits (sharing its layers), compiled with a loss on the logits.
+
+    Under mixed_float16, Keras wraps the optimizer in a LossScaleOptimizer (`auto_scale_loss`).
+    """
+    trainee = keras.Model(model.input, model.get_layer("logits").output, name="logits")
+    trainee.compile(optimizer=keras.optimizers.Adam(schedule),
+                    loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                              label_smoothing=config.label_smoothing),
+                    metrics=["accuracy"], steps_per_execution=steps_per_execution(steps),
+                    jit_compile=choose_xla(config.xla, plan.devices))
+    return trainee
+
+
+class _Controls:
+    """The callbacks that decide how training goes and ends, and the checkpoint that saves their state."""
+
+    def __init__(self, config: TrainConfig, schedule: WarmupCosine, most_steps: int, resume_dir: Path | None):
+        self.keep_best = KeepBest(config.patience)
+        self.timer = EpochTimer()
+        self.budget = TimeBudget(config.max_seconds, schedule, most_steps) if config.max_seconds else None
+        parts = [self.keep_best] + ([self.budget] if self.budget else [])
+        self.checkpoint = EpochCheckpoint(resume_dir, parts) if resume_dir else None
+
+    def restore(self, model: keras.Model) -> tuple[int, dict[str, list[float]]]:
+        for callback in self.callbacks():
+            callback.set_model(model)
+        return self.checkpoint.restore(model) if self.checkpoint else (0, {})
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        """In the order they must see an epoch's end: the budget, the best epoch, then the checkpoint."""
+        chosen = [self.timer, self.budget, self.keep_best, self.checkpoint]
+        return [callback for callback in chosen if callback is not None]
+
+    def stopped(self) -> bool:
+        return self.keep_best.stopped or bool(self.budget and self.budget.stopped)
+
+    def record(self, history: dict[str, list[float]], num_examples: int, seconds: float, epochs: int,
+               batch_size: int, flops_per_image: int) -> dict:
+        """What `training.json` says: how training ended, the epoch kept, and how fast it went.
+
+        Throughput is that of a steady epoch's training steps (tracing and validation left out);
+        a training step costs about 3x the forward pass's FLOPs (see `forward_flops`).
+        """
+        reason = ("time budget" if self.budget and self.budget.stopped else
+                  "patience" if self.keep_best.stopped else "planned epochs")
+        steady = self.timer.steady_seconds()
+        images_per_second = num_examples / steady if steady else 0.0
+        return {"epochs_planned": epochs, "epochs_run": len(history.get("loss", [])),
+                "best_epoch": self.keep_best.best_epoch + 1, "stopped_by": reason, "seconds": round(seconds, 3),
+                "batch_size": batch_size, "images_per_second": round(images_per_second, 1),
+                "train_flops_per_image": 3 * flops_per_image,
+                "gflops_per_second": round(images_per_second * 3 * flops_per_image / 1e9, 2)}
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves every model and optimizer variable, RNG states included, after each finished epoch.
 
     Keras's BackupAndRestore keeps weights and optimizer state but not the dropout layers' seed
-    generators, so a resumed run would drift from an uninterrupted one; this keeps all of them.
+    generators, nor the best epoch's weights and the time spent, so a resumed run would drift from
+    an uninterrupted one; this keeps all of them, with the state of the callbacks in `parts`.
     """
 
-    def __init__(self, resume_dir: Path):
+    def __init__(self, resume_dir: Path, parts: list):
         super().__init__()
-        self.resume_dir = resume_dir
+        self.resume_dir, self.parts = resume_dir, parts
         self.state_path = resume_dir / "state.npz"
         self.history: dict[str, list[float]] = {}
 
@@ -101,6 +165,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         with np.load(self.state_path, allow_pickle=False) as state:
             for index, variable in enumerate(_all_variables(model)):
                 variable.assign(state[f"v{index}"])
+            for part in self.parts:
+                part.load_state(state)
             epoch = int(state["epoch"])
             self.history = json.loads(str(state["history"]))
         log.info("train: resuming after epoch %d from %s", epoch + 1, self.resume_dir)
@@ -111,28 +177,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         state = {f"v{index}": variable.numpy() for index, variable in enumerate(_all_variables(self.model))}
+        for part in self.parts:
+            state.update(part.state())
         # One file, one rename: the weights and the history of an epoch are saved together or not at all.
         write_atomically(self.state_path, lambda path: np.savez(
             path, epoch=epoch, history=np.array(json.dumps(self.history)), **state))
 
     def clear(self) -> None:
         shutil.rmtree(self.resume_dir, ignore_errors=True)
-
-
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
-                 epochs: int = 1, first_epoch: int = 0) -> tf.data.Dataset:
-    """Batches of (float32 pixels, labels): cached, prefetched, and with a seed, shuffled.
-
-    Each epoch's shuffle is seeded by `shuffle_seed + epoch`, so epochs `first_epoch..epochs-1`
-    see the same batches whether or not training was interrupted before `first_epoch`.
-    """
-    examples = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-    if shuffle_seed is None:
-        batches = examples.batch(batch_size)
-    else:
-        batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(
-            lambda epoch: examples.shuffle(len(labels), seed=shuffle_seed + epoch).batch(batch_size))
-    return batches.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
 
 def log_images(tensorboard_dir: Path, images: np.ndarray) -> None:
@@ -144,18 +196,19 @@ def log_images(tensorboard_dir: Path, images: np.ndarray) -> None:
         tf.summary.image("train examples", scaled, step=0, max_outputs=len(images))
 
 
-def _save(model: keras.Model, history: dict[str, list[float]], precision: str, replicas: int, out_dir: Path,
-          checkpoint: EpochCheckpoint | None) -> TrainedModel:
+def _save(model: keras.Model, history: dict[str, list[float]], record: dict, precision: str, replicas: int,
+          out_dir: Path, controls: _Controls) -> TrainedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.keras")
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-    if checkpoint:
-        checkpoint.clear()
-    log.info("train: %d epochs in %s on %d replica(s), val_accuracy %.4f", len(history["loss"]), precision,
-             replicas, history["val_accuracy"][-1])
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
+    if controls.checkpoint:
+        controls.checkpoint.clear()
+    log.info("train: %d epochs in %s on %d replica(s), kept epoch %d (val_accuracy %.4f), stopped by %s",
+             record["epochs_run"], precision, replicas, record["best_epoch"],
+             history["val_accuracy"][record["best_epoch"] - 1], record["stopped_by"])
     return TrainedModel(out_dir / "model.keras", precision, out_dir / "history.json",
-                        fingerprint_arrays(*model.get_weights()),
-                        replicas)
+                        fingerprint_arrays(*model.get_weights()), replicas, out_dir / "training.json")
 
 
 def _all_variables(model: keras.Model) -> list:
@@ -168,15 +221,9 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps_per_epoch)
-    return keras.optimizers.Adam(schedule)
-
-
-def _tensorboard(config: TrainConfig, tensorboard_dir: Path, steps_per_epoch: int) -> keras.callbacks.TensorBoard:
+def _tensorboard(config: TrainConfig, tensorboard_dir: Path, most_steps: int) -> keras.callbacks.TensorBoard:
     profile_batch: int | tuple[int, int] = 0
     if config.profile_batches:
-        first, last = config.profile_batches[0], config.profile_batches[-1]
-        last = min(last, config.epochs * steps_per_epoch)
+        first, last = config.profile_batches[0], min(config.profile_batches[-1], most_steps)
         profile_batch = (first, last) if first <= last else 0
     return keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), profile_batch=profile_batch)

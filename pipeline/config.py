@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from components.config import Section, model_name_from_source
+from components.config import Section, augmentation_for, model_name_from_source
 from components.errors import UserError
 from pipeline.registry import sections
 
@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.dense_units": 32,
         "train.epochs": 3,
         "train.batch_size": 32,
-        "train.profile_batches": (),
+        "train.augment": "none",  # three epochs are too few to learn from shifted images
         "train.log_images": 4,
     },
     # Fashion-MNIST from Debian's dataset-fashion-mnist, tuned for about 5 minutes of training.
@@ -185,10 +185,13 @@ def _split_key(key: str) -> tuple[str, str]:
 
 
 def _fill_derived_defaults(config: PipelineConfig) -> PipelineConfig:
-    """Defaults that come from another section: the model's name from its data."""
-    if config.export.model_name:
-        return config
-    return apply_overrides(config, {"export.model_name": model_name_from_source(config.data.source)})
+    """Defaults that come from another section: the model's name and the augmentation from the data."""
+    derived = {}
+    if not config.export.model_name:
+        derived["export.model_name"] = model_name_from_source(config.data.source)
+    if config.train.augment == "auto":
+        derived["train.augment"] = augmentation_for(config.data.source)
+    return apply_overrides(config, derived)
 
 
 def _default_of(key: str) -> Any:

@@ -7,12 +7,18 @@ Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import signal
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Iterator, Sequence
 
 from components.errors import UserError
 from pipeline.config import PRESETS, describe_keys, resolve
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir.exists() and not args.workdir.is_dir():
             raise UserError(f"--workdir {args.workdir} is a file; give a folder (it is created if missing)")
         _quiet_tensorflow(args.verbose)
-        from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline  # imports TensorFlow
+        from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline
 
         stages = selection(args)
         _create_workdir(args.workdir)
@@ -71,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as interruption:  # before ModelNotBlessed: that name exists once TF is imported
-        print(f"{interruption or 'interrupted'}: rerun the same command to resume (finished stages and epochs "
+    except KeyboardInterrupt as interruption:  # before ModelNotBlessed: it exists once the runner is imported
+        print(f"{str(interruption) or 'interrupted'}: rerun the same command to resume (finished stages and epochs "
               "are kept)", file=sys.stderr)
         return 143 if isinstance(interruption, Terminated) else 130
     except ModelNotBlessed as error:
@@ -120,23 +126,65 @@ def _quiet_tensorflow(verbose: bool) -> None:
     """Keep TensorFlow's start-up lines (oneDNN, CUDA not found) and library warnings out of sight.
 
     TensorFlow's C++ logging prints some lines while it loads, before it reads TF_CPP_MIN_LOG_LEVEL
-    from a process that set it itself, so stderr is pointed at /dev/null for the import only.
-    Errors still surface: an import failure is a Python exception, raised after stderr is back.
+    from a process that set it itself, so stderr is pointed at /dev/null while it loads. It is not
+    imported here: only a stage that computes needs it (a fully cached run loads none, and takes a
+    fraction of its import time), so the redirection waits for whatever imports it first.
     """
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Set before the import: TensorFlow leaves its logger's level alone when the root logger has handlers.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if "tensorflow" not in sys.modules and not any(isinstance(finder, _QuietImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport("tensorflow"))
+
+
+class _QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Loads one package with stderr pointed at /dev/null, the first time anything imports it.
+
+    It finds the package as the other finders would and wraps only the loading; the module keeps its
+    own loader. Errors still surface: an import failure is a Python exception, raised after stderr is
+    back.
+    """
+
+    def __init__(self, package: str):
+        self.package = package
+        self.loader: importlib.abc.Loader | None = None
+        self.searched = False
+
+    def find_spec(self, name: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if name != self.package or self.searched:
+            return None
+        self.searched = True  # once; and the search below is answered by the other finders
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__spec__.loader = module.__loader__ = self.loader
+        with _stderr_to_devnull():
+            self.loader.exec_module(module)
+
+
+@contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside the block: C++ code writes there, not to sys.stderr."""
+    sys.stderr.flush()
     saved_stderr, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401
+        yield
     finally:
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
         os.close(devnull)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

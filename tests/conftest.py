@@ -27,7 +27,11 @@ class PipelineRun:
 
     @property
     def run_dirs(self) -> list[Path]:
-        return sorted((self.workdir / "runs").iterdir()) if (self.workdir / "runs").exists() else []
+        """Oldest first, by when each run wrote its config (run ids of one second sort at random)."""
+        if not (self.workdir / "runs").exists():
+            return []
+        return sorted((self.workdir / "runs").iterdir(),
+                      key=lambda run_dir: (run_dir / "config.json").stat().st_mtime_ns)
 
     @property
     def manifest(self) -> dict:

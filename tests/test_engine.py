@@ -10,9 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli
+from tests.conftest import QUIET_ENV, REPO_DIR, PipelineRun, run_pipeline_cli
 
 STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "export"]
+# Seconds to import each (TensorFlow about 4 here): a run that only finds cached results needs none of them.
+HEAVY_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "sklearn", "tensorflow_datasets")
+# `python -m pipeline.run ARGS`, then, as its last line, the heavy packages it loaded and where TF was imported.
+RUN_AND_REPORT_IMPORTS = f"""
+import json, runpy, sys, traceback
+tensorflow_imported_at = []
+sys.addaudithook(lambda event, args: tensorflow_imported_at.append("".join(traceback.format_stack()))
+                 if event == "import" and args[0] == "tensorflow" and not tensorflow_imported_at else None)
+sys.argv[0] = "pipeline.run"
+try:
+    runpy.run_module("pipeline.run", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print(json.dumps({{"loaded": sorted(name for name in sys.modules if name in {HEAVY_PACKAGES!r}),
+                  "tensorflow_imported_at": tensorflow_imported_at}}))
+"""
 
 
 def statuses(run) -> dict[str, str]:
@@ -35,6 +51,15 @@ def test_rerunning_a_finished_command_reuses_every_stage(workdir):
     assert run.manifest["results"]["version_dir"].endswith("engine/1")
     assert sorted(p.name for p in (workdir / "saved_models" / "engine").iterdir()) == ["1"]
     assert "cached" in run.stdout
+
+
+def test_a_fully_cached_rerun_loads_no_tensorflow(workdir):
+    result = subprocess.run([sys.executable, "-c", RUN_AND_REPORT_IMPORTS, "--workdir", str(workdir), "--preset",
+                             "smoke", "export.model_name=engine"], cwd=REPO_DIR, env=QUIET_ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert set(statuses(PipelineRun(workdir, result.returncode, result.stdout, result.stderr)).values()) == {"cached"}
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["loaded"] == [], "".join(report["tensorflow_imported_at"]) or report["loaded"]
 
 
 def test_changing_epochs_reruns_train_evaluate_and_export_only(workdir):
@@ -176,7 +201,10 @@ def test_manifest_records_what_a_reproduction_needs(smoke_run):
     assert reproduction["seeds"] == {"data.seed": 0, "train.seed": 42}
     assert reproduction["packages"]["tensorflow"].startswith("2.21")
     assert reproduction["devices"][-1]["kind"] == "CPU"
-    assert manifest["results"]["precision"] == "float32" and len(manifest["results"]["data_fingerprint"]) == 64
+    from components.devices import choose_precision, local_devices
+
+    expected_precision = choose_precision("auto", local_devices())  # mixed_bfloat16 on CPUs with AVX512_BF16
+    assert manifest["results"]["precision"] == expected_precision and len(manifest["results"]["data_fingerprint"]) == 64
     assert manifest["config"]["train"]["seed"] == 42
     head = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # a git checkout, as in CI's clean clone

@@ -111,7 +111,8 @@ def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_
 
     model = tiny_model(0)
     model.save(tmp_path / "model.keras")
-    trained = TrainedModel(tmp_path / "model.keras", "float32", tmp_path / "history.json", "w" * 64, 1)
+    trained = TrainedModel(tmp_path / "model.keras", "float32", tmp_path / "history.json", "w" * 64, 1,
+                           tmp_path / "training.json")
     (tmp_path / "data").mkdir()
     splits = write_splits(tmp_path / "data", make_images(4))
     schema = Schema(tmp_path / "schema.json", tmp_path / "statistics.json", SHAPE, 3)

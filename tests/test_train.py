@@ -13,7 +13,7 @@ from tests.conftest import make_images
 from tests.test_validate import write_splits
 
 TINY_MODEL = ModelConfig(conv_widths=(4,), dense_units=8, dropout=0.0)
-TINY_TRAIN = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2, profile_batches=(), log_images=2)
+TINY_TRAIN = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2, log_images=2, precision="float32")
 
 
 def _train_once(tmp_path, name):

@@ -1,0 +1,107 @@
+"""The input pipeline: every image once per epoch, seeded per epoch, augmentations that keep the image."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.batches import (
+    evaluation_batches,
+    flip_images,
+    shift_images,
+    steps_per_epoch,
+    steps_per_execution,
+    training_batches,
+)
+
+
+def _data(count=50, size=6):
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (count, size, size, 1), dtype=np.uint8)  # no zeros: shifts show as zeros
+    return images, np.arange(count) % 5
+
+
+def _epochs(dataset):
+    return [(images.numpy(), labels.numpy()) for images, labels in dataset]
+
+
+def _indices(images, batch):
+    return [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in batch]
+
+
+def test_each_epoch_has_full_batches_of_distinct_images_as_uint8_with_one_hot_labels():
+    images, labels = _data()
+    batches = _epochs(training_batches(images, labels, 5, batch_size=16, seed=3, epochs=3))
+    assert len(batches) == 3 * steps_per_epoch(50, 16) == 3 * 3  # 48 of 50 images each epoch
+    assert all(b[0].shape == (16, 6, 6, 1) and b[0].dtype == np.uint8 for b in batches)
+    epochs = [[i for b in batches[e * 3:(e + 1) * 3] for i in _indices(images, b[0])] for e in range(3)]
+    for order in epochs:
+        assert len(set(order)) == 48 and order != sorted(order)  # distinct images, shuffled
+    assert len({frozenset(set(range(50)) - set(order)) for order in epochs}) > 1  # other images left out
+    one_hot = np.concatenate([b[1] for b in batches[:3]])
+    np.testing.assert_array_equal(one_hot.argmax(axis=1), labels[epochs[0]])
+
+
+def test_fewer_images_than_a_batch_make_one_short_batch():
+    images, labels = _data(count=5)
+    batches = _epochs(training_batches(images, labels, 5, batch_size=16, seed=3, epochs=1))
+    assert steps_per_epoch(5, 16) == 1 and [b[0].shape[0] for b in batches] == [5]
+
+
+@pytest.mark.parametrize("steps, expected", [(430, 10), (429, 13), (20, 20), (64, 32), (113, 1), (1, 1)])
+def test_steps_per_execution_divides_the_epoch(steps, expected):
+    assert steps_per_execution(steps) == expected
+
+
+def test_keras_epochs_stay_aligned_with_the_data_with_several_steps_per_execution(recwarn):
+    import keras
+
+    images, labels = _data(count=280)
+    steps = steps_per_epoch(280, 8)  # 35: executions of 7 steps
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(5)])
+    model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=steps_per_execution(steps))
+    model.fit(training_batches(images, labels, 5, 8, seed=0, epochs=4), epochs=4, steps_per_epoch=steps, verbose=0)
+    assert int(model.optimizer.iterations) == 4 * steps
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+
+
+@pytest.mark.parametrize("augment", ["none", "shift", "shift+flip"])
+def test_a_resumed_epoch_sees_the_same_batches_as_an_uninterrupted_run(augment):
+    images, labels = _data()
+    whole = _epochs(training_batches(images, labels, 5, 16, seed=3, epochs=3, augment=augment))
+    resumed = _epochs(training_batches(images, labels, 5, 16, seed=3, epochs=3, first_epoch=2, augment=augment))
+    for (a, b), (c, d) in zip(whole[6:], resumed, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    other_seed = _epochs(training_batches(images, labels, 5, 16, seed=4, epochs=3, first_epoch=2, augment=augment))
+    assert not np.array_equal(other_seed[0][0], resumed[0][0])
+
+
+def test_shift_moves_each_image_by_its_own_whole_pixel_offset_within_the_limit():
+    images, _ = _data(count=64, size=8)
+    shifted = shift_images(tf.constant(images), 2, tf.constant([1, 2], tf.int64)).numpy()
+    assert shifted.dtype == np.uint8 and shifted.shape == images.shape
+    offsets = set()
+    for original, moved in zip(images[..., 0], shifted[..., 0]):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(np.roll(np.pad(original, 2), (dy, dx), axis=(0, 1))[2:-2, 2:-2], moved)]
+        assert len(matches) == 1  # the image itself, moved, zero-filled: nothing interpolated or lost
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # per image, not one offset for the batch
+
+
+def test_flip_mirrors_about_half_of_the_images_and_leaves_the_rest():
+    images, _ = _data(count=200)
+    flipped = flip_images(tf.constant(images), tf.constant([5, 6], tf.int64)).numpy()
+    mirrored = [np.array_equal(f, o[:, ::-1]) for f, o in zip(flipped, images)]
+    kept = [np.array_equal(f, o) for f, o in zip(flipped, images)]
+    assert all(m != k for m, k in zip(mirrored, kept))
+    assert 70 < sum(mirrored) < 130
+
+
+def test_evaluation_batches_keep_the_order_and_every_image():
+    images, labels = _data(count=20)
+    batches = _epochs(evaluation_batches(images, labels, 5, batch_size=8))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), images)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]).argmax(axis=1), labels)

@@ -1,0 +1,198 @@
+"""How training is planned and ended: the schedule, the epochs sized to the data, the time budget, the
+best epoch kept, and the device decisions (XLA, batch scaling, loss scaling)."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from components import training
+from components.artifacts import Normalization, Schema
+from components.config import ModelConfig, TrainConfig
+from components.devices import Device, choose_xla, plan_training, scale_batch
+from components.train import train
+from components.training import KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from tests.conftest import make_images
+from tests.test_validate import write_splits
+
+TINY_MODEL = ModelConfig(conv_widths=(4,), dense_units=8, dropout=0.0)
+
+
+def test_the_schedule_warms_up_linearly_then_follows_a_cosine_to_zero():
+    schedule = WarmupCosine(peak=1.0, warmup=0.1, total_steps=100)
+    rates = [float(schedule(step)) for step in range(101)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)  # 10 warm-up steps
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10]))
+    assert rates[10] == pytest.approx(1.0) and rates[55] == pytest.approx(0.5, abs=1e-6)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:])) and rates[100] == pytest.approx(0.0, abs=1e-7)
+    schedule.total_steps.assign(200.0)  # a budget that buys more steps moves the end, not the peak
+    assert float(schedule(110)) == pytest.approx(0.5 * (1 + math.cos(math.pi * 90 / 180)), abs=1e-6)
+
+
+@pytest.mark.parametrize("epochs, examples, expected", [
+    (7, 100, 7),  # asked for: kept
+    (0, 1_293, 46),  # digits: small data needs many passes
+    (0, 7_200, 8),  # an MNIST-size split
+    (0, 55_000, 6), (0, 10, 60),  # bounds
+])
+def test_epochs_sized_to_the_data(epochs, examples, expected):
+    assert planned_epochs(epochs, examples) == expected
+
+
+def test_xla_only_on_gpus_unless_asked():
+    cpu, gpu = [Device("CPU")], [Device("GPU", (8, 0)), Device("CPU")]
+    assert choose_xla("auto", cpu) is False and choose_xla("auto", gpu) is True
+    assert choose_xla("on", cpu) is True and choose_xla("off", gpu) is False
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 4, 8])
+def test_the_global_batch_grows_with_the_replicas_and_adams_rate_with_its_root(replicas):
+    global_batch, rate = scale_batch(64, 1e-3, replicas)
+    assert global_batch == 64 * replicas and rate == pytest.approx(1e-3 * math.sqrt(replicas))
+
+
+class _Model:
+    """What the callbacks touch of a model: weights, the optimizer's step count, stop_training."""
+
+    def __init__(self):
+        self.weights = [np.zeros(2)]
+        self.stop_training = False
+        self.optimizer = type("Optimizer", (), {"iterations": 0})()
+
+    def get_weights(self):
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        self.weights = [w.copy() for w in weights]
+
+
+def test_keep_best_keeps_the_lowest_validation_loss_and_stops_after_patience():
+    model, keep = _Model(), KeepBest(patience=2)
+    keep.set_model(model)
+    for epoch, loss in enumerate([0.9, 0.5, 0.6, 0.55, 0.7]):
+        model.weights = [np.full(2, float(epoch))]
+        keep.on_epoch_end(epoch, {"val_loss": loss, "val_accuracy": 0.5})
+        if model.stop_training:
+            break
+    assert keep.best_epoch == 1 and epoch == 3 and keep.stopped  # epochs 2 and 3 were no better
+    keep.restore(model)
+    np.testing.assert_array_equal(model.weights[0], [1.0, 1.0])
+    again = KeepBest(patience=2)
+    again.set_model(_Model())
+    again.load_state(keep.state())  # what the epoch checkpoint carries over a kill
+    assert (again.best_epoch, again.best_score, again.stopped) == (1, -0.5, True)
+    np.testing.assert_array_equal(again.best_weights[0], [1.0, 1.0])
+
+
+def test_patience_zero_never_stops():
+    model, keep = _Model(), KeepBest(patience=0)
+    keep.set_model(model)
+    for epoch in range(30):
+        keep.on_epoch_end(epoch, {"val_loss": 1.0 + epoch, "val_accuracy": 0.1})
+    assert not model.stop_training and keep.best_epoch == 0
+
+
+def test_the_budget_plans_the_schedule_for_the_steps_the_time_buys(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    model, schedule = _Model(), WarmupCosine(1.0, 0.1, 10_000)
+    budget = TimeBudget(seconds=10.0, schedule=schedule, most_steps=10_000)
+    budget.set_model(model)
+    budget.on_train_begin()
+    clock[0], model.optimizer.iterations = 2.0, 10  # the first execution: tracing, not a rate
+    budget.on_train_batch_end(0)
+    assert float(schedule.total_steps) == 10_000
+    clock[0], model.optimizer.iterations = 3.0, 110  # 100 steps per second from here on
+    budget.on_train_batch_end(1)
+    assert float(schedule.total_steps) == pytest.approx(110 + 7 * 100)  # 7 s left
+    budget.on_test_begin()
+    clock[0] = 4.0  # a validation pass takes 1 s: kept in reserve for the last one
+    budget.on_test_end()
+    clock[0], model.optimizer.iterations = 5.0, 310
+    budget.on_train_batch_end(2)
+    assert float(schedule.total_steps) == pytest.approx(310 + (10 - 5 - 1) * 100) and not model.stop_training
+    clock[0], model.optimizer.iterations = 9.0, 710
+    budget.on_train_batch_end(3)
+    assert model.stop_training and budget.stopped  # nothing left but the last validation
+
+
+def _tiny_data(tmp_path):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    splits = write_splits(tmp_path / "data", make_images(12), val=make_images(4, seed=1))
+    return (splits, Schema(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3),
+            Normalization(tmp_path / "n.json", 60.0, 70.0))
+
+
+def test_a_time_budget_ends_training_within_it_and_keeps_the_best_epoch(tmp_path):
+    config = TrainConfig(epochs=100_000, batch_size=4, max_seconds=3.0, patience=0, log_images=0, precision="float32")
+    trained = train(config, TINY_MODEL, *_tiny_data(tmp_path), plan_training(config), tmp_path / "out",
+                    tmp_path / "tb")
+    record = json.loads(trained.training_path.read_text())
+    history = json.loads(trained.history_path.read_text())
+    assert record["stopped_by"] == "time budget" and 1 < record["epochs_run"] < 100_000
+    assert record["seconds"] <= 3.0 * 1.1 + 0.5  # the first execution's tracing is inside the budget too
+    assert record["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
+
+
+def test_the_saved_model_has_the_best_epochs_weights_and_a_float32_softmax(tmp_path):
+    config = TrainConfig(epochs=8, batch_size=4, learning_rate=0.05, patience=0, log_images=0, precision="float32")
+    splits, schema, normalization = _tiny_data(tmp_path)
+    trained = train(config, TINY_MODEL, splits, schema, normalization, plan_training(config), tmp_path / "out",
+                    tmp_path / "tb")
+    record = json.loads(trained.training_path.read_text())
+    history = json.loads(trained.history_path.read_text())
+    assert record["best_epoch"] == int(np.argmin(history["val_loss"])) + 1 and record["epochs_run"] == 8
+    model = keras.models.load_model(trained.model_path)
+    assert model.layers[-1].name == "probabilities" and model.output.dtype == "float32"
+    images, labels = make_images(4, seed=1)
+    probabilities = model.predict(images.astype("float32"), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # The kept weights score the validation loss recorded for the best epoch (label smoothing included).
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)(
+        keras.utils.to_categorical(labels, 3), probabilities)
+    assert float(loss) == pytest.approx(min(history["val_loss"]), rel=1e-4)
+
+
+def test_mixed_float16_trains_with_loss_scaling(tmp_path, monkeypatch):
+    from components import train as train_module
+
+    seen = {}
+    original = train_module._compile_trainee
+
+    def spy(*args, **kwargs):
+        trainee = original(*args, **kwargs)
+        seen["optimizer"] = type(trainee.optimizer).__name__
+        return trainee
+
+    monkeypatch.setattr(train_module, "_compile_trainee", spy)
+    config = TrainConfig(epochs=1, batch_size=4, precision="mixed_float16", log_images=0)
+    train(config, TINY_MODEL, *_tiny_data(tmp_path), plan_training(config), tmp_path / "out", tmp_path / "tb")
+    assert seen["optimizer"] == "LossScaleOptimizer"
+
+
+def test_batches_are_prefetched_to_a_single_gpu_only():
+    from components.devices import StrategyPlan, TrainingPlan, prefetch_device
+
+    def plan(kind, device_kind):
+        return TrainingPlan("float32", StrategyPlan(kind, device_kind), (Device(device_kind),), 1)
+
+    assert prefetch_device(plan("single", "GPU")) == "/GPU:0"
+    assert prefetch_device(plan("mirrored", "GPU")) is None and prefetch_device(plan("single", "CPU")) is None
+
+
+def test_a_model_fits_batches_prefetched_to_a_device():
+    """The prefetch-to-device path, run on the CPU device (the only one here): Keras takes its batches."""
+    import tensorflow as tf
+
+    from components.batches import training_batches
+
+    images, labels = make_images(8)
+    batches = training_batches(images, labels, 3, 4, seed=0, epochs=2, device="/CPU:0")
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
+    history = model.fit(batches, epochs=2, steps_per_epoch=6, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert next(iter(batches))[0].device.endswith("CPU:0") and next(iter(batches))[0].dtype == tf.uint8
