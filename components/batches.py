@@ -62,11 +62,15 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, num_examples // batch_size)
 
 
-def steps_per_execution(steps: int, most: int = 32) -> int:
+def steps_per_execution(steps: int, replicas: int = 1, most: int = 32) -> int:
     """The largest divisor of an epoch's `steps` up to `most`: steps run per call into TensorFlow.
 
     Keras runs whole executions, so one that does not divide the epoch would run past its end.
+    With several replicas, 1: Keras 3.15's multi-step function fails under MirroredStrategy
+    ("You must feed a value for placeholder tensor", seen with two logical CPUs).
     """
+    if replicas > 1:
+        return 1
     return max(divisor for divisor in range(1, min(steps, most) + 1) if steps % divisor == 0)
 
 

@@ -63,7 +63,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             model = build_model(model_config, schema.image_shape, schema.num_classes,
                                 normalization.mean, normalization.std)
             schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps)
-            trainee = _compile_trainee(model, config, schedule, steps, plan)
+            trainee = _compile_trainee(model, config, schedule, steps, plan, strategy.num_replicas_in_sync)
         controls = _Controls(config, schedule, epochs * steps, resume_dir)
         first_epoch, history = controls.restore(trainee)
         if first_epoch == 0:
@@ -88,7 +88,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
 
 
 def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCosine, steps: int,
-                     plan: TrainingPlan) -> keras.Model:
+                     plan: TrainingPlan, replicas: int) -> keras.Model:
     """The model up to its logits (sharing its layers), compiled with a loss on the logits.
 
     Under mixed_float16, Keras wraps the optimizer in a LossScaleOptimizer (`auto_scale_loss`).
@@ -97,7 +97,7 @@ def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCo
     trainee.compile(optimizer=keras.optimizers.Adam(schedule),
                     loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                               label_smoothing=config.label_smoothing),
-                    metrics=["accuracy"], steps_per_execution=steps_per_execution(steps),
+                    metrics=["accuracy"], steps_per_execution=steps_per_execution(steps, replicas),
                     jit_compile=choose_xla(config.xla, plan.devices))
     return trainee
 

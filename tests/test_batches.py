@@ -50,6 +50,7 @@ def test_fewer_images_than_a_batch_make_one_short_batch():
 @pytest.mark.parametrize("steps, expected", [(430, 10), (429, 13), (20, 20), (64, 32), (113, 1), (1, 1)])
 def test_steps_per_execution_divides_the_epoch(steps, expected):
     assert steps_per_execution(steps) == expected
+    assert steps_per_execution(steps, replicas=2) == 1  # Keras's multi-step function fails when mirrored
 
 
 def test_keras_epochs_stay_aligned_with_the_data_with_several_steps_per_execution(recwarn):
