@@ -1,6 +1,6 @@
 """This pipeline against the keras-io mnist_convnet recipe: accuracy per second, measured in one sitting.
 
-    python bench/peers.py [--repeats 3] [--goals fashion,budget,small] [--peer-epochs 15]
+    python bench/peers.py [--repeats 3] [--goals fashion,budget,small,recipe] [--peer-epochs 15]
 
 - fashion: the keras-io recipe's 15-epoch fit on Fashion-MNIST, then the whole pipeline
   `python -m pipeline.run --preset fashion` (a fresh workdir each time: nothing cached), wall time
@@ -11,6 +11,8 @@
   images): the peer's 15-epoch fit against the default config's train stage on the same file; and
   the default config's test accuracy on digits, the bundled data. Goal: train stage <= the peer's
   fit, digits >= 0.99.
+- recipe: each part of the training recipe turned off in turn (augmentation, label smoothing,
+  warm-up), on digits and on the 8k split: test accuracy and train-stage seconds.
 
 Pipeline runs go through the real CLI in a subprocess, so what is timed is the real `train()` (and
 every other stage); the peer is timed around its `model.fit`, validation included on both sides.
@@ -138,11 +140,25 @@ def goal_small(repeats: int, peer_epochs: int, scratch: Path) -> None:
     print(f"digits default seed: {digits[0]['accuracy']:.4f} (goal >= 0.99)", flush=True)
 
 
+RECIPE_ABLATIONS = (("the default recipe", ()), ("no augmentation", ("train.augment=none",)),
+                    ("no label smoothing", ("train.label_smoothing=0",)), ("no warm-up", ("train.warmup=0",)))
+
+
+def goal_recipe(repeats: int, scratch: Path) -> None:
+    small = scratch / "fashion_8k.npz"
+    if not small.exists():
+        write_npz(small, SMALL_TRAIN)
+    for data_name, data in (("digits", ()), ("8k split", (f"data.source=npz:{small}",))):
+        for name, overrides in RECIPE_ABLATIONS:
+            runs = [pipeline_run(*data, *overrides) for _ in range(repeats)]
+            report(f"recipe, {data_name}, {name}", runs, ("accuracy", "train_stage", "epochs_run"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peer-epochs", type=int, default=15)
-    parser.add_argument("--goals", default="fashion,budget,small")
+    parser.add_argument("--goals", default="fashion,budget,small,recipe")
     args = parser.parse_args()
     goals = args.goals.split(",")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -153,6 +169,8 @@ def main() -> None:
             goal_budget(args.repeats, args.peer_epochs, data, peers)
         if "small" in goals:
             goal_small(args.repeats, args.peer_epochs, Path(scratch))
+        if "recipe" in goals:
+            goal_recipe(args.repeats, Path(scratch))
 
 
 if __name__ == "__main__":
