@@ -197,12 +197,12 @@ class TrainConfig(Section):
                            "(fashion_mnist, cifar10), shift otherwise", one_of(*AUGMENTATIONS))
     max_shift: float = setting(0.1, "largest random shift, as a share of the image size (at least 1 pixel)",
                                between(0.01, 0.5))
-    patience: int = setting(10, "epochs without a better validation score before training stops; 0 = never "
+    patience: int = setting(10, "epochs without a lower validation loss before training stops; 0 = never "
                             "stop early. The best epoch's weights are kept either way", between(0, 100_000))
     max_seconds: float = setting(0.0, "time budget for training, in seconds: the learning-rate schedule is "
                                  "planned to end within it; 0 = none", between(0, 1e7))
     precision: str = setting("auto", "auto | float32 | mixed_float16 | mixed_bfloat16 (auto: float16 on GPUs "
-                             ">= 7.0)", one_of(*PRECISIONS))
+                             ">= 7.0, bfloat16 on CPUs with AVX512_BF16 or AMX, else float32)", one_of(*PRECISIONS))
     strategy: str = setting("auto", "auto | single | mirrored (auto: data-parallel over all GPUs when there "
                             "are 2+)", one_of(*STRATEGIES))
     xla: str = setting("auto", "auto | on | off: compile training with XLA (auto: on GPUs only; on CPUs it "

@@ -36,8 +36,8 @@ def choose_precision(requested: str, devices: Sequence[Device]) -> str:
     """Resolve `train.precision` to a Keras dtype policy name.
 
     `auto` picks mixed_float16 only when there are GPUs and all have compute capability >= 7.0;
-    without GPUs, mixed_bfloat16 on a CPU with native bfloat16 instructions (measured 1.45x the
-    images/s of float32 here, `bench/throughput.py --levers`); otherwise float32 (a CPU emulates
+    without GPUs, mixed_bfloat16 on a CPU with native bfloat16 instructions (measured 1.29x the
+    images/s of float32 here, `bench/throughput.py`); otherwise float32 (a CPU emulates
     float16 and bfloat16 without them, slower). Explicit policies are kept as asked.
     """
     if requested != "auto":
