@@ -116,7 +116,7 @@ def test_editing_stage_code_or_a_helper_it_imports_reruns_from_there(tmp_path):
                                   str(workdir), "train.epochs=1"], cwd=repo, capture_output=True, text=True,
                                  env={**QUIET_ENV, "PYTHONPATH": str(repo)}, timeout=600)
         assert process.returncode == 0, process.stderr
-        manifest = json.loads(sorted((workdir / "runs").glob("*/manifest.json"))[-1].read_text())
+        manifest = PipelineRun(workdir, process.returncode, process.stdout, process.stderr).manifest  # the newest
         return {stage["name"]: stage["status"] for stage in manifest["stages"]}
 
     cached_until_train = {"ingest": "cached", "validate": "cached", "preprocess": "cached"}

@@ -1,7 +1,6 @@
 """The stage registry: every stage bound by name, and a new stage added in three places runs end to end."""
 
 import inspect
-import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 from pipeline.registry import RUN_VALUES, STAGE_NAMES, STAGES, sections
 from pipeline.runner import load_function
-from tests.conftest import QUIET_ENV, REPO_DIR
+from tests.conftest import QUIET_ENV, REPO_DIR, PipelineRun
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_NAMES)
@@ -94,7 +93,7 @@ def run_in(repo, workdir, *args):
     process = subprocess.run([sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), *args], cwd=repo,
                              env={**QUIET_ENV, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr
-    manifest = json.loads(sorted((workdir / "runs").glob("*/manifest.json"))[-1].read_text())
+    manifest = PipelineRun(workdir, process.returncode, process.stdout, process.stderr).manifest  # the newest
     return process, manifest, {stage["name"]: stage["status"] for stage in manifest["stages"]}
 
 
