@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from components.findings import worst_classes
+
 SPLITS = ("train", "val", "test")
 
 
@@ -33,6 +35,10 @@ class Artifact:
     def summary(self) -> list[str]:
         """Lines for the summary printed at the end of a run."""
         return []
+
+    def run_files(self) -> dict[str, Path]:
+        """Files the runner copies to the top of the run folder, by the name they get there."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ class Metrics(Artifact):
     test_accuracy: float
     blessed: bool  # good enough to export: above evaluate.min_accuracy, no regression from the baseline
     blessing_reason: str
+    predictions_path: Path  # predictions.npz: `probabilities` [N, classes] of the test split, in its order
 
     @property
     def fingerprint(self) -> str:
@@ -141,8 +148,14 @@ class Metrics(Artifact):
         return {"test_accuracy": self.test_accuracy, "test_loss": self.test_loss, "blessed": self.blessed,
                 "blessing_reason": self.blessing_reason}
 
+    def read(self) -> dict[str, Any]:
+        """`metrics.json`: loss, accuracy, per-class results and the confusion matrix."""
+        return json.loads(self.metrics_path.read_text())
+
     def summary(self) -> list[str]:
-        return [f"test accuracy {self.test_accuracy:.4f}  (loss {self.test_loss:.4f})", self.blessing_reason]
+        worst = ", ".join(f"{result.name} (F1 {result.f1:.2f})" for result in worst_classes(self.read()))
+        return [f"test accuracy {self.test_accuracy:.4f}  (loss {self.test_loss:.4f})",
+                f"worst classes {worst}", self.blessing_reason]
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,20 @@ class ExportedModel(Artifact):
 
     def summary(self) -> list[str]:
         return [f"SavedModel   {self.version_dir}", f"ONNX         {self.onnx_path}"]
+
+
+@dataclass(frozen=True)
+class Report(Artifact):
+    """Report's output: one self-contained `report.html` (charts and images inline)."""
+
+    report_path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return file_sha256(self.report_path)
+
+    def run_files(self) -> dict[str, Path]:
+        return {"report.html": self.report_path}
 
 
 METADATA_FILE = "metadata.json"  # in every exported version folder: run, data, metrics, input and classes

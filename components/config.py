@@ -262,3 +262,11 @@ def model_name_from_source(source: str) -> str:
         name = kind
     name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
     return name[:100] or "model"
+
+
+@dataclass(frozen=True)
+class ReportConfig(Section):
+    name: ClassVar[str] = "report"
+    mistakes: int = setting(32, "misclassified test images shown in report.html and TensorBoard, most confident "
+                            "first; 0 = none", between(0, 400))
+    measure_latency: bool = setting(True, "time the exported ONNX model (batch 1 and 256) for report.html")

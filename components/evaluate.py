@@ -25,8 +25,9 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
         config: the `evaluate` section.
         trained: train's output.
         splits: ingest's output; only `test` is read.
-        out_dir: folder for `metrics.json` (metrics only: byte-identical for identical models) and
-            `blessing.json` (the decision, the baseline and the reason); created.
+        out_dir: folder for `metrics.json` (metrics only: byte-identical for identical models),
+            `blessing.json` (the decision, the baseline and the reason) and `predictions.npz` (the
+            test split's class probabilities); created.
         baseline: an exported version to compare with (see `find_baseline`), scored on the same
             test split; None when there is none.
 
@@ -43,10 +44,12 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=2))
+    # What the report needs to show the mistakes, so it need not load the model again.
+    np.savez_compressed(out_dir / "predictions.npz", probabilities=probabilities.astype(np.float32))
     log.info("evaluate: test accuracy %.4f, loss %.4f; %s", metrics["test_accuracy"], metrics["test_loss"],
              blessing["reason"])
     return Metrics(out_dir / "metrics.json", out_dir / "blessing.json", metrics["test_loss"],
-                   metrics["test_accuracy"], blessing["blessed"], blessing["reason"])
+                   metrics["test_accuracy"], blessing["blessed"], blessing["reason"], out_dir / "predictions.npz")
 
 
 def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, splits: Splits,

@@ -2,7 +2,8 @@
 
 The version is written into a hidden temporary folder, checked for parity (Keras, the reloaded
 SavedModel and ONNX Runtime must agree), and only then renamed to its number, so a version folder
-is either complete or absent.
+is either complete or absent. Its model card (`model_card.md`) names the version, so it is written
+last, for the number the folder is renamed to.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 import logging
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -39,6 +41,7 @@ from components.config import ExportConfig
 from components.errors import UserError
 from components.inference import onnx_session
 from components.model import as_float32
+from components.model_card import ModelCard, write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ class ParityError(RuntimeError):
 
 
 def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: Schema, metrics: Metrics,
-           saved_models_dir: Path, run_id: str, out_dir: Path) -> ExportedModel:
+           saved_models_dir: Path, run_id: str, out_dir: Path, command: str = "",
+           reproduction: dict[str, Any] | None = None) -> ExportedModel:
     """Write `saved_models_dir/<model_name>/<version>/` and return it.
 
     Args:
@@ -59,10 +63,13 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         trained: train's output; exported as a float32 twin whatever precision it trained in.
         splits: ingest's output; test images feed the parity check, the fingerprint goes in metadata.
         schema: validate's output; gives the input spec.
-        metrics: evaluate's output, recorded in metadata.
+        metrics: evaluate's output, recorded in metadata; its files feed the model card.
         saved_models_dir: the root of the TF Serving layout.
-        run_id: recorded in metadata.
+        run_id: recorded in metadata and the model card.
         out_dir: the run's export folder; `export.json` there points at the version.
+        command: the run's command line, for the model card's "How to reproduce"; "" = not recorded.
+        reproduction: seeds, packages, git commit and devices (`pipeline/reproduction.py`'s record) for
+            the model card; None = not recorded.
 
     Raises:
         UserError: the newest version under this name takes other images or predicts other classes.
@@ -85,10 +92,12 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         images = load_split(splits, "test")[0][: config.parity_examples]
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
         _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config.onnx_opset)
-        make_readable_by_all(staging_dir)  # TF Serving often runs as another user
+        card = _model_card(config, model, splits, schema, metrics, trained, max_diff, len(images), run_id,
+                           command, reproduction)
         with locked(model_dir):  # another run may have published another kind of model meanwhile
             check_same_kind(model_dir, schema.image_shape, splits.class_names)
-            version_dir = _publish(staging_dir, model_dir)
+            version_dir = _publish(staging_dir, model_dir,
+                                   lambda version: write_model_card(staging_dir, card, version))
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
@@ -242,11 +251,43 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
     (version_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
 
 
-def _publish(staging_dir: Path, model_dir: Path) -> Path:
-    """Rename the finished staging folder to the next free integer version, atomically."""
+def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema: Schema, metrics: Metrics,
+                trained: TrainedModel, parity_max_abs_diff: float, num_parity_examples: int, run_id: str,
+                command: str, reproduction: dict[str, Any] | None) -> ModelCard:
+    """What the model card says, gathered before the version number is known."""
+    return ModelCard(
+        model_name=config.model_name,
+        exported_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        run_id=run_id,
+        image_shape=schema.image_shape,
+        class_names=splits.class_names,
+        num_parameters=model.count_params(),
+        onnx_opset=config.onnx_opset,
+        exported_with=exporter_versions(),
+        trained_precision=trained.precision,
+        parity_max_abs_diff=parity_max_abs_diff,
+        num_parity_examples=num_parity_examples,
+        num_examples=dict(splits.num_examples),
+        data_fingerprint=splits.fingerprint,
+        metrics=json.loads(metrics.metrics_path.read_text()),
+        blessing=json.loads(metrics.blessing_path.read_text()),
+        data_warnings=schema.warnings,
+        command=command,
+        reproduction=reproduction,
+    )
+
+
+def _publish(staging_dir: Path, model_dir: Path, write_card: Callable[[int], Any]) -> Path:
+    """Rename the finished staging folder to the next free integer version, atomically.
+
+    `write_card(version)` writes the model card, which names the version, into the staging folder just
+    before each rename tried: a version appears with its card, and with no card naming another number.
+    """
     while True:
         versions = numbered_entries(model_dir)
         version_dir = model_dir / str(int(versions[-1].name) + 1 if versions else 1)
+        write_card(int(version_dir.name))
+        make_readable_by_all(staging_dir)  # TF Serving often runs as another user
         try:
             os.rename(staging_dir, version_dir)  # fails if another process took this number first
             return version_dir

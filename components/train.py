@@ -18,7 +18,10 @@ from components.batches import evaluation_batches, steps_per_epoch, steps_per_ex
 from components.config import ModelConfig, TrainConfig
 from components.devices import TrainingPlan, choose_xla, make_strategy, prefetch_device, scale_batch
 from components.model import build_model, forward_flops
+from components.profiling import StepMarkedTensorBoard
+from components.tensorboard_log import EventLog
 from components.training import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from components.training_logs import ConfusionImages, LearningRateLog, log_labelled_images
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +69,28 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             trainee = _compile_trainee(model, config, schedule, steps, plan, strategy.num_replicas_in_sync)
         controls = _Controls(config, schedule, epochs * steps, resume_dir)
         first_epoch, history = controls.restore(trainee)
-        if first_epoch == 0:
-            log_images(tensorboard_dir, images[: config.log_images])
         started = time.perf_counter()
-        if first_epoch < epochs and not controls.stopped():  # killed after its last epoch: nothing left
-            batches = training_batches(images, labels, schema.num_classes, batch_size, config.seed, epochs,
-                                       first_epoch, config.augment, config.max_shift, prefetch_device(plan))
-            validation = evaluation_batches(*load_split(splits, "val"), schema.num_classes, batch_size)
-            fitted = trainee.fit(batches, validation_data=validation, epochs=epochs, initial_epoch=first_epoch,
-                                 steps_per_epoch=steps, shuffle=False, verbose=2,
-                                 callbacks=[*controls.callbacks(),
-                                            _tensorboard(config, tensorboard_dir, epochs * steps)])
-            for key, values in fitted.history.items():
-                history[key] = history.get(key, []) + [float(value) for value in values]
+        with EventLog(tensorboard_dir / "images") as event_log:
+            if first_epoch == 0:
+                log_labelled_images(event_log, images[: config.log_images], labels[: config.log_images],
+                                    splits.class_names)
+            if first_epoch < epochs and not controls.stopped():  # killed after its last epoch: nothing left
+                batches = training_batches(images, labels, schema.num_classes, batch_size, config.seed, epochs,
+                                           first_epoch, config.augment, config.max_shift, prefetch_device(plan))
+                val_images, val_labels = load_split(splits, "val")
+                callbacks = [LearningRateLog(), *controls.callbacks(),  # the learning rate first: history keeps it
+                             ConfusionImages(event_log, val_images, val_labels, splits.class_names, batch_size),
+                             _tensorboard(config, tensorboard_dir, epochs * steps)]
+                fitted = trainee.fit(batches, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                                     validation_data=evaluation_batches(val_images, val_labels, schema.num_classes,
+                                                                        batch_size),
+                                     shuffle=False, verbose=2, callbacks=callbacks)
+                for key, values in fitted.history.items():
+                    history[key] = history.get(key, []) + [float(value) for value in values]
         controls.keep_best.restore(model)
         record = controls.record(history, min(len(labels), steps * batch_size), time.perf_counter() - started,
                                  epochs, batch_size, forward_flops(model))
+        record["parameters"] = model.count_params()
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return _save(model, history, record, plan.precision, strategy.num_replicas_in_sync, out_dir, controls)
@@ -94,10 +103,12 @@ def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCo
     Under mixed_float16, Keras wraps the optimizer in a LossScaleOptimizer (`auto_scale_loss`).
     """
     trainee = keras.Model(model.input, model.get_layer("logits").output, name="logits")
+    # xprof times steps only when one execution is one step: it ignores step markers around a tf.while_loop.
+    executions = 1 if config.profile_batches else steps_per_execution(steps, replicas)
     trainee.compile(optimizer=keras.optimizers.Adam(schedule),
                     loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                               label_smoothing=config.label_smoothing),
-                    metrics=["accuracy"], steps_per_execution=steps_per_execution(steps, replicas),
+                    metrics=["accuracy"], steps_per_execution=executions,
                     jit_compile=choose_xla(config.xla, plan.devices))
     return trainee
 
@@ -187,15 +198,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         shutil.rmtree(self.resume_dir, ignore_errors=True)
 
 
-def log_images(tensorboard_dir: Path, images: np.ndarray) -> None:
-    """Write a few raw training images to TensorBoard's Images tab."""
-    if not len(images):
-        return
-    with tf.summary.create_file_writer(str(tensorboard_dir / "images")).as_default():
-        scaled = tf.cast(images, tf.float32) / max(float(images.max()), 1.0)
-        tf.summary.image("train examples", scaled, step=0, max_outputs=len(images))
-
-
 def _save(model: keras.Model, history: dict[str, list[float]], record: dict, precision: str, replicas: int,
           out_dir: Path, controls: _Controls) -> TrainedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,9 +223,9 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _tensorboard(config: TrainConfig, tensorboard_dir: Path, most_steps: int) -> keras.callbacks.TensorBoard:
+def _tensorboard(config: TrainConfig, tensorboard_dir: Path, most_steps: int) -> StepMarkedTensorBoard:
     profile_batch: int | tuple[int, int] = 0
     if config.profile_batches:
         first, last = config.profile_batches[0], min(config.profile_batches[-1], most_steps)
         profile_batch = (first, last) if first <= last else 0
-    return keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), profile_batch=profile_batch)
+    return StepMarkedTensorBoard(str(tensorboard_dir), profile_batch=profile_batch)

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from components.config import Section, augmentation_for, model_name_from_source
 from components.errors import UserError
-from pipeline.registry import sections
+from pipeline.registry import changed_settings, sections
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,7 @@ def to_dict(config: PipelineConfig) -> dict[str, dict[str, Any]]:
 
 def differences(config: PipelineConfig) -> dict[str, Any]:
     """The `section.key` values that differ from the defaults."""
-    defaults = to_dict(default_config())
-    return {f"{name}.{key}": value for name, section in to_dict(config).items()
-            for key, value in section.items() if defaults[name][key] != value}
+    return changed_settings(config.sections)
 
 
 def coerce(raw: Any, annotation: Any, key: str) -> Any:

@@ -11,6 +11,7 @@ and, if it has settings, one section in `components/config.py`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -22,6 +23,7 @@ from components.config import (
     ExportConfig,
     ModelConfig,
     PreprocessConfig,
+    ReportConfig,
     Section,
     TrainConfig,
     ValidateConfig,
@@ -30,7 +32,7 @@ from components.devices import plan_training
 from pipeline.fingerprint import source_state
 
 # What the runner offers a stage besides config and artifacts, by parameter name.
-RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id")
+RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id", "command", "reproduction")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Stage:
     watches: Callable[[Any], Any] | None = None
     resolves: Callable[[Any, Mapping[str, Any], RunPlaces], dict[str, Any]] | None = None
     skip_reason: Callable[[Mapping[str, Any]], str | None] | None = None  # from earlier artifacts
+    # Input parameters that receive None when their stage was skipped; any other missing input skips this one.
+    optional: tuple[str, ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -71,9 +75,13 @@ STAGES: tuple[Stage, ...] = (
               places.saved_models_dir / config.export.model_name, artifacts["train"])}),
     Stage("export", "components.export:export", {"config": ExportConfig},
           {"trained": "train", "splits": "ingest", "schema": "validate", "metrics": "evaluate"},
-          run_values=("saved_models_dir", "run_id"),
+          run_values=("saved_models_dir", "run_id", "command", "reproduction"),
           skip_reason=lambda artifacts: None if artifacts["evaluate"].blessed
           else artifacts["evaluate"].blessing_reason),
+    Stage("report", "components.report:report", {"config": ReportConfig},
+          {"splits": "ingest", "schema": "validate", "trained": "train", "metrics": "evaluate", "exported": "export"},
+          run_values=("tensorboard_dir", "run_id", "command", "reproduction"), optional=("exported",),
+          resolves=lambda config, artifacts, places: {"settings": report_settings(config)}),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -85,6 +93,23 @@ def sections() -> dict[str, type[Section]]:
         for section in stage.config.values():
             found.setdefault(section.name, section)
     return found
+
+
+def flat_settings(config_sections: Mapping[str, Section]) -> dict[str, Any]:
+    """Every `section.key` and its value."""
+    return {f"{name}.{key}": value for name, section in config_sections.items()
+            for key, value in dataclasses.asdict(section).items()}
+
+
+def changed_settings(config_sections: Mapping[str, Section]) -> dict[str, Any]:
+    """The `section.key` values that differ from the defaults."""
+    defaults = flat_settings({name: section() for name, section in sections().items()})
+    return {key: value for key, value in flat_settings(config_sections).items() if defaults.get(key) != value}
+
+
+def report_settings(config: Any) -> dict[str, dict[str, Any]]:
+    """What the report shows of the config: every value (TensorBoard's HParams) and those changed."""
+    return {"values": flat_settings(config.sections), "changed": changed_settings(config.sections)}
 
 
 def stage(name: str) -> Stage:

@@ -12,6 +12,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
         stages = selection(args)
         _create_workdir(args.workdir)
-        command = " ".join(["python -m pipeline.run", *(argv if argv is not None else sys.argv[1:])])
+        # Quoted as a shell would need it: `train.profile_batches="(2, 4)"` stays one argument.
+        command = "python -m pipeline.run " + shlex.join(argv if argv is not None else sys.argv[1:])
         manifest = run_pipeline(config, args.workdir, stages, command)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

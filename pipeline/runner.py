@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from components.atomic import write_text_atomically
+from components.atomic import write_atomically, write_text_atomically
 from components.errors import UserError
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig, to_dict
@@ -60,6 +61,9 @@ class RunContext:
     tensorboard_dir: Path
     cache: StageCache
     lineage: Lineage
+    files: dict[str, Path] = field(default_factory=dict)  # copied to the run folder's top, by name
+    command: str = ""
+    reproduction: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
 
@@ -76,10 +80,11 @@ def run_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = S
         UserError: bad input, or a selection whose earlier stages are not cached.
         ModelNotBlessed: after the manifest is written, if the model was not blessed and that must fail.
     """
-    context = _new_context(workdir)
+    context = _new_context(workdir, config.export.model_name)
     context.run_dir.mkdir(parents=True)
     _write_json(context.run_dir / "config.json", to_dict(config))
     reproduction = reproduction_record(config)
+    context.command, context.reproduction = command, reproduction
     context.lineage.start_run(context.run_id, command, to_dict(config), reproduction)
     status, error = "failed", None
     try:
@@ -91,6 +96,7 @@ def run_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = S
         error = _describe_error(exception)
         raise
     finally:
+        _link_tensorboard(context)
         manifest = _manifest(config, context, status, error, reproduction)
         _write_json(context.run_dir / "manifest.json", manifest)
         context.lineage.end_run(context.run_id, status, error, manifest["results"])
@@ -102,7 +108,7 @@ def run_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = S
 def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, selection: Selection) -> None:
     record: dict[str, Any] = {"name": stage.name, "status": "failed", "seconds": 0.0}
     context.stages.append(record)
-    reason = stage.skip_reason(context.artifacts) if stage.skip_reason else None
+    reason = _missing_input(stage, context) or (stage.skip_reason(context.artifacts) if stage.skip_reason else None)
     if reason:
         record.update(status="skipped", reason=reason)
         log.info("stage %s: skipped (%s)", stage.name, reason)
@@ -130,6 +136,7 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
             log.info("stage %s: cached", stage.name)
     _link(context.run_dir / stage.name, context.cache.final_dir(stage.name, fingerprint))
     context.artifacts[stage.name] = artifact
+    _copy_run_files(artifact, context)
     _record_lineage(stage, context, keys, record, started)
 
 
@@ -140,12 +147,14 @@ def _execute(stage: Stage, config: PipelineConfig, context: RunContext, fingerpr
         "tensorboard_dir": context.tensorboard_dir,
         "saved_models_dir": context.saved_models_dir,
         "run_id": context.run_id,
+        "command": context.command,
+        "reproduction": context.reproduction,
         # Named by fingerprint, not by run: the next run of a killed command finds it and resumes.
         "resume_dir": context.cache.final_dir(stage.name, fingerprint).with_suffix(".resume"),
     }
     arguments = {
         **{parameter: config.sections[section.name] for parameter, section in stage.config.items()},
-        **{parameter: context.artifacts[name] for parameter, name in stage.inputs.items()},
+        **{parameter: context.artifacts.get(name) for parameter, name in stage.inputs.items()},
         **{name: run_values[name] for name in stage.run_values},
         **resolved,
     }
@@ -178,7 +187,8 @@ def _fingerprint_parts(stage: Stage, config: PipelineConfig, context: RunContext
         "environment": environment(),
         "config": {section.name: dataclasses.asdict(config.sections[section.name])
                    for section in stage.config.values()},
-        "inputs": {name: context.artifacts[name].fingerprint for name in stage.inputs.values()},
+        "inputs": {name: context.artifacts[name].fingerprint if name in context.artifacts else None
+                   for name in stage.inputs.values()},
         "watched": stage.watches(config) if stage.watches else None,
         "resolved": {name: _hashable(value) for name, value in resolved.items()},
     }
@@ -196,7 +206,8 @@ def _record_lineage(stage: Stage, context: RunContext, keys: dict, record: dict,
     context.lineage.record_execution(
         context.run_id, stage.name, record["fingerprint"], keys["code"],
         record["status"], record["status"] == "cached", started,
-        [described(name) for name in stage.inputs.values()], [described(stage.name)] if produced else [])
+        [described(name) for name in stage.inputs.values() if name in context.artifacts],
+        [described(stage.name)] if produced else [])
 
 
 def _artifact_path(artifact: Any) -> Path:
@@ -205,13 +216,35 @@ def _artifact_path(artifact: Any) -> Path:
     return first_path if first_path.is_dir() else first_path.parent
 
 
-def _new_context(workdir: Path) -> RunContext:
+def _missing_input(stage: Stage, context: RunContext) -> str | None:
+    """Why a stage cannot run: an input it cannot do without comes from a stage that was skipped."""
+    missing = [name for parameter, name in stage.inputs.items()
+               if name not in context.artifacts and parameter not in stage.optional]
+    return f"needs {missing[0]}, which did not run" if missing else None
+
+
+def _copy_run_files(artifact: Any, context: RunContext) -> None:
+    """Copy the files an artifact names (e.g. report.html) to the top of the run folder."""
+    for name, path in artifact.run_files().items():
+        target = context.run_dir / name
+        write_atomically(target, lambda tmp_path, source=path: shutil.copyfile(source, tmp_path))
+        context.files[name] = target
+
+
+def _new_context(workdir: Path, model_name: str) -> RunContext:
+    """A fresh run id and the places of its run; TensorBoard's runs are named `<model_name>/<run_id>`."""
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
     workdir = workdir.resolve()  # lineage records absolute paths: `runs show` finds them from anywhere
     run_dir = workdir / "runs" / run_id
     workdir.mkdir(parents=True, exist_ok=True)
-    return RunContext(run_id, run_dir, workdir / "saved_models", run_dir / "tensorboard",
+    return RunContext(run_id, run_dir, workdir / "saved_models", workdir / "tensorboard" / model_name / run_id,
                       StageCache(workdir / "cache"), Lineage(workdir / "lineage.sqlite"))
+
+
+def _link_tensorboard(context: RunContext) -> None:
+    """`runs/<id>/tensorboard` -> what the run wrote for TensorBoard, if it wrote anything."""
+    if context.tensorboard_dir.is_dir() and context.run_dir.is_dir():
+        _link(context.run_dir / "tensorboard", context.tensorboard_dir)
 
 
 def _describe_error(exception: BaseException) -> str:
@@ -237,6 +270,7 @@ def _manifest(config: PipelineConfig, context: RunContext, status: str, error: s
         "stages": context.stages,
         "results": results,
         "summary": [line for artifact in context.artifacts.values() for line in artifact.summary()],
+        "files": {name: str(path) for name, path in context.files.items()},
         "reproduction": reproduction,
         "artifacts": {name: _jsonable(artifact) for name, artifact in context.artifacts.items()},
         "config": to_dict(config),
@@ -265,5 +299,6 @@ def format_summary(manifest: dict[str, Any]) -> str:
     total = sum(s["seconds"] for s in manifest["stages"])
     lines.append(f"{'total':<24}{total:>9.1f}")
     lines += manifest["summary"]
+    lines += [f"{name:<13}{path}" for name, path in manifest.get("files", {}).items()]
     lines.append(f"run folder   {manifest['run_dir']}")
     return "\n".join(lines)

@@ -3,6 +3,9 @@
     python -m pipeline.runs [--workdir DIR]                                 # every run, newest first
     python -m pipeline.runs [--workdir DIR] show RUN_ID                     # one run's lineage
     python -m pipeline.runs [--workdir DIR] show saved_models/NAME/VERSION  # who produced an export
+    python -m pipeline.runs [--workdir DIR] compare RUN_A RUN_B             # config, metrics, per class: A vs B
+
+A run id may be shortened to any prefix that names one run only.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 import sqlite3
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,16 @@ from typing import Any
 from components.artifacts import METADATA_FILE, file_sha256
 from components.errors import UserError
 from pipeline.lineage import Lineage
+
+METRICS_FILE = "metrics.json"  # what the evaluate stage writes in its output folder (components/evaluate.py)
+# Results of the export stage, shown together as one `export` row (`model/version`).
+EXPORT_RESULTS = ("model_name", "version", "version_dir", "onnx_path")
+FIRST_METRICS = ("test_accuracy", "test_loss", "blessed", "export")  # then the rest, in the order recorded
+# How many targets each command takes, and what they are.
+NUM_TARGETS = {"list": 0, "show": 1, "compare": 2}
+TARGETS_WANTED = {"list": "no arguments", "show": "one run id or saved_models/<name>/<version> folder",
+                  "compare": "two run ids (RUN_A RUN_B)"}
+MAX_CELL = 20  # widest value in a table; a longer one is cut, or printed in full below if the runs differ
 
 
 def list_runs(lineage: Lineage) -> str:
@@ -28,7 +42,7 @@ def list_runs(lineage: Lineage) -> str:
         config = json.loads(run["config"] or "{}")
         accuracy = f"{run['test_accuracy']:.4f}" if run["test_accuracy"] is not None else "-"
         blessed = {None: "-", 0: "no", 1: "yes"}[run["blessed"]]
-        exported = "/".join(Path(run["exported_version"]).parts[-2:]) if run["exported_version"] else "-"
+        exported = _export_name(run) or "-"
         lines.append(f"{run['run_id']:<24}{run['status']:<11}{_time(run['started']):<21}"
                      f"{_shorten(config.get('data', {}).get('source', '-'), 25):<26}"
                      f"{_shorten(config.get('export', {}).get('model_name', '-'), 15):<16}{accuracy:>9}  "
@@ -49,14 +63,222 @@ def show(lineage: Lineage, target: str, workdir: Path) -> str:
         if run_id is None:
             raise UserError(f"{target}: no run in {lineage.db_path} produced it; pass the --workdir its run used")
         header = [f"{target} was produced by run {run_id}"]
-    run = lineage.run(run_id)
-    if run is None:
-        raise UserError(f"no run {run_id!r} in {lineage.db_path}; `python -m pipeline.runs` lists them")
-    return "\n".join(header + _describe(run))
+    return "\n".join(header + _describe(_load_run(lineage, run_id)))
+
+
+def resolve_run_id(lineage: Lineage, text: str) -> str:
+    """The run id that `text` is, or the only one it is a prefix of.
+
+    Raises:
+        UserError: no run has that id or prefix, or several runs share the prefix.
+    """
+    run_ids = [run["run_id"] for run in lineage.runs()]
+    if text in run_ids:
+        return text
+    matches = [run_id for run_id in run_ids if run_id.startswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UserError(f"no run {text!r} in {lineage.db_path}; "
+                        f"`python -m pipeline.runs --workdir {lineage.db_path.parent}` lists them")
+    shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+    raise UserError(f"run id {text!r} matches {len(matches)} runs in {lineage.db_path}: {shown}; "
+                    "give more of the id")
+
+
+def compare(lineage: Lineage, run_a: str, run_b: str, workdir: Path) -> str:
+    """Two runs side by side: the config keys that differ, the results, and each class's precision, recall, F1.
+
+    Args:
+        lineage: the workdir's lineage database.
+        run_a, run_b: run ids, or prefixes that name one run each; differences are B - A.
+        workdir: the runner's workdir, where `runs/<id>/evaluate/` is looked for if the lineage's path is gone.
+
+    Returns:
+        The report, aligned for a terminal.
+    """
+    a, b = _load_run(lineage, run_a), _load_run(lineage, run_b)
+    sections = [
+        [_run_line("A", a), _run_line("B", b)],
+        config_differences(flat_config(a), flat_config(b)),
+        metric_lines(run_metrics(a), run_metrics(b)),
+        class_lines(a, b, workdir),
+    ]
+    return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+def flat_config(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config as `{"section.key": value}`."""
+    return _flatten(json.loads(run["config"] or "{}"))
+
+
+def config_differences(config_a: dict[str, Any], config_b: dict[str, Any]) -> list[str]:
+    """One line `section.key: A-value -> B-value` per key that differs; `(missing)` where a run lacks it."""
+    keys = sorted(key for key in config_a.keys() | config_b.keys()
+                  if key not in config_a or key not in config_b or config_a[key] != config_b[key])
+    if not keys:
+        return ["no config differences"]
+    width = max(len(key) for key in keys) + 1
+    return ["config differences (A -> B):"] + [
+        f"  {key + ':':<{width}} {_config_value(config_a, key)} -> {_config_value(config_b, key)}" for key in keys]
+
+
+def run_metrics(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded results, nested ones flattened, the export's as one `export` value (None: none)."""
+    results = _flatten(json.loads(run["results"] or "{}"))
+    rest = {key: value for key, value in results.items() if key not in EXPORT_RESULTS}
+    rest["export"] = _export_name(run)
+    first = {key: rest.pop(key) for key in FIRST_METRICS if key in rest}
+    return first | rest
+
+
+def metric_lines(metrics_a: dict[str, Any], metrics_b: dict[str, Any]) -> list[str]:
+    """The results as a table (name, A, B, B - A); a long value that differs is printed in full below it."""
+    names = list(metrics_a) + [name for name in metrics_b if name not in metrics_a]
+    cells = {name: (_cell(metrics_a.get(name)), _cell(metrics_b.get(name))) for name in names}
+    long = [name for name, (a, b) in cells.items() if a != b and max(len(a), len(b)) > MAX_CELL]
+    rows = [("metrics", "A", "B", "B-A")] + [
+        (name, *cells[name], _difference(metrics_a.get(name), metrics_b.get(name)))
+        for name in names if name not in long]
+    return _table(rows) + [line for name in long for line in (f"{name}:", f"  A  {cells[name][0]}",
+                                                              f"  B  {cells[name][1]}")]
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """One class's test results, as in `metrics.json`'s `per_class`."""
+
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass(frozen=True)
+class ClassChange:
+    """One class's test results in run A and in run B (None in a run whose test data lacks the class)."""
+
+    name: str
+    a: ClassScores | None
+    b: ClassScores | None
+
+    @property
+    def f1_change(self) -> float | None:
+        """F1 in B minus F1 in A; None unless both runs have the class."""
+        return self.b.f1 - self.a.f1 if self.a and self.b else None
+
+
+def class_changes(metrics_a: dict[str, Any], metrics_b: dict[str, Any]) -> list[ClassChange]:
+    """Every class of either run's `metrics.json`, the largest F1 drop first; classes in one run only last."""
+    scores_a, scores_b = _class_scores(metrics_a), _class_scores(metrics_b)
+    names = list(scores_a) + [name for name in scores_b if name not in scores_a]
+    changes = [ClassChange(name, scores_a.get(name), scores_b.get(name)) for name in names]
+    return sorted(changes, key=lambda change: (change.f1_change is None, change.f1_change or 0.0))
+
+
+def class_lines(a: dict[str, Any], b: dict[str, Any], workdir: Path) -> list[str]:
+    """The per-class table, or one line per run that has no evaluate results to compare."""
+    metrics_a, metrics_b = evaluate_metrics(a, workdir), evaluate_metrics(b, workdir)
+    missing = [f"per class: run {label} ({run['run_id']}, {run['status']}) has no evaluate {METRICS_FILE}"
+               for label, run, metrics in (("A", a, metrics_a), ("B", b, metrics_b)) if metrics is None]
+    if missing:
+        return missing
+    header = ("class", "precision A", "precision B", "recall A", "recall B", "F1 A", "F1 B", "F1 B-A")
+    rows = [_class_row(change) for change in class_changes(metrics_a, metrics_b)]
+    return ["per class, worst F1 change first:"] + _table([header, *rows])
+
+
+def evaluate_metrics(run: dict[str, Any], workdir: Path) -> dict[str, Any] | None:
+    """The run's evaluate `metrics.json`, found through the lineage, else in its run folder; None if neither."""
+    outputs = [Path(artifact["path"]) / METRICS_FILE for execution in run.get("executions", [])
+               if execution["stage"] == "evaluate"
+               for artifact in execution["artifacts"] if artifact["type"] == "output"]
+    candidates = outputs + [workdir / "runs" / run["run_id"] / "evaluate" / METRICS_FILE]
+    path = next((path for path in candidates if path.is_file()), None)
+    return json.loads(path.read_text()) if path else None
+
+
+def _load_run(lineage: Lineage, text: str) -> dict[str, Any]:
+    """The run (with its executions) named by a run id or a prefix of one."""
+    run = lineage.run(resolve_run_id(lineage, text))
+    assert run is not None  # resolve_run_id found it in the same table
+    return run
+
+
+def _run_line(label: str, run: dict[str, Any]) -> str:
+    source = json.loads(run["config"] or "{}").get("data", {}).get("source", "-")
+    return (f"{label}  {run['run_id']}  {run['status']:<10} started {_time(run['started'])}  source {source}"
+            + (f"\n   error: {run['error']}" if run.get("error") else ""))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys: `{"a": {"b": 1}}` -> `{"a.b": 1}`."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _config_value(config: dict[str, Any], key: str) -> str:
+    return json.dumps(config[key]) if key in config else "(missing)"
+
+
+def _cell(value: Any) -> str:
+    """A value as shown in a table: floats to 4 decimals, booleans as yes/no, lists comma-separated."""
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _difference(a: Any, b: Any) -> str:
+    """B - A for two numbers (booleans are not), signed; empty otherwise."""
+    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (a, b)):
+        return ""
+    return f"{b - a:+d}" if isinstance(a, int) and isinstance(b, int) else f"{b - a:+.4f}"
+
+
+def _class_scores(metrics: dict[str, Any]) -> dict[str, ClassScores]:
+    return {name: ClassScores(scores["precision"], scores["recall"], scores["f1"])
+            for name, scores in metrics["per_class"].items()}
+
+
+def _class_row(change: ClassChange) -> tuple[str, ...]:
+    """name, precision A and B, recall A and B, F1 A and B, F1 change; `-` where a run lacks the class."""
+    def score(result: ClassScores | None, field: str) -> str:
+        return f"{getattr(result, field):.4f}" if result else "-"
+
+    change_text = f"{change.f1_change:+.4f}" if change.f1_change is not None else ""
+    return (change.name, score(change.a, "precision"), score(change.b, "precision"), score(change.a, "recall"),
+            score(change.b, "recall"), score(change.a, "f1"), score(change.b, "f1"), change_text)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned columns: the first (names) left-aligned, the others right-aligned and cut to MAX_CELL."""
+    rows = [(row[0], *(_shorten_end(cell, MAX_CELL) for cell in row[1:])) for row in rows]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])])
+            .rstrip() for row in rows]
+
+
+def _export_name(run: dict[str, Any]) -> str | None:
+    """`model/version` of the run's export, or None."""
+    return "/".join(Path(run["exported_version"]).parts[-2:]) if run["exported_version"] else None
 
 
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _shorten_end(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _describe(run: dict[str, Any]) -> list[str]:
@@ -88,17 +310,15 @@ def _time(timestamp: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.runs", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("."), help="the runner's workdir")
-    parser.add_argument("command", nargs="?", choices=["list", "show"], default="list")
-    parser.add_argument("target", nargs="?", help="with show: a run id or an exported version folder")
+    parser.add_argument("command", nargs="?", choices=["list", "show", "compare"], default="list")
+    parser.add_argument("targets", nargs="*", metavar="target",
+                        help="show: a run id or an exported version folder; compare: two run ids")
     args = parser.parse_args(argv)
     db_path = args.workdir / "lineage.sqlite"
     try:
         if not db_path.exists():
             raise UserError(f"no lineage database at {db_path}; run `python -m pipeline.run` there first")
-        if args.command == "show" and not args.target:
-            raise UserError("show needs a run id or a saved_models/<name>/<version> folder")
-        lineage = Lineage(db_path)
-        print(show(lineage, args.target, args.workdir) if args.command == "show" else list_runs(lineage))
+        print(_run_command(Lineage(db_path), args.command, args.targets, args.workdir))
     except sqlite3.DatabaseError as error:
         print(f"error: {db_path} cannot be read as a lineage database ({error}); restore it or move it aside",
               file=sys.stderr)
@@ -107,6 +327,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_command(lineage: Lineage, command: str, targets: list[str], workdir: Path) -> str:
+    """The output of one command, once its targets are counted."""
+    if len(targets) != NUM_TARGETS[command]:
+        raise UserError(f"{command} takes {TARGETS_WANTED[command]}, got {len(targets)} "
+                        f"({' '.join(targets) or 'none'}); see `python -m pipeline.runs --help`")
+    if command == "show":
+        return show(lineage, targets[0], workdir)
+    return compare(lineage, *targets, workdir) if command == "compare" else list_runs(lineage)
 
 
 if __name__ == "__main__":

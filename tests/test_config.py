@@ -53,9 +53,10 @@ BAD_VALUES = {
     "export.parity_examples": [0, -1],
     "export.parity_atol": [0, -1],
     "export.onnx_opset": [7, 99],
+    "report.mistakes": [-1, 401],
 }
 ANY_VALUE_WORKS = {"data.tfds_data_dir", "data.download", "model.batch_norm", "train.deterministic",
-                   "evaluate.fail_if_not_blessed"}
+                   "evaluate.fail_if_not_blessed", "report.measure_latency"}
 
 
 def test_every_key_is_covered():

@@ -1,19 +1,22 @@
 """The runner end to end on `smoke`, and its exports loaded by consumers in fresh processes."""
 
+import contextlib
 import json
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.config import resolve, to_dict
+from pipeline.registry import STAGE_NAMES
 from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli, run_python
 
-STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "export"]
+STAGES = list(STAGE_NAMES)
 
 
 def test_every_stage_succeeds_and_the_manifest_says_so(smoke_run):
@@ -66,16 +69,74 @@ def test_exports_are_readable_by_other_users(smoke_run):
     assert {oct(mode) for path, mode in modes.items() if path.is_file()} == {"0o644"}
 
 
-def test_tensorboard_has_scalars_images_and_a_profile(smoke_run):
+def _events(folder: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    return EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+
+
+def _png_steps(events, tag: str) -> list[int]:
+    """Steps of an image summary whose every value is a PNG (width, height, encoded image)."""
+    steps = []
+    for event in events.Tensors(tag):
+        width, height, png = event.tensor_proto.string_val
+        assert png.startswith(b"\x89PNG") and int(width) > 50 and int(height) > 50
+        steps.append(event.step)
+    return steps
+
+
+def test_tensorboard_runs_are_named_by_model_and_run_id(smoke_run):
+    run_dir = smoke_run.run_dirs[-1]
+    tensorboard_dir = smoke_run.workdir / "tensorboard" / "digits" / run_dir.name
+    assert (run_dir / "tensorboard").resolve() == tensorboard_dir.resolve()
+    assert sorted(p.name for p in tensorboard_dir.iterdir() if p.is_dir()) == ["images", "test", "train", "validation"]
+
+
+def test_tensorboard_has_scalars_learning_rate_images_and_a_profile(smoke_run):
     tensorboard_dir = smoke_run.run_dirs[-1] / "tensorboard"
-    train_events = EventAccumulator(str(tensorboard_dir / "train")).Reload()
-    assert "epoch_loss" in train_events.Tags()["tensors"]
+    history = json.loads((smoke_run.run_dirs[-1] / "train" / "history.json").read_text())
+    train_events = _events(tensorboard_dir / "train")
     assert len(train_events.Tensors("epoch_loss")) == 3
-    image_events = EventAccumulator(str(tensorboard_dir / "images")).Reload()
-    assert "train examples" in image_events.Tags()["tensors"]
+    rates = [float(tf_value(event)) for event in train_events.Tensors("epoch_learning_rate")]
+    assert rates == pytest.approx(history["learning_rate"]) and len(rates) == 3
+    assert rates[0] > rates[-1] > 0 or rates[-1] == pytest.approx(0, abs=1e-6)  # the cosine decays
+    image_events = _events(tensorboard_dir / "images")
+    assert _png_steps(image_events, "training examples") == [0]
+    assert _png_steps(image_events, "validation confusion matrix") == [0, 1, 2]  # after every epoch
     assert list((tensorboard_dir / "train" / "plugins" / "profile").rglob("*.xplane.pb"))
+
+
+def test_the_profile_of_train_profile_batches_times_each_step_in_the_overview(smoke_run):
+    from tests.test_profiling import _overview, _steps
+
+    step_table, messages = _overview(smoke_run.run_dirs[-1] / "tensorboard")
+    steps = _steps(step_table)
+    assert [name for name, _ in steps] == ["train 1", "train 2"]  # batches 2 and 3: steps taken before them
+    assert all(milliseconds > 0 for _, milliseconds in steps)
+    assert not any("No step marker" in message for message in messages)
+
+
+def tf_value(event) -> float:
+    from tensorboard.util import tensor_util
+
+    return float(tensor_util.make_ndarray(event.tensor_proto))
+
+
+def test_tensorboard_has_the_test_results_mistakes_and_hparams(smoke_run):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tensorboard_dir = smoke_run.run_dirs[-1] / "tensorboard"
+    results = smoke_run.manifest["results"]
+    test_events = _events(tensorboard_dir / "test")
+    assert [event.value for event in test_events.Scalars("test_accuracy")] == [pytest.approx(results["test_accuracy"])]
+    assert _png_steps(test_events, "misclassified test images") == [3]  # after the last epoch
+    session = _events(tensorboard_dir).SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(session).session_start_info.hparams
+    config = json.loads((smoke_run.run_dirs[-1] / "config.json").read_text())
+    flat = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
+    assert set(hparams) == set(flat)
+    assert hparams["train.epochs"].number_value == 3 and hparams["data.source"].string_value == "digits"
+    assert hparams["model.conv_widths"].string_value == "(8, 16)"
 
 
 SAVED_MODEL_CONSUMER = """
@@ -172,30 +233,64 @@ def test_missing_data_is_one_clear_line_exit_2_and_a_failed_manifest(tmp_path):
     assert listing[1].split()[1] == "failed" and listing[1].endswith(run.manifest["error"])
 
 
-def test_tensorboard_serves_scalars_images_and_profile_tabs(smoke_run):
+def test_tensorboard_serves_runs_by_name_with_hparams_and_renders_in_chromium(smoke_run, tmp_path):
+    from tests.test_report import not_blank, screenshot
+
+    with _tensorboard(smoke_run.workdir / "tensorboard") as url:
+        plugins = _get_json(f"{url}/data/plugins_listing")
+        runs = _get_json(f"{url}/data/runs")
+        experiment = _get_json(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
+        groups = _get_json(f"{url}/data/plugin/hparams/session_groups",
+                           {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"], "colParams": [],
+                            "startIndex": 0, "sliceSize": 100})
+        image = screenshot(f"{url}/#hparams", tmp_path / "hparams.png", 1200, 800, wait_ms=15000)
+    assert all(plugins[name]["enabled"] for name in ("scalars", "images", "profile", "hparams")), plugins
+    run_id = smoke_run.run_dirs[-1].name
+    assert {f"digits/{run_id}/{part}" for part in ("train", "validation", "images", "test")} <= set(runs)
+    assert "train.learning_rate" in {info["name"] for info in experiment["hparamInfos"]}
+    metrics = {(info["name"].get("group", ""), info["name"]["tag"]) for info in experiment["metricInfos"]}
+    assert {("test", "test_accuracy"), ("validation", "epoch_accuracy")} <= metrics
+    [group] = groups["sessionGroups"]
+    assert group["name"] == f"digits/{run_id}"
+    accuracy = next(value["value"] for value in group["metricValues"] if value["name"]["tag"] == "test_accuracy")
+    assert accuracy == pytest.approx(smoke_run.manifest["results"]["test_accuracy"])
+    assert not_blank(image) > 0.01
+
+
+@contextlib.contextmanager
+def _tensorboard(logdir: Path):
+    """A TensorBoard server on a free loopback port, until the block ends; yields its URL."""
     import socket
-    import urllib.request
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(smoke_run.workdir / "runs"),
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
                                "--host", "127.0.0.1", "--port", str(port)], env=QUIET_ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=5) as reply:
-                    plugins = json.load(reply)
+                _get_json(f"{url}/data/runs")
                 break
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "TensorBoard did not start"
                 time.sleep(0.5)
+        yield url
     finally:
         server.terminate()
         server.wait()
-    assert all(plugins[name]["enabled"] for name in ("scalars", "images", "profile")), plugins
+
+
+def _get_json(url: str, body: dict | None = None):
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.load(reply)
 
 
 def test_a_rerun_that_changes_nothing_in_the_model_does_not_publish_it_again(smoke_run, tmp_path):

@@ -1,5 +1,6 @@
 """The pipeline engine: caching, stage selection, lineage, blessing, reproducibility, concurrency."""
 
+import html
 import json
 import shutil
 import sqlite3
@@ -10,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.registry import STAGE_NAMES
 from tests.conftest import QUIET_ENV, REPO_DIR, PipelineRun, run_pipeline_cli
 
-STAGES = ["ingest", "validate", "preprocess", "train", "evaluate", "export"]
+STAGES = list(STAGE_NAMES)
 # Seconds to import each (TensorFlow about 4 here): a run that only finds cached results needs none of them.
 HEAVY_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "sklearn", "tensorflow_datasets")
 # `python -m pipeline.run ARGS`, then, as its last line, the heavy packages it loaded and where TF was imported.
@@ -62,10 +64,11 @@ def test_a_fully_cached_rerun_loads_no_tensorflow(workdir):
     assert report["loaded"] == [], "".join(report["tensorflow_imported_at"]) or report["loaded"]
 
 
-def test_changing_epochs_reruns_train_evaluate_and_export_only(workdir):
+def test_changing_epochs_reruns_train_and_what_follows_only(workdir):
     run = run_pipeline_cli(workdir, "--preset", "smoke", "export.model_name=engine_epochs", "train.epochs=2")
     assert statuses(run) == {"ingest": "cached", "validate": "cached", "preprocess": "cached",
-                             "train": "succeeded", "evaluate": "succeeded", "export": "succeeded"}
+                             "train": "succeeded", "evaluate": "succeeded", "export": "succeeded",
+                             "report": "succeeded"}
 
 
 def test_changing_how_the_splits_are_made_reruns_everything_that_reads_them(workdir):
@@ -82,7 +85,7 @@ def test_touching_the_source_files_reruns_ingest_but_not_what_the_same_content_f
     (idx_dir / "train-images-idx3-ubyte.gz").touch()
     assert statuses(run_pipeline_cli(workdir, *args)) == {
         "ingest": "succeeded", "validate": "cached", "preprocess": "cached",
-        "train": "cached", "evaluate": "cached", "export": "cached"}
+        "train": "cached", "evaluate": "cached", "export": "cached", "report": "cached"}
 
 
 @pytest.mark.slow
@@ -94,7 +97,7 @@ def test_force_only_from_until(workdir):
     assert statuses(run_pipeline_cli(workdir, *base, "--only", "evaluate")) == {
         "ingest": "cached", "validate": "cached", "preprocess": "cached", "train": "cached", "evaluate": "succeeded"}
     from_train = statuses(run_pipeline_cli(workdir, *base, "--from", "train"))
-    assert [from_train[s] for s in STAGES] == ["cached"] * 3 + ["succeeded"] * 3
+    assert [from_train[s] for s in STAGES] == ["cached"] * 3 + ["succeeded"] * (len(STAGES) - 3)
     assert list(statuses(run_pipeline_cli(workdir, *base, "--until", "preprocess"))) == STAGES[:3]
 
 
@@ -127,12 +130,14 @@ def test_editing_stage_code_or_a_helper_it_imports_reruns_from_there(tmp_path):
     # model.py is imported by train, evaluate and export (the float32 twin): all three rerun.
     model_py.write_text(model_py.read_text().replace("        x = keras.layers.ReLU()(x)\n",
                                                      "        x = keras.layers.ReLU(name=None)(x)\n"))
-    assert run() == {**cached_until_train, "train": "succeeded", "evaluate": "succeeded", "export": "succeeded"}
+    assert run() == {**cached_until_train, "train": "succeeded", "evaluate": "succeeded", "export": "succeeded",
+                     "report": "cached"}  # the same numbers: the report's inputs did not change
     # An edit of train's own code that changes no number: train reruns, its weights come out the
     # same, and what reads them (keyed by the weights, not by train's code) is reused.
     train_py = repo / "components" / "train.py"
     train_py.write_text(train_py.read_text() + "\n\ndef _unused_helper():\n    return 1\n")
-    assert run() == {**cached_until_train, "train": "succeeded", "evaluate": "cached", "export": "cached"}
+    assert run() == {**cached_until_train, "train": "succeeded", "evaluate": "cached", "export": "cached",
+                     "report": "cached"}
 
 
 def test_lineage_lists_runs_and_shows_what_produced_an_export(workdir):
@@ -166,6 +171,8 @@ def test_an_unblessed_model_is_kept_but_not_exported(tmp_path):
     assert reason in run.stdout
     assert not (tmp_path / "saved_models").exists()
     assert (run.run_dirs[-1] / "train" / "model.keras").exists()
+    assert statuses(run)["report"] == "succeeded"  # a model that was not exported gets a report too
+    assert f"not exported: {html.escape(reason)}" in (run.run_dirs[-1] / "report.html").read_text()
     failing = run_pipeline_cli(tmp_path, "--preset", "smoke", "evaluate.min_accuracy=0.999",
                                "evaluate.fail_if_not_blessed=true")
     assert failing.returncode == 1

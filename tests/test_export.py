@@ -116,7 +116,9 @@ def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_
     (tmp_path / "data").mkdir()
     splits = write_splits(tmp_path / "data", make_images(4))
     schema = Schema(tmp_path / "schema.json", tmp_path / "statistics.json", SHAPE, 3)
-    metrics = Metrics(tmp_path / "m.json", tmp_path / "b.json", 0.5, 0.9, True, "blessed")
+    for name in ("m.json", "b.json"):  # read for the model card before the lock is taken
+        (tmp_path / name).write_text("{}")
+    metrics = Metrics(tmp_path / "m.json", tmp_path / "b.json", 0.5, 0.9, True, "blessed", tmp_path / "p.npz")
     model_dir = tmp_path / "saved_models" / "shared"
     real_check = export_module.check_parity
 

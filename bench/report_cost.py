@@ -1,0 +1,83 @@
+"""What seeing the results costs a run: the report stage, and the confusion matrix after every epoch.
+
+    python bench/report_cost.py [--repeats 3] [--preset default] [--workdir DIR]
+
+Runs the pipeline `--repeats` times from scratch through the CLI (each in a fresh workdir) and reads
+each stage's seconds from the manifest: the report stage against the whole run. Then, on the last
+run's trained model, times `ConfusionImages.on_epoch_end` (a prediction of the validation split and
+the Pillow heatmap) against a median epoch of that run (train seconds / epochs run). Medians, with
+every repeat in brackets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+def run_once(preset: str, workdir: Path) -> dict:
+    """One pipeline run from scratch; its manifest plus the wall time."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), "--preset", preset],
+                   cwd=REPO_DIR, check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    run_dir = max((workdir / "runs").iterdir(), key=lambda path: (path / "config.json").stat().st_mtime_ns)
+    return {**json.loads((run_dir / "manifest.json").read_text()), "wall": wall, "run_dir": str(run_dir)}
+
+
+def confusion_seconds(run_dir: Path, repeats: int = 5) -> float:
+    """Median seconds of one `ConfusionImages.on_epoch_end` on the run's model and validation split."""
+    import keras
+    import numpy as np
+
+    from components.tensorboard_log import EventLog
+    from components.training_logs import ConfusionImages
+
+    model = keras.models.load_model(run_dir / "train" / "model.keras", compile=False)
+    with np.load(run_dir / "ingest" / "val.npz") as data:
+        images, labels = data["images"], data["labels"]
+    class_names = tuple(json.loads((run_dir / "manifest.json").read_text())["results"]["class_names"])
+    batch_size = json.loads((run_dir / "config.json").read_text())["train"]["batch_size"]
+    with tempfile.TemporaryDirectory() as log_dir, EventLog(Path(log_dir)) as event_log:
+        callback = ConfusionImages(event_log, images, labels, class_names, batch_size)
+        callback.set_model(model)
+        callback.on_epoch_end(0)  # the first call traces the prediction function
+        times = []
+        for epoch in range(repeats):
+            start = time.perf_counter()
+            callback.on_epoch_end(epoch + 1)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    args = parser.parse_args()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="report_cost-"))
+    manifests = [run_once(args.preset, root / f"run{index}") for index in range(args.repeats)]
+    report = [next(s["seconds"] for s in m["stages"] if s["name"] == "report") for m in manifests]
+    total = [sum(s["seconds"] for s in m["stages"]) for m in manifests]
+    walls = [m["wall"] for m in manifests]
+    print(f"{args.preset}: report stage {statistics.median(report):.2f} s {report}; stages total "
+          f"{statistics.median(total):.1f} s {total}; wall {statistics.median(walls):.1f} s "
+          f"{[round(w, 1) for w in walls]}; report share {statistics.median(report) / statistics.median(walls):.1%}")
+    last = manifests[-1]
+    epoch = last["results"]["train_seconds"] / last["results"]["epochs_run"]
+    confusion = confusion_seconds(Path(last["run_dir"]))
+    print(f"{args.preset}: confusion matrix after an epoch {confusion * 1e3:.1f} ms against a mean epoch of "
+          f"{epoch:.2f} s ({confusion / epoch:.1%})")
+
+
+if __name__ == "__main__":
+    main()

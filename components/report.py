@@ -1,0 +1,230 @@
+"""Report: one self-contained `report.html` that says how good the model is and where it fails.
+
+Written for people who will not read JSON: the headline first, then per-class results, the
+confusion matrix, the most confident mistakes, training, data, the model and how to reproduce it.
+Charts are matplotlib PNGs inlined as data URIs, so the file makes no network request. The test
+results, the mistakes and the run's settings also go to TensorBoard (its HParams dashboard).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from components import plots
+from components.artifacts import (
+    ExportedModel,
+    Metrics,
+    Report,
+    Schema,
+    Splits,
+    TrainedModel,
+    load_split,
+    read_metadata,
+)
+from components.config import ReportConfig
+from components.findings import class_results, confusions, headline
+from components.inference import onnx_session
+from components.tensorboard_log import EventLog
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("components", "templates"),
+                               autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                               lstrip_blocks=True)
+
+
+def report(config: ReportConfig, splits: Splits, schema: Schema, trained: TrainedModel, metrics: Metrics,
+           exported: ExportedModel | None, settings: dict[str, dict[str, Any]], out_dir: Path,
+           tensorboard_dir: Path, run_id: str, command: str = "", reproduction: dict | None = None) -> Report:
+    """Write `report.html` from the run's artifacts, and the test results to TensorBoard.
+
+    Args:
+        config: the `report` section.
+        splits: ingest's output: split sizes, test images for the mistakes, a sample per class.
+        schema: validate's output: the statistics (class balance) and the data warnings.
+        trained: train's output: history and training record.
+        metrics: evaluate's output: metrics, blessing and the test predictions.
+        exported: export's output, or None when the model was not exported (not blessed).
+        settings: every config value (`values`) and those that differ from the defaults (`changed`).
+        out_dir: folder for `report.html`; created.
+        tensorboard_dir: the run's TensorBoard folder: `test/` gets the test scalars and mistakes,
+            the folder itself the HParams record.
+        run_id, command, reproduction: the run that wrote the report, as the runner records it.
+
+    Returns:
+        The report's path.
+    """
+    results = metrics.read()
+    images, labels = load_split(splits, "test")
+    with np.load(metrics.predictions_path) as predictions:
+        probabilities = predictions["probabilities"]
+    mistakes = _mistakes(labels, probabilities, config.mistakes, splits.class_names)
+    page = {
+        "title": f"{_model_name(exported, settings)}: test accuracy {results['test_accuracy']:.2%}",
+        "headline": _headline(results, json.loads(metrics.blessing_path.read_text()), exported),
+        "classes": class_results(results),
+        "confusion_png": _data_uri(plots.confusion_heatmap(np.array(results["confusion_matrix"]),
+                                                           splits.class_names)),
+        "confusions": confusions(results)[:5],
+        "mistakes": {"count": int((probabilities.argmax(axis=1) != labels).sum()),
+                     "shown": [{**dataclasses.asdict(mistake), "png": _data_uri(plots.thumbnail(images[mistake.index]))}
+                               for mistake in mistakes]},
+        "training": _training(trained),
+        "data": _data(splits, schema),
+        "model": _model(config, trained, exported, images),
+        "reproduce": _reproduce(splits, settings, run_id, command, reproduction),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_path = out_dir / "report.html"
+    report_path.write_text(TEMPLATES.get_template("report.html.j2").render(**page))
+    _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(images, mistakes), settings["values"],
+                        f"{_model_name(exported, settings)}/{run_id}", trained.record()["epochs_run"])
+    log.info("report: %s", report_path)
+    return Report(report_path)
+
+
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Indices of misclassified images, the most confident (highest wrong probability) first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """One misclassified test image: where it is, what it is, what the model said and how sure it was."""
+
+    index: int
+    true: str
+    said: str
+    probability: float
+
+
+def _mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int,
+              class_names: tuple[str, ...]) -> list[Mistake]:
+    predicted = probabilities.argmax(axis=1)
+    return [Mistake(int(i), class_names[labels[i]], class_names[predicted[i]], float(probabilities[i, predicted[i]]))
+            for i in most_confident_mistakes(labels, probabilities, count)]
+
+
+def _mistakes_grid(images: np.ndarray, mistakes: list[Mistake]) -> bytes | None:
+    """The mistakes in one labelled image, for TensorBoard; None when there are none to show."""
+    if not mistakes:
+        return None
+    titles = [f"true: {mistake.true}\nsaid: {mistake.said} {mistake.probability:.0%}" for mistake in mistakes]
+    return plots.image_grid(images[[mistake.index for mistake in mistakes]], titles, columns=8,
+                            title_color=plots.MISTAKE_COLOR)
+
+
+def _headline(results: dict, blessing: dict, exported: ExportedModel | None) -> dict[str, Any]:
+    """Accuracy, the blessing and why, the change from the previous export, the plain sentence."""
+    baseline = blessing.get("baseline_accuracy")
+    change = None
+    if baseline is not None:
+        change = {"points": 100 * (results["test_accuracy"] - baseline), "baseline_accuracy": baseline,
+                  "baseline": "/".join(Path(blessing["baseline"]).parts[-2:])}
+    return {"accuracy": results["test_accuracy"], "loss": results["test_loss"], "num_examples": results["num_examples"],
+            "blessed": blessing["blessed"], "reason": blessing["reason"], "change": change,
+            "sentence": headline(results),
+            "export": "/".join(exported.version_dir.parts[-2:]) if exported else None}
+
+
+def _training(trained: TrainedModel) -> dict[str, Any]:
+    history = json.loads(trained.history_path.read_text())
+    record = trained.record()
+    charts = plots.training_curves(history, record["best_epoch"])
+    return {"record": record, "charts": [_data_uri(png) for png in charts],
+            "kept_val_accuracy": history["val_accuracy"][record["best_epoch"] - 1]}
+
+
+def _data(splits: Splits, schema: Schema) -> dict[str, Any]:
+    """Split sizes, class balance, validate's warnings and one training image per class."""
+    statistics_by_split = json.loads(schema.statistics_path.read_text())
+    counts = {split: statistics_by_split[split]["class_counts"] for split in ("train", "val", "test")}
+    images, labels = load_split(splits, "train")
+    present = [index for index in range(len(splits.class_names)) if (labels == index).any()]
+    samples = [{"name": splits.class_names[index],
+                "png": _data_uri(plots.thumbnail(images[np.argmax(labels == index)]))} for index in present]
+    return {"num_examples": splits.num_examples, "image_shape": schema.image_shape, "warnings": schema.warnings,
+            "balance_png": _data_uri(plots.class_balance(counts, splits.class_names)), "samples": samples}
+
+
+def _model(config: ReportConfig, trained: TrainedModel, exported: ExportedModel | None,
+           images: np.ndarray) -> dict[str, Any]:
+    """Parameters, sizes on disk and ONNX Runtime latency of the exported model."""
+    facts: dict[str, Any] = {"parameters": trained.record().get("parameters"), "precision": trained.precision,
+                             "export": None, "latency": None}
+    if exported is None:
+        return facts
+    saved_model_files = [path for path in exported.version_dir.rglob("*")
+                         if path.is_file() and (path.name.startswith("saved_model") or "variables" in path.parts)]
+    facts["export"] = {"version_dir": str(exported.version_dir),
+                       "saved_model_bytes": sum(path.stat().st_size for path in saved_model_files),
+                       "onnx_bytes": exported.onnx_path.stat().st_size}
+    if config.measure_latency:
+        facts["latency"] = measure_latency(exported, images)
+    return facts
+
+
+def measure_latency(exported: ExportedModel, images: np.ndarray) -> dict[str, float]:
+    """ONNX Runtime's median time for one image and for a batch of 256 (test images, repeated if fewer)."""
+    input_name = read_metadata(exported.version_dir)["input"]["name"]
+    batch = np.resize(images, (256, *images.shape[1:])).astype(np.float32)
+    one = batch[:1]
+    single = onnx_session(exported.onnx_path, batch_hint=1)
+    many = onnx_session(exported.onnx_path, batch_hint=256)
+    one_seconds = _median_seconds(lambda: single.run(None, {input_name: one}), repeats=200)
+    batch_seconds = _median_seconds(lambda: many.run(None, {input_name: batch}), repeats=10)
+    return {"batch_1_ms": one_seconds * 1e3, "batch_256_ms": batch_seconds * 1e3,
+            "images_per_second": 256 / batch_seconds}
+
+
+def _median_seconds(call, repeats: int) -> float:
+    for _ in range(3):  # warm-up: the first runs allocate
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _reproduce(splits: Splits, settings: dict, run_id: str, command: str, reproduction: dict | None) -> dict:
+    git = (reproduction or {}).get("git") or {}
+    return {"run_id": run_id, "data_fingerprint": splits.data_sha256, "command": command or "-",
+            "commit": git.get("commit", "not a git checkout"), "dirty": git.get("dirty", False),
+            "changed": settings["changed"]}
+
+
+def _model_name(exported: ExportedModel | None, settings: dict) -> str:
+    return exported.version_dir.parent.name if exported else settings["values"]["export.model_name"]
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _log_to_tensorboard(tensorboard_dir: Path, results: dict, mistakes_png: bytes | None,
+                        values: dict[str, Any], trial_id: str, step: int) -> None:
+    """Test loss and accuracy and the mistakes under `test/`; the settings as this run's HParams."""
+    with EventLog(tensorboard_dir / "test") as test_log:
+        test_log.scalar("test_accuracy", results["test_accuracy"], step)
+        test_log.scalar("test_loss", results["test_loss"], step)
+        if mistakes_png:
+            test_log.image("misclassified test images", mistakes_png, step,
+                           "the most confident mistakes first: true class, predicted class and its probability")
+    with EventLog(tensorboard_dir) as run_log:
+        run_log.hparams(values, trial_id=trial_id)
