@@ -1,12 +1,17 @@
 """What seeing the results costs a run: the report stage, and the confusion matrix after every epoch.
 
     python bench/report_cost.py [--repeats 3] [--preset default] [--workdir DIR]
+    python bench/report_cost.py --reuse WORKDIR [--repeats 3]
 
 Runs the pipeline `--repeats` times from scratch through the CLI (each in a fresh workdir) and reads
 each stage's seconds from the manifest: the report stage against the whole run. Then, on the last
 run's trained model, times `ConfusionImages.on_epoch_end` (a prediction of the validation split and
-the Pillow heatmap) against a median epoch of that run (train seconds / epochs run). Medians, with
+the Pillow heatmap) against a mean epoch of that run (train seconds / epochs run). Medians, with
 every repeat in brackets.
+
+`--reuse WORKDIR` trains nothing: it calls the report stage's function `--repeats` times on the
+newest run's artifacts in WORKDIR (e.g. after a `--preset fashion` run), in this process (the first
+call pays the imports), and times the confusion matrix on that run's model.
 """
 
 from __future__ import annotations
@@ -58,12 +63,56 @@ def confusion_seconds(run_dir: Path, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def newest_run_dir(workdir: Path) -> Path:
+    """The newest run that succeeded and exported its model."""
+    finished = [path for path in (workdir / "runs").iterdir() if (path / "manifest.json").is_file()
+                and "export" in json.loads((path / "manifest.json").read_text())["artifacts"]]
+    return max(finished, key=lambda path: (path / "config.json").stat().st_mtime_ns)
+
+
+def report_seconds(run_dir: Path, repeats: int) -> list[float]:
+    """Seconds of each call of the report stage's function on a finished run's artifacts."""
+    from components.config import ReportConfig
+    from components.report import report
+    from pipeline.cache import StageCache
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    cache = StageCache(run_dir.parents[1] / "cache")
+    artifacts = {record["name"]: cache.lookup(record["name"], record["fingerprint"]) for record in manifest["stages"]}
+    settings = {"values": {"export.model_name": "bench"}, "changed": {}}
+    times = []
+    for _ in range(repeats + 1):
+        with tempfile.TemporaryDirectory() as out_dir:
+            start = time.perf_counter()
+            report(ReportConfig(), artifacts["ingest"], artifacts["validate"], artifacts["train"],
+                   artifacts["evaluate"], artifacts["export"], settings, Path(out_dir) / "report",
+                   Path(out_dir) / "tensorboard", "bench")
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def reuse(workdir: Path, repeats: int) -> None:
+    run_dir = newest_run_dir(workdir)
+    first, *times = report_seconds(run_dir, repeats)
+    results = json.loads((run_dir / "manifest.json").read_text())["results"]
+    epoch = results["train_seconds"] / results["epochs_run"]
+    confusion = confusion_seconds(run_dir)
+    print(f"{run_dir}: report stage {statistics.median(times):.2f} s {[round(t, 2) for t in times]} (first call, "
+          f"with imports: {first:.2f} s); confusion matrix after an epoch {confusion * 1e3:.1f} ms against a "
+          f"mean epoch of {epoch:.2f} s ({confusion / epoch:.1%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--reuse", type=Path, default=None, help="a workdir with a finished run: time the "
+                        "report stage on its artifacts only")
     args = parser.parse_args()
+    if args.reuse:
+        reuse(args.reuse, args.repeats)
+        return
     root = args.workdir or Path(tempfile.mkdtemp(prefix="report_cost-"))
     manifests = [run_once(args.preset, root / f"run{index}") for index in range(args.repeats)]
     report = [next(s["seconds"] for s in m["stages"] if s["name"] == "report") for m in manifests]

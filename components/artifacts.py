@@ -257,12 +257,17 @@ class Baseline:
 
 
 def find_baseline(model_dir: Path, trained: TrainedModel) -> Baseline | None:
-    """The newest exported version under `model_dir`, unless it is this very model (or there is none)."""
-    versions = version_dirs(model_dir)
-    if not versions:
-        return None
-    weights = read_metadata(versions[-1]).get("weights_sha256", "")
-    return None if weights == trained.weights_sha256 else Baseline(versions[-1], weights)
+    """The newest exported version under `model_dir` that holds another model than this one, if any.
+
+    Versions holding this very model are passed over: once a run has exported its model, running the
+    same command again compares it with what it was compared with the first time (and so finds
+    evaluate cached), not with itself.
+    """
+    for version_dir in reversed(version_dirs(model_dir)):
+        weights = read_metadata(version_dir).get("weights_sha256", "")
+        if weights != trained.weights_sha256:
+            return Baseline(version_dir, weights)
+    return None
 
 
 def split_path(splits_dir: Path, split: str) -> Path:

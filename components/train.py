@@ -21,7 +21,7 @@ from components.model import build_model, forward_flops
 from components.profiling import StepMarkedTensorBoard
 from components.tensorboard_log import EventLog
 from components.training import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
-from components.training_logs import ConfusionImages, LearningRateLog, log_labelled_images
+from components.training_logs import ConfusionCounts, ConfusionImages, LearningRateLog, log_labelled_images
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             model = build_model(model_config, schema.image_shape, schema.num_classes,
                                 normalization.mean, normalization.std)
             schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps)
-            trainee = _compile_trainee(model, config, schedule, steps, plan, strategy.num_replicas_in_sync)
+            confusion = ConfusionCounts(schema.num_classes)
+            trainee = _compile_trainee(model, config, schedule, confusion, steps, plan, strategy.num_replicas_in_sync)
         controls = _Controls(config, schedule, epochs * steps, resume_dir)
         first_epoch, history = controls.restore(trainee)
         started = time.perf_counter()
@@ -77,14 +78,12 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             if first_epoch < epochs and not controls.stopped():  # killed after its last epoch: nothing left
                 batches = training_batches(images, labels, schema.num_classes, batch_size, config.seed, epochs,
                                            first_epoch, config.augment, config.max_shift, prefetch_device(plan))
-                val_images, val_labels = load_split(splits, "val")
+                validation = evaluation_batches(*load_split(splits, "val"), schema.num_classes, batch_size)
                 callbacks = [LearningRateLog(), *controls.callbacks(),  # the learning rate first: history keeps it
-                             ConfusionImages(event_log, val_images, val_labels, splits.class_names, batch_size),
+                             ConfusionImages(event_log, confusion, splits.class_names),
                              _tensorboard(config, tensorboard_dir, epochs * steps)]
                 fitted = trainee.fit(batches, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                                     validation_data=evaluation_batches(val_images, val_labels, schema.num_classes,
-                                                                        batch_size),
-                                     shuffle=False, verbose=2, callbacks=callbacks)
+                                     validation_data=validation, shuffle=False, verbose=2, callbacks=callbacks)
                 for key, values in fitted.history.items():
                     history[key] = history.get(key, []) + [float(value) for value in values]
         controls.keep_best.restore(model)
@@ -96,9 +95,11 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     return _save(model, history, record, plan.precision, strategy.num_replicas_in_sync, out_dir, controls)
 
 
-def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCosine, steps: int,
-                     plan: TrainingPlan, replicas: int) -> keras.Model:
+def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCosine, confusion: ConfusionCounts,
+                     steps: int, plan: TrainingPlan, replicas: int) -> keras.Model:
     """The model up to its logits (sharing its layers), compiled with a loss on the logits.
+
+    `confusion` rides along as a metric, so the validation pass fills the per-epoch confusion matrix.
 
     Under mixed_float16, Keras wraps the optimizer in a LossScaleOptimizer (`auto_scale_loss`).
     """
@@ -108,7 +109,7 @@ def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCo
     trainee.compile(optimizer=keras.optimizers.Adam(schedule),
                     loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                               label_smoothing=config.label_smoothing),
-                    metrics=["accuracy"], steps_per_execution=executions,
+                    metrics=["accuracy", confusion], steps_per_execution=executions,
                     jit_compile=choose_xla(config.xla, plan.devices))
     return trainee
 
