@@ -54,23 +54,25 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
 
 def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, splits: Splits,
           images: np.ndarray, labels: np.ndarray) -> dict:
-    """Blessed when accuracy >= min_accuracy and, against a comparable baseline, drops <= max_regression."""
-    decision = {"blessed": True, "test_accuracy": accuracy, "baseline": None, "baseline_accuracy": None}
+    """Blessed when accuracy >= min_accuracy and, against a comparable baseline, drops <= max_regression.
+
+    A comparable baseline is scored whatever the decision, so the change from it is recorded (and
+    reported) for an unblessed model too.
+    """
+    comparable = baseline_dir is not None and _comparable(baseline_dir, splits.class_names, images.shape[1:])
+    baseline_accuracy = _baseline_accuracy(baseline_dir, images, labels) if comparable else None
+    decision = {"blessed": True, "test_accuracy": accuracy, "baseline": str(baseline_dir) if comparable else None,
+                "baseline_accuracy": baseline_accuracy}
+    named = f"baseline {baseline_accuracy:.4f} ({baseline_dir.parent.name}/{baseline_dir.name})" if comparable else ""
     if accuracy < config.min_accuracy:
         return {**decision, "blessed": False,
                 "reason": f"not blessed: test accuracy {accuracy:.4f} < evaluate.min_accuracy {config.min_accuracy}"}
-    comparable = baseline_dir is not None and _comparable(baseline_dir, splits.class_names, images.shape[1:])
-    baseline_accuracy = _baseline_accuracy(baseline_dir, images, labels) if comparable else None
     if baseline_accuracy is None:
         return {**decision, "reason": f"blessed: test accuracy {accuracy:.4f}, no comparable baseline"}
-    decision.update(baseline=str(baseline_dir), baseline_accuracy=baseline_accuracy)
     if accuracy < baseline_accuracy - config.max_regression:
-        return {**decision, "blessed": False,
-                "reason": f"not blessed: test accuracy {accuracy:.4f} < baseline {baseline_accuracy:.4f} "
-                          f"({baseline_dir.parent.name}/{baseline_dir.name}) - evaluate.max_regression "
-                          f"{config.max_regression}"}
-    return {**decision, "reason": f"blessed: test accuracy {accuracy:.4f} vs baseline {baseline_accuracy:.4f} "
-                                  f"({baseline_dir.parent.name}/{baseline_dir.name})"}
+        return {**decision, "blessed": False, "reason": f"not blessed: test accuracy {accuracy:.4f} < {named} - "
+                                                        f"evaluate.max_regression {config.max_regression}"}
+    return {**decision, "reason": f"blessed: test accuracy {accuracy:.4f} vs {named}"}
 
 
 def _comparable(baseline_dir: Path, class_names: tuple[str, ...], image_shape: tuple[int, ...]) -> bool:

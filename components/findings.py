@@ -31,10 +31,13 @@ class Confusion:
 
 
 def class_results(metrics: dict[str, Any]) -> list[ClassResult]:
-    """Every class's results, worst first: lowest F1, then lowest recall, then name."""
+    """Every class's results, worst first: lowest F1, then lowest recall, then name.
+
+    Classes without test images come last: their zeros say nothing about the model.
+    """
     results = [ClassResult(name, values["precision"], values["recall"], values["f1"], values["support"])
                for name, values in metrics["per_class"].items()]
-    return sorted(results, key=lambda result: (result.f1, result.recall, result.name))
+    return sorted(results, key=lambda result: (not result.support, result.f1, result.recall, result.name))
 
 
 def worst_classes(metrics: dict[str, Any], count: int = 3) -> list[ClassResult]:

@@ -21,7 +21,7 @@ from components.findings import class_results, confusions, headline, worst_class
 MODEL_CARD_FILE = "model_card.md"  # in every exported version folder, beside metadata.json
 
 # Characters that change how inline Markdown renders; `_` only at a word's edge (GitHub ignores it inside).
-_MARKDOWN_SPECIAL = re.compile(r"[\\`*|<\[\]]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*|<\[\]~&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,8 @@ def _environment() -> jinja2.Environment:
 
 def escape_markdown(text: str) -> str:
     """`text` with the characters that would turn into emphasis, code, links, HTML or table cells escaped."""
-    return _MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(), str(text))
+    one_line = re.sub(r"[\r\n]+", " ", str(text))  # a line break would end a table row
+    return _MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(), one_line)
 
 
 def _code_fence(text: str) -> str:

@@ -37,30 +37,34 @@ def png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
-def image_grid(images: np.ndarray, titles: Sequence[str], columns: int = 8, title_color: str = "black") -> bytes:
+def image_grid(images: np.ndarray, titles: Sequence[str], columns: int = 4, title_color: str = "black",
+               cell_inches: float = 1.3, fontsize: float = 9) -> bytes:
     """Images [N, H, W, C] (uint8) in a grid, each with its title above it.
 
     The images are tiled into one array and drawn once: one matplotlib axes per image would take
-    about ten times as long.
+    about ten times as long. Few columns by default: TensorBoard scales an image down to its card.
     """
     columns = max(1, min(columns, len(images)))
     rows = max(1, -(-len(images) // columns))
     height, width, channels = images.shape[1:]
     lines = max((title.count("\n") + 1 for title in titles), default=1)
-    gap_x, gap_y = max(1, width // 8), height * 0.45 * lines  # room for the titles, in pixels of the image
-    cell_w, cell_h = width + gap_x, height + int(round(gap_y))
+    gap_x = max(1, width // 8)
+    inches_per_pixel = cell_inches / (width + gap_x)
+    gap_y = int(np.ceil((fontsize * 1.3 * lines / 72 + 0.06) / inches_per_pixel))  # room for the title
+    cell_w, cell_h = width + gap_x, height + gap_y
     mosaic = np.full((rows * cell_h, columns * cell_w, channels), 255, np.uint8)
     for index, image in enumerate(images):
-        top, left = (index // columns) * cell_h + cell_h - height, (index % columns) * cell_w
+        top, left = (index // columns) * cell_h + gap_y, (index % columns) * cell_w
         mosaic[top:top + height, left:left + width] = image
-    figure = Figure(figsize=(columns * 1.3, rows * 1.3 * cell_h / cell_w))
+    figure = Figure(figsize=(columns * cell_inches, rows * cell_h * inches_per_pixel))
     axes = figure.add_axes((0, 0, 1, 1))
     _show_image(axes, mosaic)
     axes.axis("off")
     for index, title in enumerate(titles):
         x = (index % columns) * cell_w + width / 2
-        y = (index // columns) * cell_h + cell_h - height - 1
-        axes.text(x, y, title, ha="center", va="bottom", fontsize=7.5, color=title_color, linespacing=1.1)
+        y = (index // columns) * cell_h + gap_y - 1
+        axes.text(x, y, title, ha="center", va="bottom", fontsize=fontsize, color=title_color, linespacing=1.1,
+                  parse_math=False)
     return to_png(figure)
 
 
@@ -74,13 +78,14 @@ def _show_image(axes, image: np.ndarray) -> None:
 def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> bytes:
     """The confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
     matrix = np.asarray(matrix)
-    size = 2.2 + 0.55 * len(class_names)
+    size = min(16.0, 2.2 + 0.55 * len(class_names))  # 47 classes: 16 inches, not 28
     figure = Figure(figsize=(size, size), layout="tight")
     axes = figure.add_subplot()
     axes.imshow(matrix, cmap="Blues")
     ticks = range(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
-    axes.set_yticks(ticks, class_names, fontsize=8)
+    # parse_math=False: a class name with `$` is a name, not a formula (mathtext fails on some).
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8, parse_math=False)
+    axes.set_yticks(ticks, class_names, fontsize=8, parse_math=False)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     if len(class_names) <= 30:
@@ -90,7 +95,7 @@ def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], title: str
                 axes.text(column, row, f"{count}", ha="center", va="center", fontsize=7,
                           color="white" if count > threshold else "black")
     if title:
-        axes.set_title(title)
+        axes.set_title(title, parse_math=False)
     return to_png(figure)
 
 
@@ -129,7 +134,7 @@ def class_balance(counts: dict[str, Sequence[int]], class_names: Sequence[str]) 
     positions = np.arange(len(class_names))
     for index, (split, values) in enumerate(counts.items()):
         axes.barh(positions + index * height, values, height=height, label=f"{split} ({sum(values):,})")
-    axes.set_yticks(positions + height * (len(counts) - 1) / 2, class_names, fontsize=8)
+    axes.set_yticks(positions + height * (len(counts) - 1) / 2, class_names, fontsize=8, parse_math=False)
     axes.invert_yaxis()
     axes.set_xlabel("images")
     axes.legend(fontsize=8)

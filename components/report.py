@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -78,8 +79,8 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
                                                            splits.class_names)),
         "confusions": confusions(results)[:5],
         "mistakes": {"count": int((probabilities.argmax(axis=1) != labels).sum()),
-                     "shown": [{**dataclasses.asdict(mistake), "png": _data_uri(plots.thumbnail(images[mistake.index]))}
-                               for mistake in mistakes]},
+                     "shown": [{**dataclasses.asdict(mistake), "percent": percent(mistake.probability),
+                                "png": _data_uri(plots.thumbnail(images[mistake.index]))} for mistake in mistakes]},
         "training": _training(trained),
         "data": _data(splits, schema),
         "model": _model(config, trained, exported, images),
@@ -89,8 +90,9 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
     report_path = out_dir / "report.html"
     report_path.write_text(TEMPLATES.get_template("report.html.j2").render(**page))
     _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(images, mistakes), settings["values"],
-                        f"{_model_name(exported, settings)}/{run_id}", trained.record()["epochs_run"])
-    log.info("report: %s", report_path)
+                        f"{_model_name(exported, settings)}/{run_id}", trained.record()["best_epoch"] - 1)
+    log.info("report: %d mistakes shown, %s", len(mistakes), "latency measured" if page["model"]["latency"]
+             else "no latency measured")
     return Report(report_path)
 
 
@@ -100,6 +102,13 @@ def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count
     wrong = np.flatnonzero(predicted != labels)
     confidence = probabilities[wrong, predicted[wrong]]
     return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def percent(probability: float) -> str:
+    """A probability in percent, rounded down where rounding would claim a certainty it is not."""
+    if probability >= 0.995:
+        return f"{math.floor(probability * 1000) / 10:.1f}"
+    return f"{100 * probability:.0f}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,7 @@ def _mistakes_grid(images: np.ndarray, mistakes: list[Mistake]) -> bytes | None:
     if not mistakes:
         return None
     titles = [f"true: {mistake.true}\nsaid: {mistake.said} {mistake.probability:.0%}" for mistake in mistakes]
-    return plots.image_grid(images[[mistake.index for mistake in mistakes]], titles, columns=8,
+    return plots.image_grid(images[[mistake.index for mistake in mistakes]], titles,
                             title_color=plots.MISTAKE_COLOR)
 
 
@@ -219,7 +228,8 @@ def _data_uri(png: bytes) -> str:
 
 def _log_to_tensorboard(tensorboard_dir: Path, results: dict, mistakes_png: bytes | None,
                         values: dict[str, Any], trial_id: str, step: int) -> None:
-    """Test loss and accuracy and the mistakes under `test/`; the settings as this run's HParams."""
+    """Test loss and accuracy and the mistakes under `test/`, at the kept epoch's step (Keras counts epochs
+    from 0 there); the settings as this run's HParams."""
     with EventLog(tensorboard_dir / "test") as test_log:
         test_log.scalar("test_accuracy", results["test_accuracy"], step)
         test_log.scalar("test_loss", results["test_loss"], step)

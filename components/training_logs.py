@@ -68,5 +68,5 @@ def log_labelled_images(event_log: EventLog, images: np.ndarray, labels: np.ndar
                         class_names: tuple[str, ...]) -> None:
     """A grid of training images, each titled with its class, as the model receives them (raw pixels)."""
     if len(images):
-        png = plots.image_grid(images, [class_names[label] for label in labels], columns=8)
+        png = plots.image_grid(images, [class_names[label] for label in labels])
         event_log.image("training examples", png, 0, "raw training images with their labels")

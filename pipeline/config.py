@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from components.config import Section, augmentation_for, model_name_from_source
 from components.errors import UserError
-from pipeline.registry import changed_settings, sections
+from pipeline.registry import sections
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,6 @@ def apply_overrides(config: PipelineConfig, overrides: Mapping[str, Any]) -> Pip
 def to_dict(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     """The config as plain JSON-ready data."""
     return {name: dataclasses.asdict(section) for name, section in config.sections.items()}
-
-
-def differences(config: PipelineConfig) -> dict[str, Any]:
-    """The `section.key` values that differ from the defaults."""
-    return changed_settings(config.sections)
 
 
 def coerce(raw: Any, annotation: Any, key: str) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from components.artifacts import find_baseline
+from components.artifacts import file_sha256, find_baseline
 from components.config import (
     DataConfig,
     EvaluateConfig,
@@ -30,6 +30,9 @@ from components.config import (
 )
 from components.devices import plan_training
 from pipeline.fingerprint import source_state
+
+# Templates are no Python, so the code fingerprint misses them: the stages that render one watch it.
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "components" / "templates"
 
 # What the runner offers a stage besides config and artifacts, by parameter name.
 RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id", "command", "reproduction")
@@ -76,11 +79,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", "components.export:export", {"config": ExportConfig},
           {"trained": "train", "splits": "ingest", "schema": "validate", "metrics": "evaluate"},
           run_values=("saved_models_dir", "run_id", "command", "reproduction"),
+          watches=lambda config: file_sha256(TEMPLATES_DIR / "model_card.md.j2"),
           skip_reason=lambda artifacts: None if artifacts["evaluate"].blessed
           else artifacts["evaluate"].blessing_reason),
     Stage("report", "components.report:report", {"config": ReportConfig},
           {"splits": "ingest", "schema": "validate", "trained": "train", "metrics": "evaluate", "exported": "export"},
           run_values=("tensorboard_dir", "run_id", "command", "reproduction"), optional=("exported",),
+          watches=lambda config: file_sha256(TEMPLATES_DIR / "report.html.j2"),
           resolves=lambda config, artifacts, places: {"settings": report_settings(config)}),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

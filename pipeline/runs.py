@@ -99,12 +99,20 @@ def compare(lineage: Lineage, run_a: str, run_b: str, workdir: Path) -> str:
     """
     a, b = _load_run(lineage, run_a), _load_run(lineage, run_b)
     sections = [
-        [_run_line("A", a), _run_line("B", b)],
+        [_run_line("A", a), _run_line("B", b), *_data_note(a, b)],
         config_differences(flat_config(a), flat_config(b)),
         metric_lines(run_metrics(a), run_metrics(b)),
         class_lines(a, b, workdir),
     ]
     return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+def _data_note(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """A warning when the runs were tested on different data: their numbers then differ for that reason too."""
+    if a["data_fingerprint"] and b["data_fingerprint"] and a["data_fingerprint"] != b["data_fingerprint"]:
+        return ["note: A and B were trained and tested on different data (their data fingerprints differ), so "
+                "differences in their results are not the model's alone"]
+    return []
 
 
 def flat_config(run: dict[str, Any]) -> dict[str, Any]:
@@ -246,8 +254,9 @@ def _difference(a: Any, b: Any) -> str:
 
 
 def _class_scores(metrics: dict[str, Any]) -> dict[str, ClassScores]:
+    """Each class's scores; a class without test images has none (its zeros say nothing)."""
     return {name: ClassScores(scores["precision"], scores["recall"], scores["f1"])
-            for name, scores in metrics["per_class"].items()}
+            for name, scores in metrics["per_class"].items() if scores["support"]}
 
 
 def _class_row(change: ClassChange) -> tuple[str, ...]:

@@ -7,8 +7,8 @@ import pytest
 
 from components.errors import UserError
 from pipeline import run
-from pipeline.config import PRESETS, default_config, describe_keys, differences, resolve, valid_keys
-from pipeline.registry import sections
+from pipeline.config import PRESETS, default_config, describe_keys, resolve, valid_keys
+from pipeline.registry import changed_settings, sections
 
 # Values of each key that cannot work. Every key is either here or in ANY_VALUE_WORKS: a new key
 # fails `test_every_key_is_covered` until someone says which of its values must be refused.
@@ -149,7 +149,7 @@ def test_presets_apply_over_defaults_and_overrides_over_presets():
     assert smoke.train.epochs == PRESETS["smoke"]["train.epochs"] != default_config().train.epochs
     assert smoke.data == default_config().data
     assert resolve("smoke", ["train.epochs=5"]).train.epochs == 5
-    assert differences(resolve("smoke", ["train.epochs=5"]))["train.epochs"] == 5
+    assert changed_settings(resolve("smoke", ["train.epochs=5"]).sections)["train.epochs"] == 5
     with pytest.raises(UserError, match="unknown preset 'nope'; choose one of: default, smoke, fashion"):
         resolve("nope")
     for overrides in PRESETS.values():

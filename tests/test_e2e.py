@@ -129,7 +129,9 @@ def test_tensorboard_has_the_test_results_mistakes_and_hparams(smoke_run):
     results = smoke_run.manifest["results"]
     test_events = _events(tensorboard_dir / "test")
     assert [event.value for event in test_events.Scalars("test_accuracy")] == [pytest.approx(results["test_accuracy"])]
-    assert _png_steps(test_events, "misclassified test images") == [3]  # after the last epoch
+    kept = json.loads((smoke_run.run_dirs[-1] / "train" / "training.json").read_text())["best_epoch"]
+    assert _png_steps(test_events, "misclassified test images") == [kept - 1]  # the weights tested: the kept epoch's
+    assert [event.step for event in test_events.Scalars("test_loss")] == [kept - 1]
     session = _events(tensorboard_dir).SummaryMetadata("_hparams_/session_start_info").plugin_data.content
     hparams = plugin_data_pb2.HParamsPluginData.FromString(session).session_start_info.hparams
     config = json.loads((smoke_run.run_dirs[-1] / "config.json").read_text())

@@ -271,3 +271,21 @@ def test_an_export_folder_replaced_by_another_model_is_never_served_from_the_cac
                             str(tmp_path / "saved_models" / "digits" / "1")], cwd=REPO_DIR, env=QUIET_ENV,
                            capture_output=True, text=True, check=True).stdout
     assert shown.splitlines()[0].endswith(f"was produced by run {other_run_id}")
+
+
+@pytest.mark.slow
+def test_after_an_export_a_rerun_is_cached_and_reports_the_change_from_the_previous_export(tmp_path):
+    assert run_pipeline_cli(tmp_path, "--preset", "smoke").returncode == 0  # digits/1
+    second = ("--preset", "smoke", "train.epochs=4", "evaluate.max_regression=1")
+    exported = run_pipeline_cli(tmp_path, *second)
+    assert exported.manifest["results"]["version_dir"].endswith("digits/2")
+    again = run_pipeline_cli(tmp_path, *second)
+    assert set(statuses(again).values()) == {"cached"}  # compared with digits/1 again, not with itself
+    report = (again.run_dirs[-1] / "report.html").read_text()
+    assert "digits/1 scored" in report and " points</div>" in report
+    # A model that is not blessed is still compared with the newest export of another model.
+    unblessed = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=2", "evaluate.min_accuracy=0.999")
+    assert unblessed.manifest["results"]["blessed"] is False
+    blessing = json.loads(Path(unblessed.manifest["artifacts"]["evaluate"]["blessing_path"]).read_text())
+    assert blessing["baseline"].endswith("digits/2") and blessing["baseline_accuracy"] is not None
+    assert "digits/2 scored" in (unblessed.run_dirs[-1] / "report.html").read_text()

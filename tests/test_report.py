@@ -233,7 +233,8 @@ METRICS = {
 
 
 def test_findings_rank_classes_and_mistakes():
-    assert [result.name for result in class_results(METRICS)] == ["yak", "dog", "cat", "owl"]  # ties: lower recall
+    # Ties go to the lower recall; a class without test images is last, whatever its zeros.
+    assert [result.name for result in class_results(METRICS)] == ["dog", "cat", "owl", "yak"]
     assert [result.name for result in worst_classes(METRICS, 2)] == ["dog", "cat"]  # no test images: not ranked
     assert [(c.true_name, c.predicted_name, c.count, c.support) for c in confusions(METRICS)] == [
         ("dog", "cat", 2, 10), ("cat", "dog", 1, 10)]
@@ -274,3 +275,25 @@ def test_the_report_renders_in_chromium_with_text_and_charts(smoke_run, tmp_path
     assert image.size == (width, 2400)
     assert 0.03 < not_blank(image) < 0.9
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # charts, not only text
+
+
+NASTY_NAMES = ("cost_$1_$", r"$\frac$", "$^$", "a & <b>", "x" * 40)
+
+
+def test_charts_draw_class_names_as_text_whatever_they_hold():
+    from components import plots
+
+    matrix = np.arange(25).reshape(5, 5)
+    images = np.zeros((5, 8, 8, 1), np.uint8)
+    for png in (plots.confusion_heatmap(matrix, NASTY_NAMES, title=NASTY_NAMES[0]),
+                plots.class_balance({"train": [1, 2, 3, 4, 5]}, NASTY_NAMES),
+                plots.image_grid(images, list(NASTY_NAMES)),
+                plots.quick_confusion_image(matrix, NASTY_NAMES, NASTY_NAMES[1])):
+        assert png.startswith(b"\x89PNG")
+
+
+def test_percentages_never_claim_a_certainty_the_model_did_not_have():
+    from components.report import percent
+
+    shown = [percent(p) for p in (0.254, 0.5, 0.994, 0.9951, 0.99996, 1.0)]
+    assert shown == ["25", "50", "99", "99.5", "99.9", "100.0"]

@@ -64,4 +64,5 @@ def test_learning_rate_log_puts_the_current_rate_in_the_history():
     features = np.zeros((8, 6), np.float32)
     history = model.fit(features, np.zeros((8, 2), np.float32), batch_size=4, epochs=3, verbose=0,
                         callbacks=[LearningRateLog()])
-    assert history.history["learning_rate"] == pytest.approx([0.1 * 0.5 ** 2, 0.1 * 0.5 ** 4, 0.1 * 0.5 ** 6])  # 2 steps an epoch
+    # Two steps an epoch: the rate after steps 2, 4 and 6.
+    assert history.history["learning_rate"] == pytest.approx([0.1 * 0.5 ** 2, 0.1 * 0.5 ** 4, 0.1 * 0.5 ** 6])
