@@ -21,7 +21,8 @@ VALIDATION_COLOR = "#ff7f0e"
 def to_png(figure: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
+    # Light compression: the default level spent half of the report stage in zlib for ~20 % smaller files.
+    figure.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 

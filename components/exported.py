@@ -1,0 +1,196 @@
+"""An exported version as its consumers see it: raw images in, labels and probabilities out.
+
+Used by `pipeline.predict`, `pipeline.serve` and `pipeline.load_model`. The ONNX backend needs only
+ONNX Runtime, NumPy and Pillow (no TensorFlow); the SavedModel backend imports TensorFlow when it is
+chosen. Images of any size or mode are converted to what the model takes, read from `metadata.json`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from components.artifacts import METADATA_FILE, read_metadata, version_dirs
+from components.errors import UserError
+from components.inference import onnx_session
+
+BACKENDS = ("onnx", "savedmodel")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model takes: `name` float32 (or uint8) pixels 0..255 of shape [batch, height, width, channels]."""
+
+    name: str
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.height, self.width, self.channels
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's classes, most probable first."""
+
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+
+class LoadedModel:
+    """One exported version, ready to classify images.
+
+    Attributes:
+        version_dir: the version folder (`saved_models/<name>/<version>`).
+        name, version: the model's name and version number.
+        class_names: the classes, in the order of the output's probabilities.
+        input: the input tensor's name and image shape.
+        backend: `onnx` (ONNX Runtime) or `savedmodel` (TensorFlow).
+    """
+
+    def __init__(self, version_dir: Path, backend: str = "onnx", batch_hint: int = 1):
+        if backend not in BACKENDS:
+            raise UserError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        metadata = read_metadata(version_dir)
+        self.version_dir, self.backend = version_dir, backend
+        self.name, self.version = version_dir.parent.name, int(version_dir.name)
+        self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
+        _, height, width, channels = metadata["input"]["shape"]
+        self.input = InputSpec(metadata["input"]["name"], height, width, channels)
+        self.output_name: str = metadata["output"]["name"]
+        self.metadata = metadata
+        self._run = _onnx_runner(self, batch_hint) if backend == "onnx" else _saved_model_runner(self)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities [batch, classes] (float32) for raw pixels [batch, height, width, channels], 0..255.
+
+        Raises:
+            UserError: the array's shape is not [batch, height, width, channels] of this model, or it
+                holds values that are not finite numbers from 0 to 255.
+        """
+        pixels = np.asarray(pixels)
+        check_pixels(pixels, self.input)
+        return self._run(pixels.astype(np.float32, copy=False))
+
+    def predict(self, images: Sequence[Path | str | bytes | np.ndarray] | np.ndarray,
+                top_k: int | None = None) -> list[Prediction]:
+        """Classify images: paths or encoded bytes of PNG/JPEG files, or raw pixel arrays.
+
+        Args:
+            images: image files, encoded images, arrays [height, width, channels] of this model's
+                shape, or one array [batch, height, width, channels].
+            top_k: how many classes each prediction keeps (all by default), most probable first.
+
+        Returns:
+            One prediction per image, in order.
+
+        Raises:
+            UserError: a file that is not a readable image, or an array of another shape.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            pixels = images
+        else:
+            pixels = np.stack([to_pixels(image, self.input) for image in images]) if len(images) else \
+                np.zeros((0, *self.input.shape), np.uint8)
+        return ranked(self.probabilities(pixels), self.class_names, top_k)
+
+
+def ranked(probabilities: np.ndarray, class_names: Sequence[str], top_k: int | None = None) -> list[Prediction]:
+    """Each row's classes sorted by probability, best first, keeping `top_k` (all if None)."""
+    keep = len(class_names) if top_k is None else max(1, min(top_k, len(class_names)))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :keep]
+    return [Prediction(tuple(class_names[i] for i in row), tuple(float(p) for p in probabilities[n, row]))
+            for n, row in enumerate(order)]
+
+
+def load_exported(model_or_version_dir: Path | str, backend: str = "onnx", batch_hint: int = 1) -> LoadedModel:
+    """The exported version at `model_or_version_dir`, or the newest version of the model folder there.
+
+    Raises:
+        UserError: the folder holds no exported version.
+    """
+    return LoadedModel(version_dir_of(Path(model_or_version_dir)), backend, batch_hint)
+
+
+def version_dir_of(path: Path) -> Path:
+    """`path` if it is a version folder, else the newest version of the model folder `path`."""
+    if (path / METADATA_FILE).is_file():
+        return path
+    versions = version_dirs(path)
+    if not versions:
+        raise UserError(f"{path}: not an exported model (no {METADATA_FILE}) nor a model folder with numbered "
+                        "versions; give e.g. saved_models/digits or saved_models/digits/1")
+    return versions[-1]
+
+
+def to_pixels(image: Path | str | bytes | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """An image file, encoded image or array as uint8 pixels [height, width, channels] of the model's shape.
+
+    Files and encoded images are decoded with Pillow, converted to grayscale or RGB as the model's
+    channels say, and resized (bilinear) when their size differs. Arrays must already have the shape.
+
+    Raises:
+        UserError: not a readable image (naming the file), or an array of another shape.
+    """
+    if isinstance(image, np.ndarray):
+        if image.shape != spec.shape:
+            raise UserError(f"an image array of shape {list(image.shape)}; this model takes {list(spec.shape)}")
+        return image
+    return decode_image(image, spec)
+
+
+def decode_image(source: Path | str | bytes, spec: InputSpec) -> np.ndarray:
+    """Decode a PNG/JPEG (a path or its bytes) into uint8 pixels of the model's shape."""
+    name = "the encoded image" if isinstance(source, bytes) else str(source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as opened:
+            converted = opened.convert("L" if spec.channels == 1 else "RGB")
+            if converted.size != (spec.width, spec.height):
+                converted = converted.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(converted, dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{name}: a folder, not an image file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UserError(f"{name}: not a readable image ({type(error).__name__}: {error})") from None
+    return pixels.reshape(spec.shape)
+
+
+def check_pixels(pixels: np.ndarray, spec: InputSpec) -> None:
+    """Refuse arrays the model cannot take: another shape, or values that are not finite numbers in 0..255."""
+    if pixels.ndim != 4 or pixels.shape[1:] != spec.shape:
+        raise UserError(f"pixels of shape {list(pixels.shape)}; this model takes [batch, {spec.height}, "
+                        f"{spec.width}, {spec.channels}]")
+    if pixels.dtype.kind not in "uif":  # unsigned, signed, float: not bool, complex, text or objects
+        raise UserError(f"pixels of type {pixels.dtype}; give numbers from 0 to 255")
+    if pixels.size and (not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255):
+        raise UserError("pixels must be finite numbers from 0 to 255 (raw pixels; the model normalizes them)")
+
+
+def _onnx_runner(model: LoadedModel, batch_hint: int) -> Callable[[np.ndarray], np.ndarray]:
+    session = onnx_session(model.version_dir / "model.onnx", batch_hint)
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        if not len(pixels):
+            return np.zeros((0, len(model.class_names)), np.float32)
+        return session.run([model.output_name], {model.input.name: pixels})[0]
+
+    return run
+
+
+def _saved_model_runner(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
+    from components.saved_model_backend import saved_model_runner
+
+    return saved_model_runner(model.version_dir, model.input.name, model.output_name, len(model.class_names))

@@ -1,0 +1,101 @@
+"""components/exported.py: an export as its consumers load it, fed files, bytes and arrays."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from components.errors import UserError
+from components.exported import InputSpec, check_pixels, decode_image, load_exported, ranked, version_dir_of
+
+GRAY = InputSpec("pixels", 8, 8, 1)
+RGB = InputSpec("pixels", 4, 6, 3)
+
+
+def _png(array: np.ndarray, mode: str, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_grayscale_and_rgb_files_become_the_models_channels_and_size():
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    assert np.array_equal(decode_image(_png(gray, "L"), GRAY)[..., 0], gray)  # same size: untouched
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red: luma 0.299 * 255
+    assert np.all(decode_image(_png(rgb, "RGB"), GRAY) == 76)
+    as_rgb = decode_image(_png(gray, "L"), RGB)
+    assert as_rgb.shape == (4, 6, 3) and np.array_equal(as_rgb[..., 0], as_rgb[..., 2])  # gray copied to 3
+    jpeg = decode_image(_png(np.full((30, 20, 3), 200, np.uint8), "RGB", "JPEG"), GRAY)
+    assert jpeg.shape == (8, 8, 1) and abs(int(jpeg.mean()) - 200) <= 2  # resized from 20x30
+
+
+def test_unreadable_images_are_user_errors_naming_the_file(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "cut.png").write_bytes(_png(np.zeros((8, 8), np.uint8), "L")[:30])
+    for name in ("notes.png", "empty.png", "cut.png", "missing.png"):
+        with pytest.raises(UserError, match=name):
+            decode_image(tmp_path / name, GRAY)
+    with pytest.raises(UserError, match="a folder"):
+        decode_image(tmp_path, GRAY)
+    with pytest.raises(UserError, match="the encoded image: not a readable image"):
+        decode_image(b"\x89PNG garbage", GRAY)
+
+
+@pytest.mark.parametrize("pixels, message", [
+    (np.zeros((2, 8, 8)), "shape"),
+    (np.zeros((2, 8, 8, 3)), "shape"),
+    (np.full((1, 8, 8, 1), np.nan), "finite"),
+    (np.full((1, 8, 8, 1), np.inf), "finite"),
+    (np.full((1, 8, 8, 1), 256.0), "0 to 255"),
+    (np.full((1, 8, 8, 1), -1), "0 to 255"),
+    (np.full((1, 8, 8, 1), "a"), "type"),
+    (np.zeros((1, 8, 8, 1), complex), "type"),
+    (np.zeros((1, 8, 8, 1), bool), "type"),
+])
+def test_pixels_a_model_cannot_take_are_refused(pixels, message):
+    with pytest.raises(UserError, match=message):
+        check_pixels(pixels, GRAY)
+
+
+def test_ranked_sorts_each_row_best_first_and_keeps_top_k():
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    first, second = ranked(probabilities, ("a", "b", "c"), top_k=2)
+    assert first.labels == ("b", "c") and first.probabilities == pytest.approx((0.7, 0.2))
+    assert second.label == "a" and len(ranked(probabilities, ("a", "b", "c"))[0].labels) == 3
+
+
+def test_a_model_folder_means_its_newest_version(smoke_run, tmp_path):
+    model_dir = tmp_path / "digits"
+    shutil.copytree(smoke_run.workdir / "saved_models" / "digits" / "1", model_dir / "1")
+    shutil.copytree(model_dir / "1", model_dir / "7")
+    (model_dir / "9").mkdir()  # no metadata.json: no export
+    assert version_dir_of(model_dir) == model_dir / "7"
+    assert load_exported(model_dir).version == 7
+    with pytest.raises(UserError, match="not an exported model"):
+        load_exported(tmp_path)
+
+
+def test_both_backends_and_onnx_runtime_itself_agree_on_files_and_arrays(smoke_run, tmp_path):
+    images = np.load(smoke_run.run_dirs[-1] / "ingest" / "test.npz")["images"][:12]
+    onnx, saved = load_exported(smoke_run.workdir / "saved_models" / "digits"), None
+    session = ort.InferenceSession(str(onnx.version_dir / "model.onnx"))
+    direct = session.run(["probabilities"], {"pixels": images.astype(np.float32)})[0]
+    np.testing.assert_allclose(onnx.probabilities(images), direct, atol=1e-6)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(tmp_path / f"{index}.png")
+        paths[-1].write_bytes(_png(image[..., 0], "L"))
+    from_files = onnx.predict(paths)
+    assert [p.label for p in from_files] == [onnx.class_names[i] for i in direct.argmax(axis=1)]
+    assert [p.probabilities[0] for p in from_files] == pytest.approx(direct.max(axis=1).tolist(), abs=1e-6)
+    saved = load_exported(onnx.version_dir, backend="savedmodel")
+    np.testing.assert_allclose(saved.probabilities(images), direct, atol=1e-5)
+    with pytest.raises(UserError, match="backend 'tflite'"):
+        load_exported(onnx.version_dir, backend="tflite")
