@@ -229,6 +229,13 @@ def _v2(data=None, **tensor) -> bytes:
     return json.dumps({"inputs": [{**default, **tensor}]}).encode()
 
 
+def _v2_binary(raw: bytes, declared_size: int, header_length: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """A v2 body carrying `raw` as the input's binary data, and its Inference-Header-Content-Length header."""
+    head = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8, 1],
+                                   "parameters": {"binary_data_size": declared_size}}]}).encode()
+    return head + raw, {"Inference-Header-Content-Length": header_length or str(len(head))}
+
+
 def _png_header(width: int, height: int) -> str:
     """A PNG that declares `width` x `height` pixels (its data is cut short)."""
     import struct
@@ -308,17 +315,16 @@ BAD_REQUESTS = {  # name: (method, path, body, extra headers, expected status)
     "v2 binary_data not a bool": ("POST", INFER, json.dumps({**json.loads(_v2()), "outputs": [
         {"name": "probabilities", "parameters": {"binary_data": "yes"}}]}).encode(), {}, 400),
     "v2 id not a string": ("POST", INFER, json.dumps({**json.loads(_v2()), "id": {"a": 1}}).encode(), {}, 400),
-    "v2 binary size over the body": ("POST", INFER, _v2(data=None, parameters={"binary_data_size": 256}) + b"\0" * 10,
-                                     {"Inference-Header-Content-Length": str(len(_v2(parameters={
-                                         "binary_data_size": 256})))}, 400),
-    "v2 header length not a number": ("POST", INFER, _v2(), {"Inference-Header-Content-Length": "-5"}, 400),
-    "v2 header length over the body": ("POST", INFER, _v2(), {"Inference-Header-Content-Length": "99999"}, 400),
-    "v2 binary NaN": ("POST", INFER, (lambda head: head + np.full(64, np.nan, "<f4").tobytes())(
-        json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8, 1],
-                                "parameters": {"binary_data_size": 256}}]}).encode()),
-        {"Inference-Header-Content-Length": str(len(json.dumps({"inputs": [{
-            "name": "pixels", "datatype": "FP32", "shape": [1, 8, 8, 1],
-            "parameters": {"binary_data_size": 256}}]})))}, 400),
+    "v2 binary size over the body": ("POST", INFER, *_v2_binary(b"\0" * 10, 256), 400),
+    "v2 binary bytes for another shape": ("POST", INFER, *_v2_binary(b"\0" * 255, 255), 400),
+    "v2 binary and data both": ("POST", INFER, _v2(parameters={"binary_data_size": 256}) + b"\0" * 256,
+                                {"Inference-Header-Content-Length":
+                                 str(len(_v2(parameters={"binary_data_size": 256})))}, 400),
+    "v2 binary without its size": ("POST", INFER, _v2() + b"\0" * 256, {"Inference-Header-Content-Length":
+                                                                        str(len(_v2()))}, 400),
+    "v2 binary NaN": ("POST", INFER, *_v2_binary(np.full(64, np.nan, "<f4").tobytes(), 256), 400),
+    "v2 header length not a number": ("POST", INFER, *_v2_binary(b"\0" * 256, 256, "-5"), 400),
+    "v2 header length over the body": ("POST", INFER, *_v2_binary(b"\0" * 256, 256, "99999"), 400),
 }
 
 

@@ -20,8 +20,15 @@ from starlette.routing import Route
 
 from components.exported import InputSpec, LoadedModel
 from pipeline.serving.errors import BadRequest
-from pipeline.serving.http import (json_response, off_the_loop, parse_json_object, path_version, read_body,
-                                   requested_model, serving)
+from pipeline.serving.http import (
+    json_response,
+    off_the_loop,
+    parse_json_object,
+    path_version,
+    read_body,
+    requested_model,
+    serving,
+)
 from pipeline.serving.tensors import b64_image, images_or_numbers, is_b64, numeric_array
 
 # The SavedModel's signatures and their input's dtype (components/export.py writes both).

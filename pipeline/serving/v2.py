@@ -27,8 +27,15 @@ from starlette.routing import Route
 
 from components.exported import InputSpec, LoadedModel
 from pipeline.serving.errors import BadRequest
-from pipeline.serving.http import (json_response, off_the_loop, parse_json_object, path_version, read_body,
-                                   requested_model, serving)
+from pipeline.serving.http import (
+    json_response,
+    off_the_loop,
+    parse_json_object,
+    path_version,
+    read_body,
+    requested_model,
+    serving,
+)
 from pipeline.serving.tensors import flat_tensor, tensor_from_bytes
 
 DATATYPES = {"FP32": np.dtype(np.float32), "UINT8": np.dtype(np.uint8)}
