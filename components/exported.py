@@ -163,7 +163,7 @@ def decode_image(source: Path | str | bytes, spec: InputSpec) -> np.ndarray:
         raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{name}: a folder, not an image file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
         raise UserError(f"{name}: not a readable image ({type(error).__name__}: {error})") from None
     return pixels.reshape(spec.shape)
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve(args.preset, args.overrides)
         if args.workdir.exists() and not args.workdir.is_dir():
             raise UserError(f"--workdir {args.workdir} is a file; give a folder (it is created if missing)")
-        _quiet_tensorflow(args.verbose)
+        quiet_tensorflow(args.verbose)
         from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline
 
         stages = selection(args)
@@ -124,7 +124,7 @@ def selection(args: argparse.Namespace):
     return Selection(first, last, frozenset(force))
 
 
-def _quiet_tensorflow(verbose: bool) -> None:
+def quiet_tensorflow(verbose: bool) -> None:
     """Keep TensorFlow's start-up lines (oneDNN, CUDA not found) and library warnings out of sight.
 
     TensorFlow's C++ logging prints some lines while it loads, before it reads TF_CPP_MIN_LOG_LEVEL

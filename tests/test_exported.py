@@ -99,3 +99,9 @@ def test_both_backends_and_onnx_runtime_itself_agree_on_files_and_arrays(smoke_r
     np.testing.assert_allclose(saved.probabilities(images), direct, atol=1e-5)
     with pytest.raises(UserError, match="backend 'tflite'"):
         load_exported(onnx.version_dir, backend="tflite")
+
+
+def test_an_image_past_pillows_decompression_bomb_limit_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 8x8 = 64 pixels: past twice the limit, Pillow refuses
+    with pytest.raises(UserError, match="not a readable image .*DecompressionBombError"):
+        decode_image(_png(np.zeros((8, 8), np.uint8), "L"), GRAY)
