@@ -1,0 +1,141 @@
+"""What the handlers of both protocols share: the app's state, reading a body within limits, JSON in and out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from components.exported import LoadedModel
+from pipeline.serving.batching import Batcher
+from pipeline.serving.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout
+from pipeline.serving.models import ModelRepository
+
+# The whole body must arrive within this many seconds of the request's headers (a stalled client holds
+# a connection and its memory otherwise; uvicorn's own timeouts cover only idle keep-alive connections).
+BODY_TIMEOUT_SECONDS = 30.0
+# Bodies up to this size are parsed on the event loop; larger ones on a worker thread, so that parsing
+# a big JSON array does not hold up the other requests.
+INLINE_PARSE_BYTES = 64 * 1024
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the request handlers share, kept on the app as `app.state.serving`."""
+
+    repository: ModelRepository
+    batcher: Batcher
+    max_body_bytes: int
+    backend: str
+
+
+def serving(request: Request) -> Serving:
+    """The app's shared state, for a handler."""
+    return request.app.state.serving
+
+
+def requested_model(request: Request) -> LoadedModel:
+    """The version the path names (`.../<name>[/versions/<v>]...`): the newest when it names none.
+
+    Raises:
+        NotFound: no such model, or no such version being served.
+    """
+    return serving(request).repository.model(request.path_params["name"]).version(path_version(request))
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, at most `max_bytes` long.
+
+    Reading stops at the limit; uvicorn reads and drops the rest of a keep-alive request's body after
+    the answer, so the client still reads its 413.
+
+    Raises:
+        PayloadTooLarge: a longer body (declared by Content-Length or sent).
+        RequestTimeout: the body did not arrive within BODY_TIMEOUT_SECONDS.
+        BadRequest: the client disconnected before sending the whole body.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    try:
+        body = await asyncio.wait_for(_read_up_to(request, max_bytes), BODY_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s") from None
+    except ClientDisconnect:
+        raise BadRequest("the request body ended before its Content-Length (client disconnected)") from None
+    if body is None:
+        raise _too_large(max_bytes)
+    return body
+
+
+async def _read_up_to(request: Request, max_bytes: int) -> bytes | None:
+    """The body, or None as soon as it is longer than `max_bytes`."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is over {max_bytes} bytes, this server's limit (--max-body-bytes); "
+                           "send fewer images per request")
+
+
+def parse_json_object(body: bytes, what: str = "the request body") -> dict[str, Any]:
+    """`body` parsed as a JSON object.
+
+    Raises:
+        BadRequest: not UTF-8 JSON, nested too deeply, or not an object.
+    """
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise BadRequest(f"{what}: JSON nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise BadRequest(f"{what} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+async def off_the_loop(size: int, function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)`, on a worker thread when `size` (the body's length) is over INLINE_PARSE_BYTES."""
+    if size <= INLINE_PARSE_BYTES:
+        return function(*args)
+    return await run_in_threadpool(function, *args)
+
+
+def path_version(request: Request) -> int | None:
+    """The version number in the path (`/versions/<v>`), None when the path names none.
+
+    Raises:
+        NotFound: a version that is not a number.
+    """
+    version = request.path_params.get("version")
+    if version is None:
+        return None
+    if not version.isdigit() or not version.isascii():
+        raise NotFound(f"version {version!r} is not a version number")
+    return int(version)
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """`content` as a compact JSON response (a NaN raises: JSON cannot hold it, so it would be a bug here)."""
+    body = json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
+    return Response(body, status, headers, media_type="application/json")
+
+
+def error_response(status: int, message: str) -> Response:
+    """`{"error": message}`, the error body of TF Serving and of the Open Inference Protocol."""
+    return json_response({"error": message}, status)
+
