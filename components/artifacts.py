@@ -233,7 +233,8 @@ def version_dirs(model_dir: Path) -> list[Path]:
 
 def numbered_entries(model_dir: Path) -> list[Path]:
     """Everything under `model_dir` whose name is a version number, oldest first."""
-    entries = [path for path in model_dir.iterdir() if path.name.isdigit()] if model_dir.is_dir() else []
+    entries = [path for path in model_dir.iterdir() if path.name.isascii() and path.name.isdigit()] \
+        if model_dir.is_dir() else []  # isascii: "²".isdigit() is True, but it is no number
     return sorted(entries, key=lambda path: int(path.name))
 
 

@@ -8,18 +8,23 @@ chosen. Images of any size or mode are converted to what the model takes, read f
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.artifacts import METADATA_FILE, read_metadata, version_dirs
 from components.errors import UserError
 from components.inference import onnx_session
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("onnx", "savedmodel")
+IMAGE_FORMATS = ("PNG", "JPEG")  # what files and b64 bodies may hold; other decoders are attack surface unused
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")  # 16-bit and float modes are refused
 
 
 @dataclass(frozen=True)
@@ -115,12 +120,36 @@ def ranked(probabilities: np.ndarray, class_names: Sequence[str], top_k: int | N
 
 
 def load_exported(model_or_version_dir: Path | str, backend: str = "onnx", batch_hint: int = 1) -> LoadedModel:
-    """The exported version at `model_or_version_dir`, or the newest version of the model folder there.
+    """The exported version at `model_or_version_dir`, or the newest version of the model folder there
+    that loads: a broken or half-copied newer version is skipped with a warning, as the server does.
 
     Raises:
-        UserError: the folder holds no exported version.
+        UserError: the folder holds no exported version, or the version given (or every version) cannot
+            be loaded.
     """
-    return LoadedModel(version_dir_of(Path(model_or_version_dir)), backend, batch_hint)
+    path = Path(model_or_version_dir)
+    if (path / METADATA_FILE).is_file():
+        return _load(path, backend, batch_hint)
+    version_dir_of(path)  # a folder without versions: one line saying what to give
+    versions = version_dirs(path)
+    for version_dir in reversed(versions[1:]):
+        try:
+            return _load(version_dir, backend, batch_hint)
+        except UserError as error:
+            log.warning("%s; trying the version before it", error)
+    return _load(versions[0], backend, batch_hint)
+
+
+def _load(version_dir: Path, backend: str, batch_hint: int) -> LoadedModel:
+    """One version folder, loaded; whatever breaks while reading it becomes one line naming the folder."""
+    try:
+        return LoadedModel(version_dir, backend, batch_hint)
+    except UserError:
+        raise
+    except Exception as error:  # ONNX Runtime, TensorFlow and JSON each raise their own types for a broken file
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{version_dir}: cannot be loaded ({type(error).__name__}: {reason}); export it again "
+                        "or remove the folder") from None
 
 
 def version_dir_of(path: Path) -> Path:
@@ -151,11 +180,15 @@ def to_pixels(image: Path | str | bytes | np.ndarray, spec: InputSpec) -> np.nda
 
 
 def decode_image(source: Path | str | bytes, spec: InputSpec) -> np.ndarray:
-    """Decode a PNG/JPEG (a path or its bytes) into uint8 pixels of the model's shape."""
+    """Decode a PNG/JPEG (a path or its bytes) into uint8 pixels of the model's shape, turned upright as its
+    EXIF orientation says. Other formats and 16-bit or float images are refused."""
     name = "the encoded image" if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as opened:
-            converted = opened.convert("L" if spec.channels == 1 else "RGB")
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source),
+                        formats=IMAGE_FORMATS) as opened:
+            if opened.mode not in EIGHT_BIT_MODES:  # convert() would clip a 16-bit image to white, silently
+                raise UserError(f"{name}: a {opened.mode} image; give an 8-bit PNG or JPEG")
+            converted = ImageOps.exif_transpose(opened).convert("L" if spec.channels == 1 else "RGB")
             if converted.size != (spec.width, spec.height):
                 converted = converted.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.uint8)

@@ -17,9 +17,13 @@ imported, however it is imported, so the package catches that moment (`_Package.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what a type checker should see: the functions, not the module's trick
+    from pipeline.api import load_model, run
 
 __all__ = ["load_model", "run"]
 
@@ -32,6 +36,15 @@ class _CallableRunModule(types.ModuleType):
         from pipeline.api import run
 
         return run(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # help() and inspect show pipeline.api.run's arguments
+        from pipeline.api import run
+
+        return inspect.signature(run)
+
+    def __reduce__(self) -> tuple:  # pickled by name, so it can be sent to a process pool
+        return importlib.import_module, (self.__name__,)
 
 
 class _Package(types.ModuleType):

@@ -200,10 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parse_args(argv)
     try:
-        version_dir = version_dir_of(args.model_dir)
+        version_dir_of(args.model_dir)  # no export there: said before the images are looked for
         paths = find_images(args.images)
         # ONNX Runtime's thread pool pays from batches of 17 images on (components/inference.py).
-        model = load_exported(version_dir, batch_hint=min(args.batch_size, len(paths)))
+        model = load_exported(args.model_dir, batch_hint=min(args.batch_size, len(paths)))
         result = classify_files(model, paths, args.batch_size, args.top_k, args.skip_bad)
         if result.skipped:
             print(skipped_report(result.skipped, len(paths)), file=sys.stderr)

@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=BACKENDS, default=ServeSettings.backend,
                         help="onnx: ONNX Runtime, no TensorFlow loaded; savedmodel: TensorFlow")
     parser.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes,
-                        help="larger request bodies are refused with 413")
+                        help="larger request bodies are refused with 413; each JSON byte takes ~30 bytes of "
+                             "memory while parsed, so raise it with care")
     parser.add_argument("--batch-window-ms", type=float, default=ServeSettings.batch_window_ms,
                         help="merge requests arriving within this many ms into one model call (0: off)")
     parser.add_argument("--num-versions", type=int, default=ServeSettings.num_versions,

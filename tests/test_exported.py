@@ -71,15 +71,50 @@ def test_ranked_sorts_each_row_best_first_and_keeps_top_k():
     assert second.label == "a" and len(ranked(probabilities, ("a", "b", "c"))[0].labels) == 3
 
 
-def test_a_model_folder_means_its_newest_version(smoke_run, tmp_path):
+def test_a_model_folder_means_its_newest_version_that_loads(smoke_run, tmp_path, caplog):
     model_dir = tmp_path / "digits"
-    shutil.copytree(smoke_run.workdir / "saved_models" / "digits" / "1", model_dir / "1")
-    shutil.copytree(model_dir / "1", model_dir / "7")
-    (model_dir / "9").mkdir()  # no metadata.json: no export
-    assert version_dir_of(model_dir) == model_dir / "7"
-    assert load_exported(model_dir).version == 7
+    shutil.copytree(smoke_run.workdir / "saved_models" / "digits" / "1", model_dir / "9")
+    shutil.copytree(model_dir / "9", model_dir / "10")  # 10 > 9: numbers, not text, are compared
+    (model_dir / "²").mkdir()  # "²".isdigit() is True: no version for all that
+    (model_dir / "11").mkdir()  # no metadata.json: no export
+    assert version_dir_of(model_dir) == model_dir / "10" and load_exported(model_dir).version == 10
+    (model_dir / "10" / "model.onnx").write_bytes(b"half a copy")
+    assert load_exported(model_dir).version == 9  # the broken newest is skipped, as the server does
+    assert "digits/10: cannot be loaded" in caplog.text
+    with pytest.raises(UserError, match="10: cannot be loaded .*export it again or remove the folder"):
+        load_exported(model_dir / "10")
     with pytest.raises(UserError, match="not an exported model"):
         load_exported(tmp_path)
+
+
+def test_predict_on_a_model_folder_skips_a_broken_newest_version(smoke_run, tmp_path, capsys):
+    from pipeline.predict import main
+
+    model_dir = tmp_path / "digits"
+    shutil.copytree(smoke_run.workdir / "saved_models" / "digits" / "1", model_dir / "1")
+    shutil.copytree(model_dir / "1", model_dir / "2")
+    (model_dir / "2" / "model.onnx").write_bytes(b"")
+    (tmp_path / "seven.png").write_bytes(_png(np.zeros((8, 8), np.uint8), "L"))
+    assert main([str(model_dir), str(tmp_path / "seven.png"), "--format", "csv"]) == 0
+    assert main([str(model_dir / "2"), str(tmp_path / "seven.png")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {model_dir / '2'}: cannot be loaded")
+
+
+def test_only_8_bit_png_and_jpeg_are_read_and_exif_orientation_is_applied(tmp_path):
+    sixteen_bit = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(sixteen_bit, format="PNG")
+    with pytest.raises(UserError, match="image; give an 8-bit PNG or JPEG"):  # convert() would clip it to white
+        decode_image(sixteen_bit.getvalue(), GRAY)
+    with pytest.raises(UserError, match="not a readable image"):
+        decode_image(_png(np.zeros((8, 8), np.uint8), "L", "GIF"), GRAY)
+    tall = np.zeros((8, 4), np.uint8)
+    tall[:, :2] = 255  # left half white
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show upright
+    Image.fromarray(tall, "L").save(buffer, format="JPEG", exif=exif, quality=100)
+    upright = decode_image(buffer.getvalue(), InputSpec("pixels", 4, 8, 1))[..., 0]
+    assert upright[:2].mean() > 200 and upright[2:].mean() < 50  # the white half is now on top
 
 
 def test_both_backends_and_onnx_runtime_itself_agree_on_files_and_arrays(smoke_run, tmp_path):

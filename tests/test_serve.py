@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import http.client
 import io
 import json
@@ -304,6 +305,8 @@ BAD_REQUESTS = {  # name: (method, path, body, extra headers, expected status)
     "chunked body over the limit": ("POST", PREDICT, _chunked(b'{"instances": [' + b"0," * MAX_BODY_BYTES + b"0]}"),
                                     {"Transfer-Encoding": "chunked"}, 413),
     "Content-Length of 1 TB": ("POST", PREDICT, b"{}", {"Content-Length": str(10 ** 12)}, 413),
+    "gzip body (tritonclient's request_compression_algorithm)": ("POST", INFER, gzip.compress(_v2()),
+                                                                 {"Content-Encoding": "gzip"}, 415),
     "unknown model": ("POST", "/v1/models/mnist:predict", json.dumps({"instances": [IMAGE]}).encode(), {}, 404),
     "unknown version": ("POST", "/v1/models/digits/versions/7:predict", json.dumps({"instances": [IMAGE]}).encode(),
                         {}, 404),
@@ -401,6 +404,57 @@ def test_a_body_that_stalls_is_refused_with_408(monkeypatch):
                       receive)
     with pytest.raises(RequestTimeout, match="did not arrive within 0.1 s"):
         asyncio.run(shared.read_body(request, 1000))
+
+
+def test_a_compressed_body_is_refused_with_415_saying_to_send_it_uncompressed():
+    from starlette.requests import Request
+
+    from pipeline.serving import shared
+    from pipeline.serving.errors import UnsupportedMediaType
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    def request(encoding: bytes) -> Request:
+        return Request({"type": "http", "method": "POST", "path": "/", "headers": [(b"content-encoding", encoding)]},
+                       receive)
+
+    with pytest.raises(UnsupportedMediaType, match="^Content-Encoding gzip is not supported; send the body "
+                                                   "uncompressed$"):
+        asyncio.run(shared.read_body(request(b"gzip"), 1000))
+    assert UnsupportedMediaType.status == 415
+    assert asyncio.run(shared.read_body(request(b"identity"), 1000)) == b"{}"
+
+
+def test_bodies_that_may_hold_images_are_parsed_off_the_loop_whatever_their_size():
+    from pipeline.serving.shared import INLINE_PARSE_BYTES, parses_inline
+
+    assert parses_inline(json.dumps({"instances": [IMAGE]}).encode())
+    assert not parses_inline(json.dumps({"instances": [{"b64": png_b64(np.zeros((8, 8, 1), np.uint8))}]}).encode())
+    assert not parses_inline(b'{"instances": [{"\\u0062\\u0036\\u0034": ""}]}')  # "b64", spelled as escapes
+    assert not parses_inline(b"[" + b"0," * INLINE_PARSE_BYTES + b"0]")
+
+
+def test_at_most_the_given_number_of_bodies_are_parsed_off_the_loop_at_once():
+    from pipeline.serving.shared import INLINE_PARSE_BYTES, off_the_loop
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def parse(body: bytes, tag: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return tag
+
+    async def parse_many() -> list[int]:
+        slots, big = asyncio.Semaphore(2), b"0" * (INLINE_PARSE_BYTES + 1)
+        return await asyncio.gather(*(off_the_loop(big, slots, parse, tag) for tag in range(6)))
+
+    assert asyncio.run(parse_many()) == list(range(6))
+    assert most[0] == 2
 
 
 def test_every_request_is_logged_with_method_path_status_and_latency(server):
@@ -549,6 +603,49 @@ def test_repository_keeps_the_newest_loadable_versions_and_retries_a_broken_one_
     assert every.models == {}
     with pytest.raises(NotFound, match="no model 'digits'"):
         every.model("digits")
+
+
+def test_a_version_that_failed_is_retried_once_a_file_in_a_subfolder_changes(tmp_path):
+    data_path = tmp_path / "digits" / "1" / "variables" / "variables.data-00000-of-00001"
+
+    def load(version_dir: Path, backend: str) -> _FakeModel:
+        if not data_path.read_bytes():
+            raise ValueError("variables not written yet")
+        return _FakeModel(version_dir)
+
+    _export(tmp_path / "digits", 1)
+    data_path.parent.mkdir()
+    data_path.write_bytes(b"")  # a SavedModel whose variables are still being written
+    repository = ModelRepository(tmp_path, "onnx", load=load)
+    repository.refresh()
+    assert repository.models == {}
+    data_path.write_bytes(b"weights")  # only the nested file changes, not the version folder's own entries
+    repository.refresh()
+    assert sorted(repository.models["digits"].versions) == [1]
+
+
+def test_an_odd_model_folder_does_not_stop_the_others_being_served(tmp_path, monkeypatch):
+    from components.artifacts import version_dirs
+    from pipeline.serving import models
+
+    def odd_version_dirs(model_dir: Path) -> list[Path]:
+        if model_dir.name == "odd" and (model_dir / "odd entry").exists():
+            raise ValueError("invalid literal for int() with base 10: '²'")
+        return version_dirs(model_dir)
+
+    monkeypatch.setattr(models, "version_dirs", odd_version_dirs)
+    for name in ("digits", "odd", "zeta"):
+        _export(tmp_path / name, 1)
+    repository = ModelRepository(tmp_path, "onnx", load=_FakeModel)
+    repository.refresh()
+    (tmp_path / "odd" / "odd entry").mkdir()
+    _export(tmp_path / "digits", 2)
+    repository.refresh()  # the others are followed; odd keeps what it served
+    assert {name: sorted(model.versions) for name, model in repository.models.items()} == {
+        "digits": [2], "odd": [1], "zeta": [1]}
+    fresh = ModelRepository(tmp_path, "onnx", load=_FakeModel)
+    fresh.refresh()
+    assert sorted(fresh.models) == ["digits", "zeta"] and fresh.ready.is_set()
 
 
 def test_ready_only_once_the_models_found_at_start_are_loaded(tmp_path):

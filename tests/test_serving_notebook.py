@@ -20,6 +20,8 @@ def test_serving_notebook_is_committed_without_outputs_and_imports_nothing_of_th
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in code)
     assert not any(re.search(r"^\s*(from|import)\s+(components|pipeline)\b", cell.source, re.M) for cell in code)
+    starting = next(cell.source for cell in code if "pipeline.serve" in cell.source)
+    assert "atexit.register(server.terminate)" in starting  # a failing later cell cannot leave it running
 
 
 def test_serving_notebook_gets_the_exported_models_answers_over_both_protocols(smoke_run, monkeypatch):

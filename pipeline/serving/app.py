@@ -33,8 +33,9 @@ class ServeSettings:
 
     saved_models_dir: Path  # <model>/<version>/ folders, TF Serving's layout
     backend: str = "onnx"  # onnx (ONNX Runtime, no TensorFlow) | savedmodel (TensorFlow)
-    # larger request bodies get 413; 16 MiB holds about 40,000 8x8 images as JSON numbers, 3,000 of 28x28
-    max_body_bytes: int = 16 * 1024 * 1024
+    # larger request bodies get 413; 4 MiB holds about 10,000 8x8 images as JSON numbers, 750 of 28x28.
+    # Not more by default: a parsed JSON body takes ~30x its size in memory (4 MiB -> ~120 MiB)
+    max_body_bytes: int = 4 * 1024 * 1024
     batch_window_ms: float = 0.0  # > 0: merge requests arriving within this many ms into one model call
     num_versions: int = 1  # newest versions of each model kept loaded; 0 = every version
     poll_seconds: float = 1.0  # how often saved_models/ is looked at for new and removed versions

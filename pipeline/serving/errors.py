@@ -27,6 +27,12 @@ class RequestTimeout(RequestError):
     status = 408
 
 
+class UnsupportedMediaType(RequestError):
+    """A body sent compressed (Content-Encoding), which this server does not decode."""
+
+    status = 415
+
+
 class PayloadTooLarge(RequestError):
     """A request body over `--max-body-bytes`."""
 

@@ -91,7 +91,12 @@ class ModelRepository:
         before = self._models
         after = {}
         for model_dir in _model_dirs(self.saved_models_dir):
-            versions = self._newest_loadable(model_dir, before.get(model_dir.name))
+            try:
+                versions = self._newest_loadable(model_dir, before.get(model_dir.name))
+            except Exception as error:  # noqa: BLE001 - one odd model folder must not stop the others
+                logger.warning("skipping %s this poll (still serving what it served): %s: %s", model_dir,
+                               type(error).__name__, error)
+                versions = dict(before[model_dir.name].versions) if model_dir.name in before else {}
             if versions:
                 after[model_dir.name] = ServedModel(model_dir.name, versions)
         self._models = after
@@ -147,14 +152,17 @@ def _model_dirs(saved_models_dir: Path) -> list[Path]:
 
 
 def _files_stamp(version_dir: Path) -> tuple | None:
-    """Name, size and modification time of each entry directly in `version_dir`; None once it is gone.
+    """Relative path, size and modification time of every entry under `version_dir`; None once it is gone.
 
-    A file added, removed, rewritten or resized changes it (modification times alone can tie: the
-    file system's clock ticks in milliseconds).
+    Recursive, because a SavedModel's `variables/variables.data-*` may finish writing after the folder's
+    own entries. A file added, removed, rewritten or resized changes it (modification times alone can tie:
+    the file system's clock ticks in milliseconds).
     """
+    if not version_dir.is_dir():  # rglob of a missing folder yields nothing; that is no export
+        return None
     try:
-        return tuple(sorted((path.name, (stat := path.stat()).st_size, stat.st_mtime_ns)
-                            for path in version_dir.iterdir()))
+        return tuple(sorted((path.relative_to(version_dir).as_posix(), (stat := path.stat()).st_size,
+                             stat.st_mtime_ns) for path in version_dir.rglob("*")))
     except (FileNotFoundError, NotADirectoryError):
         return None
 

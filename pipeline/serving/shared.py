@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -13,15 +13,18 @@ from starlette.responses import Response
 
 from components.exported import LoadedModel
 from pipeline.serving.batching import Batcher
-from pipeline.serving.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout
+from pipeline.serving.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from pipeline.serving.models import ModelRepository
 
 # The whole body must arrive within this many seconds of the request's headers (a stalled client holds
 # a connection and its memory otherwise; uvicorn's own timeouts cover only idle keep-alive connections).
 BODY_TIMEOUT_SECONDS = 30.0
-# Bodies up to this size are parsed on the event loop; larger ones on a worker thread, so that parsing
-# a big JSON array does not hold up the other requests.
+# Bodies up to this size are parsed on the event loop, unless they may hold images to decode; larger ones
+# on a worker thread, so that parsing a big JSON array does not hold up the other requests.
 INLINE_PARSE_BYTES = 64 * 1024
+# At most this many bodies are parsed off the loop at once: a JSON body grows ~30x as Python objects
+# (16 MiB of `[0],` is ~465 MiB), and anyio's 40 worker threads would otherwise parse 40 at a time.
+MAX_CONCURRENT_PARSES = 2
 
 T = TypeVar("T")
 
@@ -34,6 +37,8 @@ class Serving:
     batcher: Batcher
     max_body_bytes: int
     backend: str
+    # Held while a body is parsed off the loop (MAX_CONCURRENT_PARSES); binds to the loop on first wait.
+    parse_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_PARSES))
 
 
 def serving(request: Request) -> Serving:
@@ -60,7 +65,11 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         PayloadTooLarge: a longer body (declared by Content-Length or sent).
         RequestTimeout: the body did not arrive within BODY_TIMEOUT_SECONDS.
         BadRequest: the client disconnected before sending the whole body.
+        UnsupportedMediaType: a compressed body (any Content-Encoding but identity).
     """
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported; send the body uncompressed")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
@@ -108,11 +117,28 @@ def parse_json_object(body: bytes, what: str = "the request body") -> dict[str, 
     return value
 
 
-async def off_the_loop(size: int, function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)`, on a worker thread when `size` (the body's length) is over INLINE_PARSE_BYTES."""
-    if size <= INLINE_PARSE_BYTES:
-        return function(*args)
-    return await run_in_threadpool(function, *args)
+def parses_inline(body: bytes) -> bool:
+    """Whether parsing `body` is cheap enough for the event loop: small, and no image to decode.
+
+    Decided by the work, not only the size: a 44 kB body of two `{"b64": ...}` 4096x4096 PNGs takes ~100 ms
+    to decode. A backslash may spell "b64" as JSON escapes, so such a body goes to a thread too.
+    """
+    return len(body) <= INLINE_PARSE_BYTES and b"b64" not in body and b"\\" not in body
+
+
+async def off_the_loop(body: bytes, slots: asyncio.Semaphore, function: Callable[..., T], *args: Any) -> T:
+    """`function(body, *args)`: on the event loop when `parses_inline(body)`, else on a worker thread.
+
+    Args:
+        body: the request body, the parse's first argument.
+        slots: held while parsing on a thread, so that only a few large parses hold memory at once.
+        function: the parse.
+        args: its further arguments.
+    """
+    if parses_inline(body):
+        return function(body, *args)
+    async with slots:
+        return await run_in_threadpool(function, body, *args)
 
 
 def path_version(request: Request) -> int | None:

@@ -94,7 +94,7 @@ async def predict(request: Request) -> Response:
     model = requested_model(request)
     state = serving(request)
     body = await read_body(request, state.max_body_bytes)
-    pixels, rows = await off_the_loop(len(body), request_pixels, body, model.input)
+    pixels, rows = await off_the_loop(body, state.parse_slots, request_pixels, model.input)
     probabilities = await state.batcher.probabilities(model, pixels)
     return json_response({"predictions" if rows else "outputs": probabilities.tolist()})
 

@@ -113,7 +113,8 @@ async def infer(request: Request) -> Response:
     model = requested_model(request)
     state = serving(request)
     body = await read_body(request, state.max_body_bytes)
-    parsed = await off_the_loop(len(body), parse_infer_request, body, request.headers.get(HEADER_LENGTH), model)
+    parsed = await off_the_loop(body, state.parse_slots, parse_infer_request,
+                                request.headers.get(HEADER_LENGTH), model)
     probabilities = await state.batcher.probabilities(model, parsed.pixels)
     return infer_response(model, parsed, probabilities)
 
