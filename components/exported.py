@@ -130,8 +130,7 @@ def load_exported(model_or_version_dir: Path | str, backend: str = "onnx", batch
     path = Path(model_or_version_dir)
     if (path / METADATA_FILE).is_file():
         return _load(path, backend, batch_hint)
-    version_dir_of(path)  # a folder without versions: one line saying what to give
-    versions = version_dirs(path)
+    versions = _versions(path)
     for version_dir in reversed(versions[1:]):
         try:
             return _load(version_dir, backend, batch_hint)
@@ -156,11 +155,16 @@ def version_dir_of(path: Path) -> Path:
     """`path` if it is a version folder, else the newest version of the model folder `path`."""
     if (path / METADATA_FILE).is_file():
         return path
-    versions = version_dirs(path)
+    return _versions(path)[-1]
+
+
+def _versions(model_dir: Path) -> list[Path]:
+    """The exported versions of a model folder, oldest first; none is the user's mistake, said in one line."""
+    versions = version_dirs(model_dir)
     if not versions:
-        raise UserError(f"{path}: not an exported model (no {METADATA_FILE}) nor a model folder with numbered "
-                        "versions; give e.g. saved_models/digits or saved_models/digits/1")
-    return versions[-1]
+        raise UserError(f"{model_dir}: not an exported model (no {METADATA_FILE}) nor a model folder with "
+                        "numbered versions; give e.g. saved_models/digits or saved_models/digits/1")
+    return versions
 
 
 def to_pixels(image: Path | str | bytes | np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -71,8 +71,9 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
     with np.load(metrics.predictions_path) as predictions:
         probabilities = predictions["probabilities"]
     mistakes = _mistakes(labels, probabilities, config.mistakes, splits.class_names)
+    record, model_name = trained.record(), _model_name(exported, settings)
     page = {
-        "title": f"{_model_name(exported, settings)}: test accuracy {results['test_accuracy']:.2%}",
+        "title": f"{model_name}: test accuracy {results['test_accuracy']:.2%}",
         "headline": _headline(results, json.loads(metrics.blessing_path.read_text()), exported),
         "classes": class_results(results),
         "confusion_png": _data_uri(plots.confusion_heatmap(np.array(results["confusion_matrix"]),
@@ -81,16 +82,16 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
         "mistakes": {"count": int((probabilities.argmax(axis=1) != labels).sum()),
                      "shown": [{**dataclasses.asdict(mistake), "percent": percent(mistake.probability),
                                 "png": _data_uri(plots.thumbnail(images[mistake.index]))} for mistake in mistakes]},
-        "training": _training(trained),
+        "training": _training(trained, record),
         "data": _data(splits, schema),
-        "model": _model(config, trained, exported, images),
+        "model": _model(config, trained, record, exported, images),
         "reproduce": _reproduce(splits, settings, run_id, command, reproduction),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.html"
     report_path.write_text(TEMPLATES.get_template("report.html.j2").render(**page))
     _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(images, mistakes), settings["values"],
-                        f"{_model_name(exported, settings)}/{run_id}", trained.record()["best_epoch"] - 1)
+                        f"{model_name}/{run_id}", record["best_epoch"] - 1)
     log.info("report: %d mistakes shown, %s", len(mistakes), "latency measured" if page["model"]["latency"]
              else "no latency measured")
     return Report(report_path)
@@ -150,9 +151,8 @@ def _headline(results: dict, blessing: dict, exported: ExportedModel | None) -> 
             "export": "/".join(exported.version_dir.parts[-2:]) if exported else None}
 
 
-def _training(trained: TrainedModel) -> dict[str, Any]:
+def _training(trained: TrainedModel, record: dict[str, Any]) -> dict[str, Any]:
     history = json.loads(trained.history_path.read_text())
-    record = trained.record()
     charts = plots.training_curves(history, record["best_epoch"])
     return {"record": record, "charts": [_data_uri(png) for png in charts],
             "kept_val_accuracy": history["val_accuracy"][record["best_epoch"] - 1]}
@@ -170,10 +170,10 @@ def _data(splits: Splits, schema: Schema) -> dict[str, Any]:
             "balance_png": _data_uri(plots.class_balance(counts, splits.class_names)), "samples": samples}
 
 
-def _model(config: ReportConfig, trained: TrainedModel, exported: ExportedModel | None,
+def _model(config: ReportConfig, trained: TrainedModel, record: dict[str, Any], exported: ExportedModel | None,
            images: np.ndarray) -> dict[str, Any]:
     """Parameters, sizes on disk and ONNX Runtime latency of the exported model."""
-    facts: dict[str, Any] = {"parameters": trained.record().get("parameters"), "precision": trained.precision,
+    facts: dict[str, Any] = {"parameters": record.get("parameters"), "precision": trained.precision,
                              "export": None, "latency": None}
     if exported is None:
         return facts

@@ -19,7 +19,7 @@ from components.errors import UserError
 from components.exported import load_exported
 from pipeline.config import resolve
 from pipeline.registry import STAGE_NAMES
-from pipeline.run import quiet_tensorflow, selection
+from pipeline.run import check_workdir, create_workdir, quiet_tensorflow, selection
 
 load_model = load_exported  # an exported version (a model folder means its newest), ready to predict
 
@@ -57,7 +57,9 @@ def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = 
         raise UserError(f"only={only!r} runs one stage and start={start!r} a range; give one of them")
     stages = selection(argparse.Namespace(force=_force_argument(force), only=_stage(only, "only"),
                                           first=_stage(start, "start"), until=_stage(until, "until")))
-    workdir = _prepare_workdir(Path(workdir))
+    workdir = Path(workdir)
+    check_workdir(workdir, "workdir")
+    create_workdir(workdir, "workdir")
     quiet_tensorflow(verbose)
     from pipeline.runner import run_pipeline  # the stages' bookkeeping; TensorFlow loads only if a stage computes
 
@@ -107,18 +109,6 @@ def _stage(name: str | None, argument: str) -> str | None:
     if name is not None and name not in STAGE_NAMES:
         raise UserError(f"{argument}={name!r} is not a stage; the stages are {', '.join(STAGE_NAMES)}")
     return name
-
-
-def _prepare_workdir(workdir: Path) -> Path:
-    """`workdir`, created if missing (as `--workdir` is)."""
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"workdir {workdir} is a file; give a folder (it is created if missing)")
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"workdir {workdir}: cannot create it ({error.strerror}); give a folder you can "
-                        "write in") from None
-    return workdir
 
 
 def _equivalent_command(preset: str, texts: Sequence[str], workdir: Path, force: bool | str, only: str | None,

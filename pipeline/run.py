@@ -66,13 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         config = resolve(args.preset, args.overrides)
-        if args.workdir.exists() and not args.workdir.is_dir():
-            raise UserError(f"--workdir {args.workdir} is a file; give a folder (it is created if missing)")
+        check_workdir(args.workdir)
         quiet_tensorflow(args.verbose)
         from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline
 
         stages = selection(args)
-        _create_workdir(args.workdir)
+        create_workdir(args.workdir)
         # Quoted as a shell would need it: `train.profile_batches="(2, 4)"` stays one argument.
         command = "python -m pipeline.run " + shlex.join(argv if argv is not None else sys.argv[1:])
         manifest = run_pipeline(config, args.workdir, stages, command)
@@ -98,11 +97,18 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise Terminated("terminated (SIGTERM)")
 
 
-def _create_workdir(workdir: Path) -> None:
+def check_workdir(workdir: Path, named: str = "--workdir") -> None:
+    """Refuse a workdir that is a file, before any work (`named`: how the message names the argument)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"{named} {workdir} is a file; give a folder (it is created if missing)")
+
+
+def create_workdir(workdir: Path, named: str = "--workdir") -> None:
+    """Create the workdir if missing, once the command is known to be good."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"--workdir {workdir}: cannot create it ({error.strerror}); give a folder you can "
+        raise UserError(f"{named} {workdir}: cannot create it ({error.strerror}); give a folder you can "
                         "write in") from None
 
 
