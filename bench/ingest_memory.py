@@ -5,8 +5,8 @@
 
 Each ingest runs in a fresh subprocess, which reports its own peak resident memory
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, the figure `/usr/bin/time -v` shows). A `digits`
-ingest is measured the same way as the baseline (interpreter, NumPy, scikit-learn, Pillow), so the
-data's share can be read off.
+ingest is measured the same way as the baseline (interpreter, NumPy, scikit-learn, Pillow and
+TensorFlow, which writes the TFRecord shards), so the data's share can be read off.
 """
 
 from __future__ import annotations

@@ -40,18 +40,17 @@ def run_once(preset: str, workdir: Path) -> dict:
 
 def confusion_seconds(run_dir: Path, repeats: int = 5) -> float:
     """Median seconds of one `ConfusionImages.on_epoch_end` (the Pillow heatmap and its event) on the run's
-    validation confusion matrix; the counts themselves come from the validation pass Keras runs anyway."""
+    validation confusion matrix; the counts themselves come from the training loop's validation pass."""
     import numpy as np
 
     from components.tensorboard_log import EventLog
-    from components.training_logs import ConfusionCounts, ConfusionImages
+    from components.training_logs import ConfusionImages
 
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     class_names = tuple(metrics["per_class"])
-    counts = ConfusionCounts(len(class_names))
-    counts.counts.assign(np.array(metrics["confusion_matrix"], np.float32))
+    matrix = np.array(metrics["confusion_matrix"], np.int64)
     with tempfile.TemporaryDirectory() as log_dir, EventLog(Path(log_dir)) as event_log:
-        callback = ConfusionImages(event_log, counts, class_names)
+        callback = ConfusionImages(event_log, lambda: matrix, class_names)
         times = []
         for epoch in range(repeats + 1):
             start = time.perf_counter()

@@ -43,12 +43,17 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Splits(Artifact):
-    """Ingest's output: one `<split>.npz` (`images` [N, H, W, C], `labels` [N]) per split."""
+    """Ingest's output: per split, TFRecord shards and its labels, described by `splits.json`.
+
+    `components/shards.py` holds the format and its readers (`load_split`, `image_chunks`, ...).
+    """
 
     splits_dir: Path
-    data_sha256: str  # of every split's images and labels, and the class names: what later stages read
+    data_sha256: str  # of every split's images, labels and shard layout, and the class names
     class_names: tuple[str, ...]
     num_examples: dict[str, int]
+    image_shape: tuple[int, int, int]  # height, width, channels of every image
+    dtype: str  # NumPy dtype name of the pixels, e.g. uint8 (validate refuses others)
     num_skipped_files: int = 0  # unreadable image files skipped under data.on_bad_file=skip
 
     @property
@@ -104,8 +109,10 @@ class TrainedModel(Artifact):
     precision: str
     history_path: Path
     weights_sha256: str  # identifies the trained weights, e.g. to tell whether an export is this model
-    replicas: int  # devices trained on in parallel (1 unless train.strategy mirrored over several)
+    replicas: int  # devices trained on in parallel, over all workers (1 unless train.strategy spread it)
     training_path: Path  # training.json: epochs run and kept, why it stopped, seconds, images/s
+    strategy: str = "single"  # single | mirrored | multi_worker: what train.strategy resolved to
+    num_workers: int = 1  # processes that trained it together (train.strategy=multi_worker)
 
     @property
     def fingerprint(self) -> str:
@@ -116,14 +123,16 @@ class TrainedModel(Artifact):
 
     def facts(self) -> dict[str, Any]:
         record = self.record()
-        return {"precision": self.precision, "replicas": self.replicas, "epochs_run": record["epochs_run"],
+        return {"precision": self.precision, "replicas": self.replicas, "strategy": self.strategy,
+                "workers": self.num_workers, "epochs_run": record["epochs_run"],
                 "best_epoch": record["best_epoch"], "stopped_by": record["stopped_by"],
                 "train_seconds": record["seconds"], "train_images_per_second": record["images_per_second"],
                 "train_gflops_per_second": record["gflops_per_second"]}
 
     def summary(self) -> list[str]:
         record = self.record()
-        return [f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}: "
+        workers = f" of {self.num_workers} workers" if self.num_workers > 1 else ""
+        return [f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}{workers}: "
                 f"{record['epochs_run']} epochs in {record['seconds']:.1f} s ({record['images_per_second']:,.0f} "
                 f"images/s), kept epoch {record['best_epoch']}, stopped by {record['stopped_by']}"]
 
@@ -269,14 +278,3 @@ def find_baseline(model_dir: Path, trained: TrainedModel) -> Baseline | None:
         if weights != trained.weights_sha256:
             return Baseline(version_dir, weights)
     return None
-
-
-def split_path(splits_dir: Path, split: str) -> Path:
-    """Where ingest keeps one split."""
-    return splits_dir / f"{split}.npz"
-
-
-def load_split(splits: Splits, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one split's images and labels written by ingest."""
-    with np.load(split_path(splits.splits_dir, split), allow_pickle=False) as data:
-        return data["images"], data["labels"]

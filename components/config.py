@@ -121,6 +121,8 @@ class DataConfig(Section):
                             "image's", one_of(0, 1, 3))
     on_bad_file: str = setting("fail", "folder: fail | skip: an unreadable image stops the run, or is skipped",
                                one_of("fail", "skip"))
+    shard_mb: float = setting(128.0, "target size of one TFRecord shard file, in MB; tf.data reads shards in "
+                              "parallel and workers split them", between(0.01, 4096))
 
     def check_together(self) -> None:
         self._check_source_path()
@@ -175,7 +177,7 @@ class ModelConfig(Section):
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "single", "mirrored")
+STRATEGIES = ("auto", "single", "mirrored", "multi_worker")
 AUGMENTATIONS = ("auto", "none", "shift", "shift+flip")
 
 
@@ -203,8 +205,14 @@ class TrainConfig(Section):
                                  "planned to end within it; 0 = none", between(0, 1e7))
     precision: str = setting("auto", "auto | float32 | mixed_float16 | mixed_bfloat16 (auto: float16 on GPUs "
                              ">= 7.0, bfloat16 on CPUs with AVX512_BF16 or AMX, else float32)", one_of(*PRECISIONS))
-    strategy: str = setting("auto", "auto | single | mirrored (auto: data-parallel over all GPUs when there "
-                            "are 2+)", one_of(*STRATEGIES))
+    strategy: str = setting("auto", "auto | single | mirrored | multi_worker (auto: data-parallel over all GPUs "
+                            "when there are 2+; multi_worker: over the workers TF_CONFIG lists, each running "
+                            "the same command)", one_of(*STRATEGIES))
+    in_memory_mb: float = setting(64.0, "a training split up to this size (MB of pixels) is loaded into memory "
+                                  "and gathered from; a larger one is streamed from its shards; 0 = always stream",
+                                  between(0, 1e6))
+    shuffle_mb: float = setting(64.0, "memory for the streamed training split's shuffle buffer, in MB of pixels "
+                                "(at least 1,024 images)", between(0.01, 1e6))
     xla: str = setting("auto", "auto | on | off: compile training with XLA (auto: on GPUs only; on CPUs it "
                        "measured 4x slower)", one_of("auto", "on", "off"))
     seed: int = setting(42, "seeds Python, NumPy, TensorFlow, the shuffle and the augmentation",

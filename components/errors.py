@@ -1,5 +1,9 @@
-"""The one exception type that means "the user can fix this": the CLI prints it as one line, exit 2."""
+"""The exception types the CLI prints as one line: a user's mistake (exit 2), a lost worker (exit 1)."""
 
 
 class UserError(Exception):
     """A mistake in the user's input (config, data, paths): what is wrong, where, and how to fix it."""
+
+
+class WorkerLost(Exception):
+    """A worker of a multi-worker run stopped mid-training; the message says how to resume."""

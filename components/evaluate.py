@@ -8,11 +8,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
-from components.artifacts import Baseline, Metrics, Splits, TrainedModel, load_split, model_kind
+from components.artifacts import Baseline, Metrics, Splits, TrainedModel, model_kind
 from components.config import EvaluateConfig
 from components.model import as_float32
+from components.shards import parse_examples, split_files, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,12 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
     Returns:
         Test loss and accuracy, and the blessing (the full report is in the files).
     """
-    images, labels = load_split(splits, "test")
+    labels = split_labels(splits, "test")
     # The float32 twin is what export publishes: the accuracy recorded is the shipped model's.
     model = as_float32(keras.models.load_model(trained.model_path, compile=False))
-    probabilities = model.predict(images.astype(np.float32), batch_size=config.batch_size, verbose=0)
+    probabilities = model.predict(test_pixels(splits, config.batch_size), verbose=0)
     metrics = classification_metrics(labels, probabilities, splits.class_names)
-    blessing = bless(config, metrics["test_accuracy"], baseline.version_dir if baseline else None, splits,
-                     images, labels)
+    blessing = bless(config, metrics["test_accuracy"], baseline.version_dir if baseline else None, splits, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=2))
@@ -52,15 +53,42 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
                    metrics["test_accuracy"], blessing["blessed"], blessing["reason"], out_dir / "predictions.npz")
 
 
+def test_pixels(splits: Splits, batch_size: int) -> tf.data.Dataset:
+    """The test split's images as float32 batches, streamed from its shards in stored order.
+
+    Args:
+        splits: ingest's output.
+        batch_size: images per batch (`evaluate.batch_size`).
+
+    Returns:
+        A dataset of float32 [b, H, W, C] raw pixel values (0..255), without labels.
+    """
+    parse = parse_examples(splits.image_shape, splits.dtype)
+    return (tf.data.TFRecordDataset([str(path) for path in split_files(splits, "test")])
+            .batch(batch_size)
+            .map(lambda serialized: tf.cast(parse(serialized)[0], tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
 def bless(config: EvaluateConfig, accuracy: float, baseline_dir: Path | None, splits: Splits,
-          images: np.ndarray, labels: np.ndarray) -> dict:
+          labels: np.ndarray) -> dict:
     """Blessed when accuracy >= min_accuracy and, against a comparable baseline, drops <= max_regression.
 
     A comparable baseline is scored whatever the decision, so the change from it is recorded (and
     reported) for an unblessed model too.
+
+    Args:
+        config: the `evaluate` section.
+        accuracy: the new model's test accuracy.
+        baseline_dir: the exported version to compare with; None when there is none.
+        splits: ingest's output; the baseline is scored on its test split.
+        labels: the test split's labels, in stored order.
+
+    Returns:
+        The decision: blessed, the accuracies, the baseline and the reason (`blessing.json`).
     """
-    comparable = baseline_dir is not None and _comparable(baseline_dir, splits.class_names, images.shape[1:])
-    baseline_accuracy = _baseline_accuracy(baseline_dir, images, labels) if comparable else None
+    comparable = baseline_dir is not None and _comparable(baseline_dir, splits.class_names, splits.image_shape)
+    baseline_accuracy = _baseline_accuracy(baseline_dir, splits, labels) if comparable else None
     decision = {"blessed": True, "test_accuracy": accuracy, "baseline": str(baseline_dir) if comparable else None,
                 "baseline_accuracy": baseline_accuracy}
     named = f"baseline {baseline_accuracy:.4f} ({baseline_dir.parent.name}/{baseline_dir.name})" if comparable else ""
@@ -85,13 +113,15 @@ def _comparable(baseline_dir: Path, class_names: tuple[str, ...], image_shape: t
     return False
 
 
-def _baseline_accuracy(baseline_dir: Path, images: np.ndarray, labels: np.ndarray) -> float:
-    """The exported baseline's accuracy on this test split."""
-    import tensorflow as tf
-
+def _baseline_accuracy(baseline_dir: Path, splits: Splits, labels: np.ndarray) -> float:
+    """The exported baseline's accuracy on this test split, streamed in batches."""
     serving = tf.saved_model.load(str(baseline_dir)).signatures["serving_default"]
-    probabilities = serving(pixels=tf.constant(images.astype(np.float32)))["probabilities"].numpy()
-    return float(accuracy_score(labels, probabilities.argmax(axis=1)))
+    predicted = [serving(pixels=pixels)["probabilities"].numpy().argmax(axis=1)
+                 for pixels in test_pixels(splits, BASELINE_BATCH)]
+    return float(accuracy_score(labels, np.concatenate(predicted)))
+
+
+BASELINE_BATCH = 1024  # images per call of the baseline's serving signature
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]) -> dict:

@@ -30,7 +30,6 @@ from components.artifacts import (
     Schema,
     Splits,
     TrainedModel,
-    load_split,
     model_kind,
     numbered_entries,
     read_metadata,
@@ -42,6 +41,7 @@ from components.errors import UserError
 from components.inference import onnx_session
 from components.model import as_float32
 from components.model_card import ModelCard, write_model_card
+from components.shards import load_split
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         write_saved_model(model, schema.image_shape, staging_dir)
         write_onnx(model, schema.image_shape, staging_dir / "model.onnx", config.onnx_opset)
         (staging_dir / "labels.txt").write_text("\n".join(splits.class_names) + "\n")
-        images = load_split(splits, "test")[0][: config.parity_examples]
+        images = load_split(splits, "test", limit=config.parity_examples)[0]
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
         _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config.onnx_opset)
         card = _model_card(config, model, splits, schema, metrics, trained, max_diff, len(images), run_id,

@@ -1,111 +1,173 @@
-"""Ingest: read the source, carve stratified validation (and, if needed, test) splits, write them."""
+"""Ingest: read the source, carve stratified validation (and, if needed, test) splits, write them as shards.
+
+The splits are written as TFRecord shards (`components/shards.py`), chunk by chunk. Array sources
+(digits, idx, npz, tfds) are read into memory first, as their formats require, and the splits are
+gathered from them a chunk at a time; a `folder:` source is only listed, and each split's files
+are decoded a chunk at a time while it is written, so a folder far bigger than memory can be ingested.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import os
-import zipfile
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from components.artifacts import Splits, split_path
+from components.artifacts import Splits
 from components.config import DataConfig
 from components.errors import UserError
-from components.source_data import SourceData
+from components.shards import SplitWriter
+from components.source_data import ImageFolder, SourceData
 from components.sources import read_source
 
 log = logging.getLogger(__name__)
 
+Source = SourceData | ImageFolder
+
 
 def ingest(config: DataConfig, out_dir: Path) -> Splits:
-    """Read `config.source` and write `train`, `val` and `test` splits into `out_dir`.
+    """Read `config.source` and write the `train`, `val` and `test` splits into `out_dir`.
 
     The source's test split is kept untouched; sources without one (digits, a folder without
     `test/`) get a seeded, stratified test split first. Validation is carved from train, stratified,
-    with `config.seed`. Splits are chosen as indices and each is written once, in chunks, so the
-    dataset is held in memory once. The split files appear only when all three are written.
+    with `config.seed`; train is written in the seeded random order the carving leaves it in. Splits
+    are chosen as indices and each is written once, a chunk at a time. `splits.json` appears only
+    when all three are written; after a failure nothing is left that looks finished.
 
     Args:
         config: the `data` section.
-        out_dir: folder for `<split>.npz` files; created.
+        out_dir: folder for the shards, labels and `splits.json`; created.
 
     Returns:
-        The splits, their sizes, class names, a sha256 of what they hold (every split's images and
-        labels, and the class names), and the number of files skipped.
+        The splits: their sizes, class names, image shape and dtype, a sha256 of what they hold (every
+        split's images, labels and shard layout, and the class names), and the number of files skipped.
+
+    Raises:
+        UserError: the source is missing or malformed, cannot be split as configured, or (with
+            data.on_bad_file=fail) holds unreadable image files.
     """
-    source = drop_unused_classes(read_source(config))
+    source = read_source(config)
+    if isinstance(source, SourceData):
+        source = drop_unused_classes(source)
+        _check_arrays(source)
     class_names = _class_names(config, source)
-    splits = _split_rows(config, source)
+    rows = _split_rows(config, _part_labels(source, "train"), _part_labels(source, "test"))
+    image_shape, dtype = _image_type(source)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_sha256 = write_splits(out_dir, splits, extra=repr(class_names).encode())
-    num_examples = {name: int(len(rows)) for name, (_, _, rows) in splits.items()}
-    log.info("ingest: %s -> %s", config.source, num_examples)
-    return Splits(out_dir, data_sha256, class_names, num_examples, len(source.skipped_files))
-
-
-CHUNK_BYTES = 16 * 2**20  # rows written per chunk: bounds the extra memory of writing a split
-
-
-def write_splits(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 extra: bytes = b"") -> str:
-    """Write `<split>.npz` (`images`, `labels`) for each (images, labels, indices), all or none.
-
-    Each file is written under a temporary name and renamed once every split is written, so a
-    failure never leaves a complete-looking set of split files behind.
-
-    Returns:
-        sha256 over `extra` and every split's name, arrays' dtypes, shapes and bytes as written.
-    """
-    tmp_paths = {name: split_path(out_dir, name).with_name(f".{name}.npz.tmp") for name in splits}
-    digest = hashlib.sha256(extra)
+    writer = SplitWriter(out_dir, image_shape, dtype, class_names, config.shard_mb)
+    bad_files: list[tuple[str, str]] = []
     try:
-        for name, (images, labels, indices) in splits.items():
-            digest.update(f"{name};".encode())
-            _write_npz(tmp_paths[name], {"images": (images, indices), "labels": (labels, indices)}, digest)
-        for name, tmp_path in tmp_paths.items():
-            os.replace(tmp_path, split_path(out_dir, name))
-    finally:
-        for tmp_path in tmp_paths.values():
-            tmp_path.unlink(missing_ok=True)
-    return digest.hexdigest()
+        num_examples = {split: writer.write_split(split, _chunks(source, part, indices, bad_files), len(indices))
+                        for split, (part, indices) in rows.items()}
+        _check_bad_files(config, source, bad_files)
+        data_sha256 = writer.publish()
+    except BaseException:
+        writer.discard()
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    log.info("ingest: %s -> %s", config.source, num_examples)
+    return Splits(out_dir, data_sha256, class_names, num_examples, image_shape, dtype, len(bad_files))
 
 
-def _write_npz(path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]], digest: Any) -> None:
-    """An uncompressed .npz, as `np.savez` writes it, of `array[indices]` per key, gathered in chunks."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for key, (array, indices) in arrays.items():
-            header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
-                      "shape": (len(indices), *array.shape[1:])}
-            rows_per_chunk = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
-            digest.update(f"{key};{header['descr']};{header['shape']};".encode())
-            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_2_0(member, header)
-                for start in range(0, len(indices), rows_per_chunk):
-                    chunk = np.ascontiguousarray(array[indices[start: start + rows_per_chunk]])
-                    digest.update(chunk.data)
-                    member.write(chunk)
+CHUNK_BYTES = 16 * 2**20  # pixels gathered per chunk of an array source: bounds the extra memory of writing
 
 
-def _split_rows(config: DataConfig, source: SourceData) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per split: the source's images and labels it is taken from, and which rows of them."""
-    images, labels = source.train_images, source.train_labels
-    _check_lengths(source)
-    train = np.arange(len(labels))
-    if source.test_images is None:
-        train, test = _stratified(train, labels, config.test_fraction, config.seed, "data.test_fraction")
-        test_split = (images, labels, test)
+def _chunks(source: Source, part: str, indices: np.ndarray,
+            bad_files: list[tuple[str, str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows `indices` of the source's `part` (train or test), as (images, labels) chunks in that order.
+
+    Unreadable files of a folder source are left out and appended to `bad_files`.
+    """
+    if isinstance(source, ImageFolder):
+        from components.image_folder import decode_chunks  # Pillow, only when needed
+
+        files = source.train_files if part == "train" else source.test_files
+        for chunk in decode_chunks(files, indices, source.image_format):
+            bad_files.extend(chunk.bad_files)
+            yield chunk.images, chunk.labels
+        return
+    images, labels = (source.train_images, source.train_labels) if part == "train" else \
+        (source.test_images, source.test_labels)
+    rows_per_chunk = max(1, CHUNK_BYTES // max(1, images[:1].nbytes))
+    for start in range(0, len(indices), rows_per_chunk):
+        rows = indices[start: start + rows_per_chunk]
+        yield images[rows], labels[rows]
+
+
+def _check_bad_files(config: DataConfig, source: Source, bad_files: list[tuple[str, str]]) -> None:
+    """Stop on unreadable files under data.on_bad_file=fail, naming them all; otherwise warn once."""
+    if not bad_files:
+        return
+    bad_files.sort()  # in the folder's order, not the shuffled order train was written in
+    if config.on_bad_file == "fail":
+        from components.image_folder import bad_files_message
+
+        raise UserError(bad_files_message(source.folder_dir, tuple(bad_files)))
+    log.warning("folder: skipped %d unreadable image file(s) (data.on_bad_file=skip), e.g. %s (%s)",
+                len(bad_files), *bad_files[0])
+
+
+def _split_rows(config: DataConfig, train_labels: np.ndarray,
+                test_labels: np.ndarray | None) -> dict[str, tuple[str, np.ndarray]]:
+    """Per split: the part of the source it is taken from (train or test), and which of its rows."""
+    train = np.arange(len(train_labels))
+    if test_labels is None:
+        train, test = _stratified(train, train_labels, config.test_fraction, config.seed, "data.test_fraction")
+        test_split = ("train", test)
     else:
-        test_split = (source.test_images, source.test_labels, np.arange(len(source.test_labels)))
-    train, val = _stratified(train, labels, config.val_fraction, config.seed, "data.val_fraction")
+        test_split = ("test", np.arange(len(test_labels)))
+    train, val = _stratified(train, train_labels, config.val_fraction, config.seed, "data.val_fraction")
     if 0 < config.max_train_examples < len(train):
-        train, _ = _stratified(train, labels, len(train) - config.max_train_examples, config.seed,
+        train, _ = _stratified(train, train_labels, len(train) - config.max_train_examples, config.seed,
                                "data.max_train_examples")
-    return {"train": (images, labels, train), "val": (images, labels, val), "test": test_split}
+    return {"train": ("train", train), "val": ("train", val), "test": test_split}
+
+
+def _part_labels(source: Source, part: str) -> np.ndarray | None:
+    """The labels of the source's train or test part; None when it has no test part."""
+    if isinstance(source, ImageFolder):
+        files = source.train_files if part == "train" else source.test_files
+        return None if files is None else files.labels
+    return source.train_labels if part == "train" else source.test_labels
+
+
+def _image_type(source: Source) -> tuple[tuple[int, int, int], str]:
+    """(height, width, channels) and the dtype name every image of the source has."""
+    if isinstance(source, ImageFolder):
+        image_format = source.image_format
+        return (image_format.height, image_format.width, image_format.channels), "uint8"
+    return tuple(int(n) for n in source.train_images.shape[1:]), source.train_images.dtype.name  # type: ignore
+
+
+def _check_arrays(source: SourceData) -> None:
+    """What the split files need of an array source: a label per image, integer labels, one image shape and type.
+
+    Raises:
+        UserError: naming the part (train or test) and what to fix.
+    """
+    parts = {"train": (source.train_images, source.train_labels)}
+    if source.test_images is not None:
+        parts["test"] = (source.test_images, source.test_labels)
+    for part, (images, labels) in parts.items():
+        if len(labels) != len(images):
+            raise UserError(f"the source has {len(images)} {'training' if part == 'train' else 'test'} images "
+                            f"but {len(labels)} labels; each image needs exactly one label")
+        if images.ndim != 4:
+            raise UserError(f"{part} images have shape {images.shape[1:]}; expected height x width x channels")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"{part} labels have dtype {labels.dtype}; labels must be integers "
+                            f"0..{len(source.class_names) - 1}")
+    shapes = {part: images.shape[1:] for part, (images, _) in parts.items()}
+    dtypes = {part: str(images.dtype) for part, (images, _) in parts.items()}
+    if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
+        raise UserError(f"splits disagree on image shape or dtype: shapes {shapes}, dtypes {dtypes}; "
+                        "every image must have the same size, channels and type")
 
 
 def drop_unused_classes(source: SourceData) -> SourceData:
@@ -128,12 +190,6 @@ def drop_unused_classes(source: SourceData) -> SourceData:
     return dataclasses.replace(source, **renumber, class_names=tuple(source.class_names[i] for i in used))
 
 
-def _check_lengths(source: SourceData) -> None:
-    if len(source.train_labels) != len(source.train_images):
-        raise UserError(f"the source has {len(source.train_images)} training images but "
-                        f"{len(source.train_labels)} labels; each image needs exactly one label")
-
-
 def _stratified(indices: np.ndarray, labels: np.ndarray, held_out: float | int, seed: int, key: str):
     """Seeded stratified split of `indices` (rows of `labels`); `held_out` is a fraction or a count."""
     try:
@@ -143,7 +199,7 @@ def _stratified(indices: np.ndarray, labels: np.ndarray, held_out: float | int, 
                         f"2 training examples, and {key} must leave examples on both sides") from None
 
 
-def _class_names(config: DataConfig, source: SourceData) -> tuple[str, ...]:
+def _class_names(config: DataConfig, source: Source) -> tuple[str, ...]:
     if not config.class_names:
         return source.class_names
     names = tuple(name.strip() for name in config.class_names.split(","))

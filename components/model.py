@@ -13,7 +13,7 @@ BATCH_NORM_MOMENTUM = 0.9
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
-                mean: float, std: float) -> keras.Model:
+                mean: float, std: float, synchronized_batch_norm: bool = False) -> keras.Model:
     """Build the classifier.
 
     The first layer normalizes raw pixels with the training split's statistics, so the model (and
@@ -25,12 +25,14 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_clas
         image_shape: (height, width, channels) from the data's schema.
         num_classes: width of the output.
         mean, std: pixel statistics of the training split.
+        synchronized_batch_norm: batch statistics over all replicas' examples (data-parallel training),
+            so every replica ends with the same moving averages.
     """
     check_fits(config, image_shape)
     inputs = keras.Input(shape=image_shape, name="pixels")
     x = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
     for width in config.conv_widths:
-        x = _conv_block(x, width, config)
+        x = _conv_block(x, width, config, synchronized_batch_norm)
     x = keras.layers.Flatten()(x)
     if config.dense_units:
         x = keras.layers.Dense(config.dense_units, activation="relu")(x)
@@ -53,7 +55,7 @@ def check_fits(config: ModelConfig, image_shape: tuple[int, int, int]) -> None:
         size = size // 2 if size >= 2 else size
 
 
-def _conv_block(x, width: int, config: ModelConfig):
+def _conv_block(x, width: int, config: ModelConfig, synchronized_batch_norm: bool = False):
     """`convs_per_block` 3x3 convolutions, the last one pooled before its batch norm and ReLU.
 
     Max pooling commutes with ReLU and batch norm's per-channel affine map (for a positive scale),
@@ -64,7 +66,7 @@ def _conv_block(x, width: int, config: ModelConfig):
         if index == config.convs_per_block - 1 and min(x.shape[1:3]) >= 2:
             x = keras.layers.MaxPooling2D(2)(x)
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM)(x)
+            x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, synchronized=synchronized_batch_norm)(x)
         x = keras.layers.ReLU()(x)
     return x
 

@@ -30,12 +30,12 @@ from components.artifacts import (
     Schema,
     Splits,
     TrainedModel,
-    load_split,
     read_metadata,
 )
 from components.config import ReportConfig
 from components.findings import class_results, confusions, headline
 from components.inference import onnx_session
+from components.shards import read_images_at, split_labels
 from components.tensorboard_log import EventLog
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,11 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
         The report's path.
     """
     results = metrics.read()
-    images, labels = load_split(splits, "test")
+    labels = split_labels(splits, "test")
     with np.load(metrics.predictions_path) as predictions:
         probabilities = predictions["probabilities"]
     mistakes = _mistakes(labels, probabilities, config.mistakes, splits.class_names)
+    mistake_images = read_images_at(splits, "test", [mistake.index for mistake in mistakes])
     record, model_name = trained.record(), _model_name(exported, settings)
     page = {
         "title": f"{model_name}: test accuracy {results['test_accuracy']:.2%}",
@@ -81,16 +82,17 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
         "confusions": confusions(results)[:5],
         "mistakes": {"count": int((probabilities.argmax(axis=1) != labels).sum()),
                      "shown": [{**dataclasses.asdict(mistake), "percent": percent(mistake.probability),
-                                "png": _data_uri(plots.thumbnail(images[mistake.index]))} for mistake in mistakes]},
+                                "png": _data_uri(plots.thumbnail(image))}
+                               for mistake, image in zip(mistakes, mistake_images)]},
         "training": _training(trained, record),
         "data": _data(splits, schema),
-        "model": _model(config, trained, record, exported, images),
+        "model": _model(config, trained, record, exported, splits),
         "reproduce": _reproduce(splits, settings, run_id, command, reproduction),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.html"
     report_path.write_text(TEMPLATES.get_template("report.html.j2").render(**page))
-    _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(images, mistakes), settings["values"],
+    _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(mistake_images, mistakes), settings["values"],
                         f"{model_name}/{run_id}", record["best_epoch"] - 1)
     log.info("report: %d mistakes shown, %s", len(mistakes), "latency measured" if page["model"]["latency"]
              else "no latency measured")
@@ -130,12 +132,11 @@ def _mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int,
 
 
 def _mistakes_grid(images: np.ndarray, mistakes: list[Mistake]) -> bytes | None:
-    """The mistakes in one labelled image, for TensorBoard; None when there are none to show."""
+    """The mistakes (`images`: theirs, in order) in one labelled image, for TensorBoard; None without any."""
     if not mistakes:
         return None
     titles = [f"true: {mistake.true}\nsaid: {mistake.said} {mistake.probability:.0%}" for mistake in mistakes]
-    return plots.image_grid(images[[mistake.index for mistake in mistakes]], titles,
-                            title_color=plots.MISTAKE_COLOR)
+    return plots.image_grid(images, titles, title_color=plots.MISTAKE_COLOR)
 
 
 def _headline(results: dict, blessing: dict, exported: ExportedModel | None) -> dict[str, Any]:
@@ -162,16 +163,18 @@ def _data(splits: Splits, schema: Schema) -> dict[str, Any]:
     """Split sizes, class balance, validate's warnings and one training image per class."""
     statistics_by_split = json.loads(schema.statistics_path.read_text())
     counts = {split: statistics_by_split[split]["class_counts"] for split in ("train", "val", "test")}
-    images, labels = load_split(splits, "train")
+    labels = split_labels(splits, "train")
     present = [index for index in range(len(splits.class_names)) if (labels == index).any()]
-    samples = [{"name": splits.class_names[index],
-                "png": _data_uri(plots.thumbnail(images[np.argmax(labels == index)]))} for index in present]
+    # Each class's first training image; train is stored shuffled, so they are among the first records.
+    firsts = read_images_at(splits, "train", [int(np.argmax(labels == index)) for index in present])
+    samples = [{"name": splits.class_names[index], "png": _data_uri(plots.thumbnail(image))}
+               for index, image in zip(present, firsts)]
     return {"num_examples": splits.num_examples, "image_shape": schema.image_shape, "warnings": schema.warnings,
             "balance_png": _data_uri(plots.class_balance(counts, splits.class_names)), "samples": samples}
 
 
 def _model(config: ReportConfig, trained: TrainedModel, record: dict[str, Any], exported: ExportedModel | None,
-           images: np.ndarray) -> dict[str, Any]:
+           splits: Splits) -> dict[str, Any]:
     """Parameters, sizes on disk and ONNX Runtime latency of the exported model."""
     facts: dict[str, Any] = {"parameters": record.get("parameters"), "precision": trained.precision,
                              "export": None, "latency": None}
@@ -183,21 +186,25 @@ def _model(config: ReportConfig, trained: TrainedModel, record: dict[str, Any], 
                        "saved_model_bytes": sum(path.stat().st_size for path in saved_model_files),
                        "onnx_bytes": exported.onnx_path.stat().st_size}
     if config.measure_latency:
-        facts["latency"] = measure_latency(exported, images)
+        count = min(LATENCY_BATCH, splits.num_examples["test"])
+        facts["latency"] = measure_latency(exported, read_images_at(splits, "test", np.arange(count)))
     return facts
 
 
 def measure_latency(exported: ExportedModel, images: np.ndarray) -> dict[str, float]:
     """ONNX Runtime's median time for one image and for a batch of 256 (test images, repeated if fewer)."""
     input_name = read_metadata(exported.version_dir)["input"]["name"]
-    batch = np.resize(images, (256, *images.shape[1:])).astype(np.float32)
+    batch = np.resize(images, (LATENCY_BATCH, *images.shape[1:])).astype(np.float32)
     one = batch[:1]
     single = onnx_session(exported.onnx_path, batch_hint=1)
-    many = onnx_session(exported.onnx_path, batch_hint=256)
+    many = onnx_session(exported.onnx_path, batch_hint=LATENCY_BATCH)
     one_seconds = _median_seconds(lambda: single.run(None, {input_name: one}), repeats=200)
     batch_seconds = _median_seconds(lambda: many.run(None, {input_name: batch}), repeats=5)
     return {"batch_1_ms": one_seconds * 1e3, "batch_256_ms": batch_seconds * 1e3,
-            "images_per_second": 256 / batch_seconds}
+            "images_per_second": LATENCY_BATCH / batch_seconds}
+
+
+LATENCY_BATCH = 256  # images per batch of the batch latency (the report's "256 images")
 
 
 def _median_seconds(call, repeats: int) -> float:

@@ -1,7 +1,8 @@
 """Readers for the data sources ingest understands: `digits`, `idx:DIR`, `npz:FILE`, `folder:DIR`, `tfds:NAME`.
 
 Every reader returns raw pixel values (uint8, 0..255, shape [N, H, W, C]) and integer labels,
-so the rest of the pipeline, and the exported model's users, see one convention.
+so the rest of the pipeline, and the exported model's users, see one convention. The `folder:`
+reader returns the listed files instead, which ingest decodes a chunk at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from components.config import DataConfig
 from components.errors import UserError
-from components.source_data import SourceData
+from components.source_data import ImageFolder, SourceData
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ OFFLINE_SOURCES = (
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_source(config: DataConfig) -> SourceData:
-    """Read the dataset named by `config.source`.
+def read_source(config: DataConfig) -> SourceData | ImageFolder:
+    """Read the dataset named by `config.source`; a `folder:` source is only listed, not decoded.
 
     Raises:
         UserError: unknown source kind, missing or malformed data.
@@ -47,9 +48,9 @@ def read_source(config: DataConfig) -> SourceData:
     if kind == "npz" and arg:
         return read_npz(Path(arg))
     if kind == "folder" and arg:
-        from components.image_folder import read_image_folder  # Pillow, only when needed
+        from components.image_folder import list_image_folder  # Pillow, only when needed
 
-        return read_image_folder(Path(arg), config.image_size, config.channels, config.on_bad_file)
+        return list_image_folder(Path(arg), config.image_size, config.channels)
     if kind == "tfds" and arg:
         return read_tfds(arg, config.tfds_data_dir, config.download)
     raise UserError(

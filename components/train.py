@@ -1,4 +1,4 @@
-"""Train: fit the CNN on the training split with tf.data, seeded, logging to TensorBoard."""
+"""Train: fit the CNN on the training split with tf.data and tf.distribute, seeded, logging to TensorBoard."""
 
 from __future__ import annotations
 
@@ -7,21 +7,32 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from components.artifacts import Normalization, Schema, Splits, TrainedModel, fingerprint_arrays, load_split
+from components.artifacts import Normalization, Schema, Splits, TrainedModel, fingerprint_arrays
 from components.atomic import write_atomically
-from components.batches import evaluation_batches, steps_per_epoch, steps_per_execution, training_batches
+from components.batches import (
+    BatchPlan,
+    evaluation_batches,
+    steps_per_epoch,
+    steps_per_execution,
+    streamed_evaluation_batches,
+    streamed_training_batches,
+    training_batches,
+)
 from components.config import ModelConfig, TrainConfig
 from components.devices import TrainingPlan, choose_xla, make_strategy, prefetch_device, scale_batch
+from components.loop import LoopSettings, TrainingLoop
 from components.model import build_model, forward_flops
 from components.profiling import StepMarkedTensorBoard
+from components.shards import load_split, parse_examples, split_files, split_nbytes
 from components.tensorboard_log import EventLog
 from components.training import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
-from components.training_logs import ConfusionCounts, ConfusionImages, LearningRateLog, log_labelled_images
+from components.training_logs import ConfusionImages, LearningRateLog, log_labelled_images
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +45,9 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     The network is trained on its logits (a numerically stable loss, with label smoothing) and
     saved with its float32 softmax for serving. The weights kept are those of the best epoch on
     validation; training ends after the planned epochs, after `patience` epochs without a better
-    one, or when the time budget is spent.
+    one, or when the time budget is spent. Under train.strategy=multi_worker every worker calls this
+    with the same arguments but its own `out_dir` and `tensorboard_dir`; only the chief saves the
+    epoch checkpoint in the shared `resume_dir`.
 
     Args:
         config: the `train` section.
@@ -55,74 +68,107 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     """
     strategy = make_strategy(plan.strategy)
     _seed_everything(config.seed, config.deterministic)
-    images, labels = load_split(splits, "train")
-    batch_size, peak_learning_rate = scale_batch(config.batch_size, config.learning_rate,
-                                                 strategy.num_replicas_in_sync)
-    epochs = planned_epochs(config.epochs, len(labels))
-    steps = steps_per_epoch(len(labels), batch_size)
+    replicas = strategy.num_replicas_in_sync
+    num_examples = splits.num_examples["train"]
+    batch_size, peak_learning_rate = scale_batch(config.batch_size, config.learning_rate, replicas)
+    epochs = planned_epochs(config.epochs, num_examples)
+    steps = steps_per_epoch(num_examples, batch_size)
     keras.mixed_precision.set_global_policy(plan.precision)
     try:
         with strategy.scope():
-            model = build_model(model_config, schema.image_shape, schema.num_classes,
-                                normalization.mean, normalization.std)
+            # Synchronized batch statistics: otherwise each replica keeps its own moving averages.
+            model = build_model(model_config, schema.image_shape, schema.num_classes, normalization.mean,
+                                normalization.std, synchronized_batch_norm=replicas > 1)
             schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps)
-            confusion = ConfusionCounts(schema.num_classes)
-            trainee = _compile_trainee(model, config, schedule, confusion, steps, plan, strategy.num_replicas_in_sync)
-        controls = _Controls(config, schedule, epochs * steps, resume_dir)
+            trainee = _compile_trainee(model, config, schedule, steps)
+        loop = TrainingLoop(trainee, strategy, LoopSettings(
+            batch_size, steps, trainee.steps_per_execution, schema.num_classes, config.label_smoothing,
+            choose_xla(config.xla, plan.devices), plan.strategy.num_workers), shared=[schedule.total_steps])
+        controls = _Controls(config, schedule, epochs * steps, resume_dir, strategy.extended.should_checkpoint)
         first_epoch, history = controls.restore(trainee)
         started = time.perf_counter()
         with EventLog(tensorboard_dir / "images") as event_log:
-            if first_epoch == 0:
-                log_labelled_images(event_log, images[: config.log_images], labels[: config.log_images],
+            if first_epoch == 0 and config.log_images:
+                log_labelled_images(event_log, *load_split(splits, "train", limit=config.log_images),
                                     splits.class_names)
             if first_epoch < epochs and not controls.stopped():  # killed after its last epoch: nothing left
-                batches = training_batches(images, labels, schema.num_classes, batch_size, config.seed, epochs,
-                                           first_epoch, config.augment, config.max_shift, prefetch_device(plan))
-                validation = evaluation_batches(*load_split(splits, "val"), schema.num_classes, batch_size)
                 callbacks = [LearningRateLog(), *controls.callbacks(),  # the learning rate first: history keeps it
-                             ConfusionImages(event_log, confusion, splits.class_names),
+                             ConfusionImages(event_log, lambda: loop.confusion, splits.class_names),
                              _tensorboard(config, tensorboard_dir, epochs * steps)]
-                fitted = trainee.fit(batches, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                                     validation_data=validation, shuffle=False, verbose=2, callbacks=callbacks)
-                for key, values in fitted.history.items():
-                    history[key] = history.get(key, []) + [float(value) for value in values]
+                fitted = loop.fit(_training_input(config, splits, schema, plan, batch_size, steps * replicas,
+                                                  epochs, first_epoch),
+                                  _validation_input(config, splits, schema.num_classes, batch_size),
+                                  epochs, first_epoch, callbacks)
+                for key, values in fitted.items():
+                    history[key] = history.get(key, []) + values
         controls.keep_best.restore(model)
-        record = controls.record(history, min(len(labels), steps * batch_size), time.perf_counter() - started,
+        record = controls.record(history, min(num_examples, steps * batch_size), time.perf_counter() - started,
                                  epochs, batch_size, forward_flops(model))
         record["parameters"] = model.count_params()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return _save(model, history, record, plan.precision, strategy.num_replicas_in_sync, out_dir, controls)
+    return _save(model, history, record, plan, replicas, out_dir, controls)
 
 
-def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCosine, confusion: ConfusionCounts,
-                     steps: int, plan: TrainingPlan, replicas: int) -> keras.Model:
-    """The model up to its logits (sharing its layers), compiled with a loss on the logits.
+def _training_input(config: TrainConfig, splits: Splits, schema: Schema, plan: TrainingPlan, global_batch: int,
+                    replica_batches: int, epochs: int, first_epoch: int
+                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """Per input pipeline, its batches: from memory when the split is small, streamed from its shards if not.
 
-    `confusion` rides along as a metric, so the validation pass fills the per-epoch confusion matrix.
+    `replica_batches` is an epoch's steps times the replicas, split evenly between the pipelines.
+    """
+    in_memory = split_nbytes(splits, "train") <= config.in_memory_mb * 1e6
+    arrays = load_split(splits, "train") if in_memory else None
+    log.info("train: %s the training split (%.0f MB; train.in_memory_mb=%g)",
+             "gathering from memory" if in_memory else "streaming", split_nbytes(splits, "train") / 1e6,
+             config.in_memory_mb)
 
-    Under mixed_float16, Keras wraps the optimizer in a LossScaleOptimizer (`auto_scale_loss`).
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch_plan = BatchPlan(schema.num_classes, context.get_per_replica_batch_size(global_batch),
+                               replica_batches // context.num_input_pipelines, config.seed, epochs, first_epoch,
+                               config.augment, config.max_shift, context.input_pipeline_id,
+                               context.num_input_pipelines)
+        if arrays is not None:
+            return training_batches(*arrays, batch_plan, prefetch_device(plan))
+        image_bytes = int(np.prod(schema.image_shape)) * np.dtype(splits.dtype).itemsize
+        return streamed_training_batches(split_files(splits, "train"), parse_examples(schema.image_shape, splits.dtype),
+                                         schema.image_shape, batch_plan,
+                                         max(1024, int(config.shuffle_mb * 1e6) // image_bytes))
+
+    return dataset_fn
+
+
+def _validation_input(config: TrainConfig, splits: Splits, num_classes: int, batch_size: int) -> tf.data.Dataset:
+    """The validation split in order: from memory when it is small, else streamed (every worker reads all of it)."""
+    if split_nbytes(splits, "val") <= config.in_memory_mb * 1e6:
+        return evaluation_batches(*load_split(splits, "val"), num_classes, batch_size)
+    return streamed_evaluation_batches(split_files(splits, "val"), parse_examples(splits.image_shape, splits.dtype),
+                                       num_classes, batch_size)
+
+
+def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCosine, steps: int) -> keras.Model:
+    """The model up to its logits (sharing its layers), compiled with its optimizer for the training loop.
+
+    Under mixed_float16, Keras wraps the optimizer in a LossScaleOptimizer (`auto_scale_loss`), which
+    the loop's step scales the loss with.
     """
     trainee = keras.Model(model.input, model.get_layer("logits").output, name="logits")
     # xprof times steps only when one execution is one step: it ignores step markers around a tf.while_loop.
-    executions = 1 if config.profile_batches else steps_per_execution(steps, replicas)
-    trainee.compile(optimizer=keras.optimizers.Adam(schedule),
-                    loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                              label_smoothing=config.label_smoothing),
-                    metrics=["accuracy", confusion], steps_per_execution=executions,
-                    jit_compile=choose_xla(config.xla, plan.devices))
+    executions = 1 if config.profile_batches else steps_per_execution(steps)
+    trainee.compile(optimizer=keras.optimizers.Adam(schedule), steps_per_execution=executions)
     return trainee
 
 
 class _Controls:
     """The callbacks that decide how training goes and ends, and the checkpoint that saves their state."""
 
-    def __init__(self, config: TrainConfig, schedule: WarmupCosine, most_steps: int, resume_dir: Path | None):
+    def __init__(self, config: TrainConfig, schedule: WarmupCosine, most_steps: int, resume_dir: Path | None,
+                 writes: bool = True):
         self.keep_best = KeepBest(config.patience)
         self.timer = EpochTimer()
         self.budget = TimeBudget(config.max_seconds, schedule, most_steps) if config.max_seconds else None
         parts = [self.keep_best] + ([self.budget] if self.budget else [])
-        self.checkpoint = EpochCheckpoint(resume_dir, parts) if resume_dir else None
+        self.checkpoint = EpochCheckpoint(resume_dir, parts, writes) if resume_dir else None
 
     def restore(self, model: keras.Model) -> tuple[int, dict[str, list[float]]]:
         for callback in self.callbacks():
@@ -163,9 +209,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
     an uninterrupted one; this keeps all of them, with the state of the callbacks in `parts`.
     """
 
-    def __init__(self, resume_dir: Path, parts: list):
+    def __init__(self, resume_dir: Path, parts: list, writes: bool = True):
         super().__init__()
         self.resume_dir, self.parts = resume_dir, parts
+        self.writes = writes  # False on a worker other than the chief: it reads the chief's checkpoint only
         self.state_path = resume_dir / "state.npz"
         self.history: dict[str, list[float]] = {}
 
@@ -185,9 +232,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         return epoch + 1, {key: list(values) for key, values in self.history.items()}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.resume_dir.mkdir(parents=True, exist_ok=True)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+        if not self.writes:
+            return
+        self.resume_dir.mkdir(parents=True, exist_ok=True)
         state = {f"v{index}": variable.numpy() for index, variable in enumerate(_all_variables(self.model))}
         for part in self.parts:
             state.update(part.state())
@@ -196,10 +245,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
             path, epoch=epoch, history=np.array(json.dumps(self.history)), **state))
 
     def clear(self) -> None:
-        shutil.rmtree(self.resume_dir, ignore_errors=True)
+        if self.writes:
+            shutil.rmtree(self.resume_dir, ignore_errors=True)
 
 
-def _save(model: keras.Model, history: dict[str, list[float]], record: dict, precision: str, replicas: int,
+def _save(model: keras.Model, history: dict[str, list[float]], record: dict, plan: TrainingPlan, replicas: int,
           out_dir: Path, controls: _Controls) -> TrainedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.keras")
@@ -207,11 +257,12 @@ def _save(model: keras.Model, history: dict[str, list[float]], record: dict, pre
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
     if controls.checkpoint:
         controls.checkpoint.clear()
-    log.info("train: %d epochs in %s on %d replica(s), kept epoch %d (val_accuracy %.4f), stopped by %s",
-             record["epochs_run"], precision, replicas, record["best_epoch"],
-             history["val_accuracy"][record["best_epoch"] - 1], record["stopped_by"])
-    return TrainedModel(out_dir / "model.keras", precision, out_dir / "history.json",
-                        fingerprint_arrays(*model.get_weights()), replicas, out_dir / "training.json")
+    weights_sha256 = fingerprint_arrays(*model.get_weights())
+    log.info("train: %d epochs in %s on %d replica(s), kept epoch %d (val_accuracy %.4f), stopped by %s; "
+             "weights sha256 %s", record["epochs_run"], plan.precision, replicas, record["best_epoch"],
+             history["val_accuracy"][record["best_epoch"] - 1], record["stopped_by"], weights_sha256)
+    return TrainedModel(out_dir / "model.keras", plan.precision, out_dir / "history.json", weights_sha256, replicas,
+                        out_dir / "training.json", plan.strategy.kind, plan.strategy.num_workers)
 
 
 def _all_variables(model: keras.Model) -> list:

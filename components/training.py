@@ -72,7 +72,8 @@ class TimeBudget(keras.callbacks.Callback):
         self.started, self.rate_since = time.perf_counter(), 0.0
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        step = int(self.model.optimizer.iterations)
+        iterations = self.model.optimizer.iterations  # int() refuses it under MultiWorkerMirroredStrategy: .numpy()
+        step = int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
         if not self.rate_since:  # the first execution traced the step function: not a rate to plan by
             self.rate_since, self.rate_steps = time.perf_counter(), step
             return

@@ -1,4 +1,9 @@
-"""Validate: check every split against one schema and write the schema and per-split statistics."""
+"""Validate: check every split against one schema and write the schema and per-split statistics.
+
+Each split is read in one streaming pass (`components.shards.image_chunks`): statistics, the
+per-image digests that find test images copied from train, and the check that every record holds
+an image of the declared shape and dtype. Labels come from `<split>-labels.npy`, without a pass.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from components.artifacts import SPLITS, Schema, Splits, load_split
+from components.artifacts import SPLITS, Schema, Splits
 from components.atomic import write_text_atomically
 from components.config import ValidateConfig
 from components.errors import UserError
+from components.shards import image_chunks, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -30,64 +36,94 @@ def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
         and a one-line summary.
 
     Raises:
-        UserError: fewer than two classes, an empty split, inconsistent shapes or dtypes, NaN or inf
-            pixels, labels that are not integers or out of range, or a class with no training example.
+        UserError: fewer than two classes, an empty split, images that are not 1 or 3 channels of
+            8-bit pixels, NaN or inf pixels, labels out of range, a class with no training example,
+            or a record whose image does not have the declared shape and dtype.
     """
     num_classes = len(splits.class_names)
     if num_classes < 2:
         raise UserError(f"the data has {num_classes} class ({', '.join(splits.class_names) or 'none'}); a "
                         "classifier needs at least 2: add images of another class to the source")
-    data = {split: load_split(splits, split) for split in SPLITS}
-    image_shape = _check_shapes(data)
-    for split, (images, labels) in data.items():
-        _check_values(split, images, labels, num_classes)
-    for split, (images, _) in data.items():  # after the values: NaN is the more precise message
-        _check_pixels_are_bytes(split, images)
-    _check_every_class_in_train(data["train"][1], splits.class_names)
-    schema = {"image_shape": list(image_shape), "dtype": str(data["train"][0].dtype),
+    _check_shapes(splits)
+    labels = {split: split_labels(splits, split) for split in SPLITS}
+    for split in SPLITS:
+        _check_labels(split, labels[split], num_classes)
+        if np.issubdtype(np.dtype(splits.dtype), np.floating):
+            _check_finite(splits, split)
+    _check_pixels_are_bytes(splits.dtype)  # after the values: NaN is the more precise message
+    _check_every_class_in_train(labels["train"], splits.class_names)
+    schema = {"image_shape": list(splits.image_shape), "dtype": splits.dtype,
               "num_classes": num_classes, "class_names": list(splits.class_names)}
-    statistics = {split: split_statistics(images, labels, num_classes) for split, (images, labels) in data.items()}
-    num_leaked = count_shared_images(data["train"][0], data["test"][0])
+    statistics, num_leaked = _statistics(splits, labels, num_classes)
     warnings = _warnings(config, statistics, splits.class_names, num_leaked)
     statistics["source"] = {"skipped_files": splits.num_skipped_files, "test_images_also_in_train": num_leaked}
     statistics["warnings"] = warnings
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "statistics.json", statistics)
     _write_json(out_dir / "schema.json", schema)  # last: its presence means validate finished
-    return Schema(out_dir / "schema.json", out_dir / "statistics.json", image_shape, num_classes,
-                  tuple(warnings), _summary(statistics, image_shape, num_classes, splits.num_skipped_files))
+    return Schema(out_dir / "schema.json", out_dir / "statistics.json", splits.image_shape, num_classes,
+                  tuple(warnings), _summary(statistics, splits.image_shape, num_classes, splits.num_skipped_files))
 
 
-def split_statistics(images: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Count, per-class counts, pixel min/max/mean/std and per-channel mean of one split.
+class PixelStatistics:
+    """Pixel min, max and per-channel sums of one split, added a chunk at a time.
 
-    Sums are taken in float64 over chunks, so no float copy of the whole split is made.
+    Sums are taken in float64 per chunk, so no float copy of the split is made; for 8-bit pixels
+    they are exact, so the result does not depend on how the split is chunked.
     """
-    num_channels = images.shape[-1]
-    total, total_sq = np.zeros(num_channels), np.zeros(num_channels)
-    for start in range(0, len(images), STATISTICS_CHUNK):
-        chunk = images[start: start + STATISTICS_CHUNK].reshape(-1, num_channels).astype(np.float64)
-        total += chunk.sum(axis=0)
-        total_sq += np.square(chunk).sum(axis=0)
-    num_values = max(1, images.size // num_channels)
-    mean = total.sum() / (num_values * num_channels)
-    variance = max(0.0, total_sq.sum() / (num_values * num_channels) - mean**2)
-    return {
-        "count": int(len(labels)),
-        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
-        "pixel_min": float(images.min()), "pixel_max": float(images.max()),
-        "pixel_mean": float(mean), "pixel_std": float(np.sqrt(variance)),
-        "channel_mean": (total / num_values).tolist(),
-    }
+
+    def __init__(self, num_channels: int):
+        self.total, self.total_sq = np.zeros(num_channels), np.zeros(num_channels)
+        self.minimum, self.maximum = np.inf, -np.inf
+        self.num_values = 0  # pixels per channel
+
+    def add(self, images: np.ndarray) -> None:
+        """Count a chunk of images [b, H, W, C]."""
+        for start in range(0, len(images), STATISTICS_CHUNK):
+            chunk = images[start: start + STATISTICS_CHUNK].reshape(-1, len(self.total)).astype(np.float64)
+            self.total += chunk.sum(axis=0)
+            self.total_sq += np.square(chunk).sum(axis=0)
+        if images.size:
+            self.minimum, self.maximum = min(self.minimum, images.min()), max(self.maximum, images.max())
+        self.num_values += images.size // len(self.total)
+
+    def result(self, labels: np.ndarray, num_classes: int) -> dict:
+        """Count, per-class counts, pixel min/max/mean/std and per-channel mean."""
+        num_values, num_channels = max(1, self.num_values), len(self.total)
+        mean = self.total.sum() / (num_values * num_channels)
+        variance = max(0.0, self.total_sq.sum() / (num_values * num_channels) - mean**2)
+        return {
+            "count": int(len(labels)),
+            "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+            "pixel_min": float(self.minimum), "pixel_max": float(self.maximum),
+            "pixel_mean": float(mean), "pixel_std": float(np.sqrt(variance)),
+            "channel_mean": (self.total / num_values).tolist(),
+        }
 
 
 STATISTICS_CHUNK = 4096  # images per chunk when summing pixels
 
 
-def count_shared_images(train_images: np.ndarray, test_images: np.ndarray) -> int:
-    """How many test images are byte-for-byte identical to some training image (train/test leakage)."""
-    train_digests = {_digest(image) for image in train_images}
-    return sum(_digest(image) in train_digests for image in test_images)
+def _statistics(splits: Splits, labels: dict[str, np.ndarray], num_classes: int) -> tuple[dict, int]:
+    """Every split's statistics, and how many test images are byte-for-byte copies of a training image.
+
+    One pass per split, train first: its image digests are what test images are looked up in.
+    """
+    train_digests: set[bytes] = set()
+    statistics, num_leaked = {}, 0
+    for split in SPLITS:
+        pixels, start = PixelStatistics(splits.image_shape[-1]), 0
+        for images, chunk_labels in image_chunks(splits, split):
+            _check_same_labels(split, labels[split][start: start + len(chunk_labels)], chunk_labels, start)
+            pixels.add(images)
+            if split == "train":
+                train_digests.update(_digest(image) for image in images)
+            elif split == "test":
+                num_leaked += sum(_digest(image) in train_digests for image in images)
+            start += len(chunk_labels)
+        _check_same_labels(split, labels[split][start:], np.zeros((0,), np.int64), start)
+        statistics[split] = pixels.result(labels[split], num_classes)
+    return statistics, num_leaked
 
 
 def _digest(image: np.ndarray) -> bytes:
@@ -116,42 +152,50 @@ def _write_json(path: Path, data: dict) -> None:
     write_text_atomically(path, json.dumps(data, indent=2))
 
 
-def _check_shapes(data: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, int, int]:
-    for split, (images, labels) in data.items():
-        if len(labels) == 0:
+def _check_shapes(splits: Splits) -> None:
+    """Every split has examples, and the images have 1 or 3 channels (ingest wrote one shape for all)."""
+    for split in SPLITS:
+        if splits.num_examples[split] == 0:
             raise UserError(f"the {split} split is empty; give the source more data or change data.val_fraction")
-        if images.ndim != 4:
-            raise UserError(f"{split} images have shape {images.shape[1:]}; expected height x width x channels")
-    shapes = {split: images.shape[1:] for split, (images, _) in data.items()}
-    dtypes = {split: str(images.dtype) for split, (images, _) in data.items()}
-    if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
-        raise UserError(f"splits disagree on image shape or dtype: shapes {shapes}, dtypes {dtypes}; "
-                        "every image must have the same size, channels and type")
-    if shapes["train"][-1] not in (1, 3):
-        raise UserError(f"images have {shapes['train'][-1]} channels; this pipeline takes 1 (grayscale) or 3 (RGB): "
-                        "convert them at the source, or use a folder: source with data.channels")
-    return tuple(int(n) for n in shapes["train"])  # type: ignore[return-value]
+    if splits.image_shape[-1] not in (1, 3):
+        raise UserError(f"images have {splits.image_shape[-1]} channels; this pipeline takes 1 (grayscale) or 3 "
+                        "(RGB): convert them at the source, or use a folder: source with data.channels")
 
 
-def _check_pixels_are_bytes(split: str, images: np.ndarray) -> None:
+def _check_pixels_are_bytes(dtype: str) -> None:
     """The model and its exports take 8-bit pixels, 0..255; other types would be scaled wrongly."""
-    if images.dtype != np.uint8:
-        raise UserError(f"{split} images have dtype {images.dtype}; this pipeline takes 8-bit pixels 0..255: "
+    if dtype != "uint8":
+        raise UserError(f"train images have dtype {dtype}; this pipeline takes 8-bit pixels 0..255: "
                         "convert them at the source (e.g. floats in 0..1: np.round(x * 255).astype(np.uint8))")
 
 
-def _check_values(split: str, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"{split} labels have dtype {labels.dtype}; labels must be integers 0..{num_classes - 1}")
+def _check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
         raise UserError(f"{split} label {labels[bad[0]]} at index {bad[0]} is out of range 0..{num_classes - 1} "
                         f"({bad.size} such labels); fix the labels or the class names")
-    if np.issubdtype(images.dtype, np.floating):
+
+
+def _check_finite(splits: Splits, split: str) -> None:
+    """No NaN or inf pixel in a split of float images, found in one streaming pass."""
+    first_bad, num_bad, start = -1, 0, 0
+    for images, _ in image_chunks(splits, split):
         bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
-        if bad.size:
-            raise UserError(f"{split} image at index {bad[0]} has NaN or inf pixels ({bad.size} such images); "
-                            "drop or repair them at the source")
+        if bad.size and first_bad < 0:
+            first_bad = start + int(bad[0])
+        num_bad, start = num_bad + bad.size, start + len(images)
+    if num_bad:
+        raise UserError(f"{split} image at index {first_bad} has NaN or inf pixels ({num_bad} such images); "
+                        "drop or repair them at the source")
+
+
+def _check_same_labels(split: str, stored: np.ndarray, parsed: np.ndarray, start: int) -> None:
+    """The labels file and the records agree (a stale or hand-edited file would mislabel every result)."""
+    differ = np.flatnonzero(stored != parsed) if len(stored) == len(parsed) else \
+        np.array([min(len(stored), len(parsed))])
+    if differ.size:
+        raise UserError(f"the {split} split's {split}-labels.npy disagrees with its records at index "
+                        f"{start + int(differ[0])}; run ingest again")
 
 
 def _check_every_class_in_train(train_labels: np.ndarray, class_names: tuple[str, ...]) -> None:

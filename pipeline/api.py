@@ -61,10 +61,10 @@ def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = 
     check_workdir(workdir, "workdir")
     create_workdir(workdir, "workdir")
     quiet_tensorflow(verbose)
-    from pipeline.runner import run_pipeline  # the stages' bookkeeping; TensorFlow loads only if a stage computes
+    from pipeline.workers import run_this_process  # the stages' bookkeeping; TensorFlow loads only if a stage computes
 
     command = _equivalent_command(preset, texts, workdir, force, only, start, until, verbose)
-    return run_pipeline(config, workdir, stages, command)
+    return run_this_process(config, workdir, stages, command)
 
 
 def override_texts(overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Sequence
 
-from components.errors import UserError
+from components.errors import UserError, WorkerLost
 from pipeline.config import PRESETS, describe_keys, resolve
 from pipeline.registry import STAGE_NAMES as STAGES
 
@@ -68,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve(args.preset, args.overrides)
         check_workdir(args.workdir)
         quiet_tensorflow(args.verbose)
-        from pipeline.runner import ModelNotBlessed, format_summary, run_pipeline
+        from pipeline.runner import ModelNotBlessed, format_summary
+        from pipeline.workers import run_this_process
 
         stages = selection(args)
         create_workdir(args.workdir)
         # Quoted as a shell would need it: `train.profile_batches="(2, 4)"` stays one argument.
         command = "python -m pipeline.run " + shlex.join(argv if argv is not None else sys.argv[1:])
-        manifest = run_pipeline(config, args.workdir, stages, command)
+        manifest = run_this_process(config, args.workdir, stages, command)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(interruption, Terminated) else 130
     except ModelNotBlessed as error:
         print(f"error: {error} (evaluate.fail_if_not_blessed=true)", file=sys.stderr)
+        return 1
+    except WorkerLost as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_summary(manifest))
     return 0

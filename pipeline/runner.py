@@ -115,7 +115,7 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
         return
     resolved = stage.resolves(config, context.artifacts, RunPlaces(context.saved_models_dir)) \
         if stage.resolves else {}
-    keys = _fingerprint_parts(stage, config, context, resolved)
+    keys = fingerprint_parts(stage, config, context.artifacts, resolved)
     fingerprint = digest(keys)
     record.update(fingerprint=fingerprint, inputs=keys["inputs"], outside=digest([keys["watched"], keys["resolved"]]))
     started = time.time()
@@ -149,15 +149,9 @@ def _execute(stage: Stage, config: PipelineConfig, context: RunContext, fingerpr
         "run_id": context.run_id,
         "command": context.command,
         "reproduction": context.reproduction,
-        # Named by fingerprint, not by run: the next run of a killed command finds it and resumes.
-        "resume_dir": context.cache.final_dir(stage.name, fingerprint).with_suffix(".resume"),
+        "resume_dir": resume_dir(context.cache, stage.name, fingerprint),
     }
-    arguments = {
-        **{parameter: config.sections[section.name] for parameter, section in stage.config.items()},
-        **{parameter: context.artifacts.get(name) for parameter, name in stage.inputs.items()},
-        **{name: run_values[name] for name in stage.run_values},
-        **resolved,
-    }
+    arguments = stage_arguments(stage, config, context.artifacts, run_values, resolved)
     work_dir = context.cache.new_work_dir(stage.name)
     log.info("stage %s: started", stage.name)
     start = time.perf_counter()
@@ -173,13 +167,30 @@ def _execute(stage: Stage, config: PipelineConfig, context: RunContext, fingerpr
     return artifact
 
 
+def stage_arguments(stage: Stage, config: PipelineConfig, artifacts: dict[str, Any], run_values: dict[str, Any],
+                    resolved: dict[str, Any]) -> dict[str, Any]:
+    """What the stage's function receives, by parameter name (all but `out_dir`)."""
+    return {
+        **{parameter: config.sections[section.name] for parameter, section in stage.config.items()},
+        **{parameter: artifacts.get(name) for parameter, name in stage.inputs.items()},
+        **{name: run_values[name] for name in stage.run_values},
+        **resolved,
+    }
+
+
+def resume_dir(cache: StageCache, stage: str, fingerprint: str) -> Path:
+    """Where a stage keeps what lets it resume: named by fingerprint, not by run, so the next run of a
+    killed command (and every worker of a multi-worker one) finds it."""
+    return cache.final_dir(stage, fingerprint).with_suffix(".resume")
+
+
 def load_function(stage: Stage) -> Callable[..., Any]:
     """The stage's function, imported from its `module:function` name."""
     module_name, _, function_name = stage.function.partition(":")
     return getattr(importlib.import_module(module_name), function_name)
 
 
-def _fingerprint_parts(stage: Stage, config: PipelineConfig, context: RunContext, resolved: dict) -> dict:
+def fingerprint_parts(stage: Stage, config: PipelineConfig, artifacts: dict[str, Any], resolved: dict) -> dict:
     """What a stage's result depends on: its code, config sections, inputs' content, outside state."""
     return {
         "stage": stage.name,
@@ -187,7 +198,7 @@ def _fingerprint_parts(stage: Stage, config: PipelineConfig, context: RunContext
         "environment": environment(),
         "config": {section.name: dataclasses.asdict(config.sections[section.name])
                    for section in stage.config.values()},
-        "inputs": {name: context.artifacts[name].fingerprint if name in context.artifacts else None
+        "inputs": {name: artifacts[name].fingerprint if name in artifacts else None
                    for name in stage.inputs.values()},
         "watched": stage.watches(config) if stage.watches else None,
         "resolved": {name: _hashable(value) for name, value in resolved.items()},

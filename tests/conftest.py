@@ -62,6 +62,18 @@ def smoke_run(tmp_path_factory) -> PipelineRun:
     return run
 
 
+def read_split(splits_dir: Path, split: str = "test", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A split ingest wrote into `splits_dir` (a run's `ingest/` folder), read through `components.shards`."""
+    from components.artifacts import Splits
+    from components.shards import load_split, read_layout
+
+    layout = read_layout(splits_dir)
+    num_examples = {name: entry["num_examples"] for name, entry in layout["splits"].items()}
+    splits = Splits(splits_dir, "", tuple(layout["class_names"]), num_examples, tuple(layout["image_shape"]),
+                    layout["dtype"])
+    return load_split(splits, split, limit)
+
+
 def make_images(num_per_class: int, num_classes: int = 3, shape=(6, 6, 1), seed: int = 0):
     """Tiny learnable data: class k images are brighter in row block k, plus noise."""
     rng = np.random.default_rng(seed)

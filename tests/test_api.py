@@ -15,7 +15,7 @@ from components.exported import load_exported
 from pipeline import load_model, run
 from pipeline.api import override_texts
 from pipeline.config import resolve, to_dict
-from tests.conftest import run_python
+from tests.conftest import read_split, run_python
 
 HEAVY_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnxruntime")
 REPORT_IMPORTS = f"""
@@ -120,8 +120,7 @@ def test_run_returns_the_manifest_of_a_run_that_exports(smoke_run, tmp_path):
     version_dir = workdir.resolve() / "saved_models" / "digits_api" / "1"
     assert manifest["results"]["version_dir"] == str(version_dir) and (version_dir / "model.onnx").is_file()
     assert manifest["config"]["report"]["measure_latency"] is False
-    with np.load(Path(manifest["run_dir"]) / "ingest" / "test.npz") as test:
-        images = test["images"][:16]
+    images = read_split(Path(manifest["run_dir"]) / "ingest", limit=16)[0]
     exported = load_model(workdir / "saved_models" / "digits_api").probabilities(images)
     trained = load_model(smoke_run.workdir / "saved_models" / "digits").probabilities(images)
     np.testing.assert_allclose(exported, trained, atol=1e-6)  # the same trained model, exported again

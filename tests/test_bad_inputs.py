@@ -208,6 +208,6 @@ def test_bad_input_through_the_cli_is_exit_2_one_line_and_nothing_finished(tmp_p
         assert {s["name"] for s in run.manifest["stages"]} <= {"ingest", "validate"}
         assert "error: " + run.manifest["error"] == error_lines[0]  # the reason is kept with the run
     for run_dir in run.run_dirs:
-        finished_splits = all((run_dir / "ingest" / f"{split}.npz").exists() for split in ("train", "val", "test"))
+        finished_splits = (run_dir / "ingest" / "splits.json").exists()
         assert not (finished_splits and (run_dir / "validate" / "schema.json").exists())
     assert not (tmp_path / "work" / "saved_models").exists()

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from components.batches import (
+    BatchPlan,
     evaluation_batches,
     flip_images,
     shift_images,
@@ -20,6 +21,11 @@ def _data(count=50, size=6):
     return images, np.arange(count) % 5
 
 
+def _plan(batch_size=16, seed=3, epochs=3, first_epoch=0, augment="none", count=50, **more):
+    """A BatchPlan whose epochs are the number of full batches `count` images make."""
+    return BatchPlan(5, batch_size, steps_per_epoch(count, batch_size), seed, epochs, first_epoch, augment, **more)
+
+
 def _epochs(dataset):
     return [(images.numpy(), labels.numpy()) for images, labels in dataset]
 
@@ -30,7 +36,7 @@ def _indices(images, batch):
 
 def test_each_epoch_has_full_batches_of_distinct_images_as_uint8_with_one_hot_labels():
     images, labels = _data()
-    batches = _epochs(training_batches(images, labels, 5, batch_size=16, seed=3, epochs=3))
+    batches = _epochs(training_batches(images, labels, _plan()))
     assert len(batches) == 3 * steps_per_epoch(50, 16) == 3 * 3  # 48 of 50 images each epoch
     assert all(b[0].shape == (16, 6, 6, 1) and b[0].dtype == np.uint8 for b in batches)
     epochs = [[i for b in batches[e * 3:(e + 1) * 3] for i in _indices(images, b[0])] for e in range(3)]
@@ -43,14 +49,13 @@ def test_each_epoch_has_full_batches_of_distinct_images_as_uint8_with_one_hot_la
 
 def test_fewer_images_than_a_batch_make_one_short_batch():
     images, labels = _data(count=5)
-    batches = _epochs(training_batches(images, labels, 5, batch_size=16, seed=3, epochs=1))
+    batches = _epochs(training_batches(images, labels, _plan(epochs=1, count=5)))
     assert steps_per_epoch(5, 16) == 1 and [b[0].shape[0] for b in batches] == [5]
 
 
 @pytest.mark.parametrize("steps, expected", [(430, 10), (429, 13), (20, 20), (64, 32), (113, 1), (1, 1)])
 def test_steps_per_execution_divides_the_epoch(steps, expected):
     assert steps_per_execution(steps) == expected
-    assert steps_per_execution(steps, replicas=2) == 1  # Keras's multi-step function fails when mirrored
 
 
 def test_keras_epochs_stay_aligned_with_the_data_with_several_steps_per_execution(recwarn):
@@ -62,7 +67,7 @@ def test_keras_epochs_stay_aligned_with_the_data_with_several_steps_per_executio
                               keras.layers.Dense(5)])
     model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True),
                   steps_per_execution=steps_per_execution(steps))
-    model.fit(training_batches(images, labels, 5, 8, seed=0, epochs=4), epochs=4, steps_per_epoch=steps, verbose=0)
+    model.fit(training_batches(images, labels, _plan(8, 0, 4, count=280)), epochs=4, steps_per_epoch=steps, verbose=0)
     assert int(model.optimizer.iterations) == 4 * steps
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]
 
@@ -70,13 +75,26 @@ def test_keras_epochs_stay_aligned_with_the_data_with_several_steps_per_executio
 @pytest.mark.parametrize("augment", ["none", "shift", "shift+flip"])
 def test_a_resumed_epoch_sees_the_same_batches_as_an_uninterrupted_run(augment):
     images, labels = _data()
-    whole = _epochs(training_batches(images, labels, 5, 16, seed=3, epochs=3, augment=augment))
-    resumed = _epochs(training_batches(images, labels, 5, 16, seed=3, epochs=3, first_epoch=2, augment=augment))
+    whole = _epochs(training_batches(images, labels, _plan(augment=augment)))
+    resumed = _epochs(training_batches(images, labels, _plan(first_epoch=2, augment=augment)))
     for (a, b), (c, d) in zip(whole[6:], resumed, strict=True):
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
-    other_seed = _epochs(training_batches(images, labels, 5, 16, seed=4, epochs=3, first_epoch=2, augment=augment))
+    other_seed = _epochs(training_batches(images, labels, _plan(seed=4, first_epoch=2, augment=augment)))
     assert not np.array_equal(other_seed[0][0], resumed[0][0])
+
+
+def test_pipelines_share_each_epoch_without_overlap_and_take_the_same_number_of_batches():
+    images, labels = _data(count=64)
+    alone = _epochs(training_batches(images, labels, _plan(batch_size=8, epochs=2, count=64)))
+    halves = [_epochs(training_batches(images, labels, BatchPlan(5, 4, 8, 3, 2, pipeline=index, num_pipelines=2)))
+              for index in (0, 1)]
+    assert [len(half) for half in halves] == [16, 16]  # 8 batches an epoch each: the steps stay in step
+    for epoch in range(2):
+        seen = [i for half in halves for b in half[epoch * 8:(epoch + 1) * 8] for i in _indices(images, b[0])]
+        assert sorted(seen) == list(range(64))  # together every image once, none twice
+        order = [i for b in alone[epoch * 8:(epoch + 1) * 8] for i in _indices(images, b[0])]
+        assert set(seen[:32]) == set(order[0::2])  # pipeline 0 takes every other image of the epoch's order
 
 
 def test_shift_moves_each_image_by_its_own_whole_pixel_offset_within_the_limit():

@@ -22,7 +22,7 @@ import pytest
 from components.errors import UserError
 from pipeline.config import resolve, valid_keys
 from pipeline.registry import STAGES
-from tests.conftest import make_images, write_image_folder
+from tests.conftest import make_images, read_split, write_image_folder
 
 BASE = ("model.conv_widths=(4,)", "model.dense_units=8", "train.epochs=1", "train.batch_size=16",
         "train.profile_batches=()", "train.log_images=2", "export.parity_examples=16")
@@ -39,6 +39,7 @@ PROBES = {
     "data.image_size": "(8, 8)",
     "data.channels": "3",
     "data.on_bad_file": "skip",
+    "data.shard_mb": "0.01",  # the tiny splits stay one shard each: ingest reruns, nothing after it
     "validate.imbalance_warn_ratio": "2.0",
     "validate.drift_warn_std": "0.001",
     "preprocess.epsilon": "0.5",
@@ -60,6 +61,8 @@ PROBES = {
     "train.xla": "on",
     "train.precision": "mixed_bfloat16",
     "train.strategy": "mirrored",
+    "train.in_memory_mb": "0",
+    "train.shuffle_mb": "0.5",
     "train.seed": "1",
     "train.deterministic": "true",
     "train.profile_batches": "(1, 1)",
@@ -144,8 +147,8 @@ def _content(stage: str, artifact: dict) -> str:
     if stage == "ingest":
         digest.update(json.dumps(artifact["class_names"]).encode())
         for split in ("train", "val", "test"):
-            with np.load(Path(artifact["splits_dir"]) / f"{split}.npz") as data:
-                digest.update(data["images"].tobytes() + data["labels"].tobytes())
+            images, labels = read_split(Path(artifact["splits_dir"]), split)
+            digest.update(images.tobytes() + labels.tobytes() + json.dumps(list(images.shape)).encode())
     elif stage == "train":
         import keras
 

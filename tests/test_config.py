@@ -23,6 +23,7 @@ BAD_VALUES = {
     "data.image_size": [(0, 8), (8,), (8, 8, 8), (5000, 8), (8, 8)],  # the last: folder-only, refused here
     "data.channels": [2, -1, 3],  # 3 is folder-only: refused for digits
     "data.on_bad_file": ["ignore", "skip"],  # skip is folder-only
+    "data.shard_mb": [0, 0.001, -1, 5000],
     "validate.imbalance_warn_ratio": [0.5, -1],
     "validate.drift_warn_std": [0, -1],
     "preprocess.epsilon": [0, -1e-6, 1e309, 10],
@@ -43,6 +44,8 @@ BAD_VALUES = {
     "train.xla": ["yes", "true", "jit"],
     "train.precision": ["float16", "fp32"],
     "train.strategy": ["tpu", "multi"],
+    "train.in_memory_mb": [-1, 2e6],
+    "train.shuffle_mb": [0, -5, 2e6],
     "train.seed": [-1],
     "train.profile_batches": [(0, 2), (4, 2), (1, 2, 3)],
     "train.log_images": [-1, 100_000],

@@ -129,3 +129,62 @@ def test_the_cpu_is_described_with_native_bfloat16_from_its_flags(tmp_path, flag
     if flags is not None:
         cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     assert local_cpu(cpuinfo) == Device("CPU", bfloat16=expected)
+
+
+# TF_CONFIG, as tf.distribute defines it: who is chief, how many workers, and every way to get it wrong.
+TWO_WORKERS = {"worker": ["a:1", "b:2"]}
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    (None, (1, "worker", 0, True)),
+    ("", (1, "worker", 0, True)),
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 0}}), (2, "worker", 0, True)),
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 1}}), (2, "worker", 1, False)),
+    (json.dumps({"cluster": {"chief": ["c:0"], **TWO_WORKERS}, "task": {"type": "chief", "index": 0}}),
+     (3, "chief", 0, True)),
+    (json.dumps({"cluster": {"chief": ["c:0"], **TWO_WORKERS}, "task": {"type": "worker", "index": 0}}),
+     (3, "worker", 0, False)),  # with a chief task, worker 0 is an ordinary worker
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": "1"}}), (2, "worker", 1, False)),
+])
+def test_tf_config_says_how_many_workers_and_which_is_chief(tf_config, expected):
+    from components.devices import Cluster, read_cluster
+
+    assert read_cluster(tf_config) == Cluster(*expected)
+
+
+@pytest.mark.parametrize("tf_config, words", [
+    ("{not json", "cannot be read"),
+    ("[]", "cannot be read"),
+    (json.dumps({"cluster": TWO_WORKERS}), "cannot be read"),  # no task
+    (json.dumps({"task": {"type": "worker", "index": 0}}), "cannot be read"),  # no cluster
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker"}}), "cannot be read"),
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": "x"}}), "cannot be read"),
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 2}}), "is not in its cluster"),
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": -1}}), "is not in its cluster"),
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "ps", "index": 0}}), "is not in its cluster"),
+    (json.dumps({"cluster": TWO_WORKERS, "task": {"type": "chief", "index": 0}}), "is not in its cluster"),
+])
+def test_a_bad_tf_config_is_one_clear_error(tf_config, words):
+    from components.devices import read_cluster
+    from components.errors import UserError
+
+    with pytest.raises(UserError, match=words) as raised:
+        read_cluster(tf_config)
+    assert "\n" not in str(raised.value) and "TF_CONFIG" in str(raised.value)
+
+
+def test_multi_worker_plans_every_workers_devices_and_needs_a_cluster():
+    from components.config import TrainConfig
+    from components.devices import Cluster, plan_training
+    from components.errors import UserError
+
+    config = TrainConfig(strategy="multi_worker")
+    chief = plan_training(config, [Device("GPU", (8, 0)), CPU], Cluster(4, "worker", 0, True))
+    other = plan_training(config, [Device("GPU", (8, 0)), CPU], Cluster(4, "worker", 3, False))
+    assert chief == other  # the same plan, so the same train fingerprint and resume folder on every worker
+    assert chief.strategy == StrategyPlan("multi_worker", "GPU", 4)
+    assert choose_strategy("multi_worker", [CPU], 2) == StrategyPlan("multi_worker", "CPU", 2)
+    with pytest.raises(UserError, match="needs the workers named in the TF_CONFIG"):
+        plan_training(config, [CPU], Cluster(1, "worker", 0, True))
+    assert plan_training(TrainConfig(strategy="single"), [CPU], Cluster(3, "worker", 1, False)).strategy == \
+        StrategyPlan("single", "CPU")  # TF_CONFIG alone asks for nothing

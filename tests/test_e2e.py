@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import resolve, to_dict
 from pipeline.registry import STAGE_NAMES
-from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli, run_python
+from tests.conftest import QUIET_ENV, REPO_DIR, read_split, run_pipeline_cli, run_python
 
 STAGES = list(STAGE_NAMES)
 
@@ -25,7 +25,9 @@ def test_every_stage_succeeds_and_the_manifest_says_so(smoke_run):
     assert [s["name"] for s in manifest["stages"]] == STAGES
     assert all(s["status"] == "succeeded" for s in manifest["stages"])
     seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
-    assert seconds["train"] == max(seconds.values()) > 0.5  # what took time was training
+    # What took time was training; ingest, the first stage, also pays for importing TensorFlow (its
+    # TFRecord writer): about 3 s of this process's start-up that any stage run first would pay.
+    assert seconds["train"] == max(seconds[name] for name in STAGES if name != "ingest") > 0.5
     assert manifest["run_id"] == smoke_run.run_dirs[-1].name and manifest["error"] is None
     assert manifest["results"]["test_accuracy"] > 0.75  # 3 epochs on digits: 0.82 here; chance is 0.1
     assert manifest["results"]["data_fingerprint"] == manifest["artifacts"]["ingest"]["fingerprint"]
@@ -171,9 +173,11 @@ print(json.dumps({"probabilities": probabilities.tolist(),
 
 
 @pytest.fixture(scope="module")
-def consumers(smoke_run):
+def consumers(smoke_run, tmp_path_factory):
     version_dir = smoke_run.manifest["results"]["version_dir"]
-    test_split = str(smoke_run.run_dirs[-1] / "ingest" / "test.npz")
+    test_split = str(tmp_path_factory.mktemp("consumers") / "test.npz")  # plain arrays: consumers know no TFRecord
+    images, labels = read_split(smoke_run.run_dirs[-1] / "ingest")
+    np.savez(test_split, images=images, labels=labels)
     results = {}
     for name, code in (("saved_model", SAVED_MODEL_CONSUMER), ("onnx", ONNX_CONSUMER)):
         process = run_python(code, version_dir, test_split)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from components.errors import UserError
 from components.exported import InputSpec, check_pixels, decode_image, load_exported, ranked, version_dir_of
+from tests.conftest import read_split
 
 GRAY = InputSpec("pixels", 8, 8, 1)
 RGB = InputSpec("pixels", 4, 6, 3)
@@ -118,7 +119,7 @@ def test_only_8_bit_png_and_jpeg_are_read_and_exif_orientation_is_applied(tmp_pa
 
 
 def test_both_backends_and_onnx_runtime_itself_agree_on_files_and_arrays(smoke_run, tmp_path):
-    images = np.load(smoke_run.run_dirs[-1] / "ingest" / "test.npz")["images"][:12]
+    images = read_split(smoke_run.run_dirs[-1] / "ingest", limit=12)[0]
     onnx, saved = load_exported(smoke_run.workdir / "saved_models" / "digits"), None
     session = ort.InferenceSession(str(onnx.version_dir / "model.onnx"))
     direct = session.run(["probabilities"], {"pixels": images.astype(np.float32)})[0]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.artifacts import load_split
 from components.config import DataConfig, ValidateConfig
 from components.errors import UserError
 from components.image_folder import BadImageError, ImageFormat, decode_image
 from components.ingest import ingest
+from components.shards import load_split
 from components.validate import validate
 from tests.conftest import make_images, write_image_folder
 

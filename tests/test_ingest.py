@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from components.artifacts import load_split
 from components.config import DataConfig
 from components.errors import UserError
 from components.ingest import ingest
+from components.shards import load_split, read_layout
 from tests.conftest import make_images, write_idx
 
 
@@ -87,31 +87,53 @@ def test_a_class_too_small_to_split_is_a_user_error(idx_dir, tmp_path):
         ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "out")
 
 
-def test_a_failure_while_writing_leaves_no_split_files(idx_dir, tmp_path, monkeypatch):
-    import components.ingest as ingest_module
+@pytest.mark.parametrize("out_dir_exists", [False, True])
+def test_a_failure_while_writing_leaves_nothing_that_looks_finished(idx_dir, tmp_path, monkeypatch, out_dir_exists):
+    import components.shards as shards_module
 
     written = []
-    real_write = ingest_module._write_npz
+    real_write = shards_module._write_records
 
-    def fail_on_third(path, arrays, digest):
+    def fail_on_third(*args):
         if len(written) == 2:
             raise OSError("disk full")
-        real_write(path, arrays, digest)
-        written.append(path)
+        written.append(real_write(*args))
+        return written[-1]
 
-    monkeypatch.setattr(ingest_module, "_write_npz", fail_on_third)
+    monkeypatch.setattr(shards_module, "_write_records", fail_on_third)
+    if out_dir_exists:
+        (tmp_path / "out").mkdir()
     with pytest.raises(OSError, match="disk full"):
         ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "out")
-    assert len(written) == 2 and list((tmp_path / "out").iterdir()) == []
+    assert len(written) == 2  # train and val were written, then removed
+    assert (list((tmp_path / "out").iterdir()) == []) if out_dir_exists else not (tmp_path / "out").exists()
 
 
-def test_split_files_are_plain_npz_in_chunks(idx_dir, tmp_path, monkeypatch):
+def test_labels_that_are_not_integers_are_refused(tmp_path):
+    train, test = make_images(10), make_images(4, seed=1)
+    np.savez(tmp_path / "d.npz", x_train=train[0], y_train=train[1].astype(np.float32), x_test=test[0],
+             y_test=test[1])
+    with pytest.raises(UserError, match="train labels have dtype float32; labels must be integers 0..2"):
+        ingest(DataConfig(source=f"npz:{tmp_path / 'd.npz'}"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_and_test_images_of_other_shapes_are_refused(tmp_path):
+    train, test = make_images(10), make_images(4, shape=(7, 6, 1), seed=1)
+    np.savez(tmp_path / "d.npz", x_train=train[0], y_train=train[1], x_test=test[0], y_test=test[1])
+    with pytest.raises(UserError, match=r"splits disagree on image shape or dtype: shapes \{'train': \(6, 6, 1\), "
+                                        r"'test': \(7, 6, 1\)\}"):
+        ingest(DataConfig(source=f"npz:{tmp_path / 'd.npz'}"), tmp_path / "out")
+
+
+def test_chunks_written_in_any_size_give_the_same_splits(idx_dir, tmp_path, monkeypatch):
     import components.ingest as ingest_module
 
+    whole = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "whole")
     monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 100)  # 36-byte images: 2 per chunk
-    splits = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "out")
-    with np.load(tmp_path / "out" / "test.npz", allow_pickle=False) as data:
-        assert sorted(data.files) == ["images", "labels"]
-        from components.sources import read_idx_dir
-        np.testing.assert_array_equal(data["images"], read_idx_dir(idx_dir).test_images)
-    assert load_split(splits, "train")[0].shape == (splits.num_examples["train"], 6, 6, 1)
+    chunked = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "chunked")
+    assert chunked.fingerprint == whole.fingerprint
+    for split in ("train", "val", "test"):
+        for got, expected in zip(load_split(chunked, split), load_split(whole, split)):
+            np.testing.assert_array_equal(got, expected)
+    assert read_layout(tmp_path / "chunked") == read_layout(tmp_path / "whole")

@@ -21,7 +21,7 @@ import pytest
 from nbclient import NotebookClient
 
 from components.findings import worst_classes
-from tests.conftest import REPO_DIR
+from tests.conftest import REPO_DIR, read_split, write_image_folder
 
 NOTEBOOK = REPO_DIR / "notebooks" / "classify_with_exported_model.ipynb"
 QUICKSTART = REPO_DIR / "notebooks" / "quickstart.ipynb"
@@ -92,14 +92,18 @@ def test_the_shadow_packages_keep_the_project_out(without_the_project, tmp_path)
     assert result.returncode == 1 and "must not import the project" in result.stderr
 
 
-def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, without_the_project):
+def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, without_the_project, tmp_path):
+    images, labels = read_split(smoke_run.run_dirs[-1] / "ingest", limit=8)
+    class_names = smoke_run.manifest["artifacts"]["ingest"]["class_names"]
+    paths = write_image_folder(tmp_path / "sample", images, labels, class_names)
+    order = np.argsort([str(path) for path in paths])  # the notebook reads them in sorted order
+    images, labels = images[order], labels[order]
     monkeypatch.setenv("PIPELINE_WORKDIR", str(smoke_run.workdir))
+    monkeypatch.setenv("PIPELINE_IMAGES", str(tmp_path / "sample"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     _, printed = _execute(NOTEBOOK)
     assert "digits/1 from run " + smoke_run.manifest["run_id"] in printed
 
-    with np.load(smoke_run.run_dirs[-1] / "ingest" / "test.npz") as test:
-        images, labels = test["images"][:8], test["labels"][:8]
     predicted = _onnx_predicted(smoke_run.manifest["results"]["onnx_path"], images).argmax(1)
     assert re.findall(r"predicted\s+(\S+)", printed) == [str(p) for p in predicted]
     assert f"{(predicted == labels).mean():.0%} of these 8 images classified correctly" in printed
@@ -123,8 +127,7 @@ def test_quickstart_runs_the_pipeline_reads_its_results_and_classifies(smoke_run
     report_path = manifest["files"]["report.html"]
     assert f"report: {report_path}\n" in printed and Path(report_path).is_file()
 
-    with np.load(run_dir / "ingest" / "test.npz") as test:
-        images, labels = test["images"][:6], test["labels"][:6]
+    images, labels = read_split(run_dir / "ingest", limit=6)
     probabilities = _onnx_predicted(results["onnx_path"], images)
     expected = [(f"test_{index}.png", str(label), str(row.argmax()), f"{row.max():.3f}")
                 for index, (label, row) in enumerate(zip(labels, probabilities))]

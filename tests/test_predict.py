@@ -17,7 +17,7 @@ from PIL import Image
 
 from components.exported import load_exported
 from pipeline.predict import main
-from tests.conftest import QUIET_ENV, REPO_DIR
+from tests.conftest import QUIET_ENV, REPO_DIR, read_split
 
 CLASS_NAMES = [str(digit) for digit in range(10)]
 # The folder `image_dir` writes, as a recursive, sorted search finds it (upper-case suffixes too, notes.txt not).
@@ -47,8 +47,7 @@ def version_dir(smoke_run) -> Path:
 
 @pytest.fixture(scope="module")
 def test_images(smoke_run) -> np.ndarray:
-    with np.load(Path(smoke_run.manifest["run_dir"]) / "ingest" / "test.npz") as test:
-        return test["images"][:10]
+    return read_split(Path(smoke_run.manifest["run_dir"]) / "ingest", limit=10)[0]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from PIL import Image
 from components.findings import class_results, confusions, headline, worst_classes
 from components.report import most_confident_mistakes
 from pipeline.cache import StageCache
+from tests.conftest import read_split
 
 PNG_URI = "data:image/png;base64,"
 
@@ -135,7 +136,7 @@ def test_every_image_is_inline_and_nothing_is_fetched(smoke_run):
 
 def test_the_mistakes_shown_are_the_most_confident_ones_in_order(smoke_run):
     run_dir = smoke_run.run_dirs[-1]
-    labels = np.load(run_dir / "ingest" / "test.npz")["labels"]
+    labels = read_split(run_dir / "ingest")[1]
     probabilities = np.load(run_dir / "evaluate" / "predictions.npz")["probabilities"]
     shown = [int(attributes["data-index"]) for tag, attributes in _page(run_dir).tags if tag == "figure"
              and "data-index" in attributes]

@@ -35,7 +35,7 @@ from components.exported import InputSpec, LoadedModel, decode_image, load_expor
 from pipeline.serving.batching import Batcher
 from pipeline.serving.errors import NotFound
 from pipeline.serving.models import ModelRepository
-from tests.conftest import QUIET_ENV, REPO_DIR, run_python
+from tests.conftest import QUIET_ENV, REPO_DIR, read_split, run_python
 
 MAX_BODY_BYTES = 1_000_000  # the module's server: small, so that a 413 costs little to provoke
 ATOL = 1e-5
@@ -95,8 +95,7 @@ def copy_saved_models(smoke_run, workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def images(smoke_run) -> np.ndarray:
     """Six test images, uint8 [6, 8, 8, 1]."""
-    with np.load(smoke_run.run_dirs[-1] / "ingest" / "test.npz") as test:
-        return test["images"][:6]
+    return read_split(smoke_run.run_dirs[-1] / "ingest", limit=6)[0]
 
 
 @pytest.fixture(scope="module")

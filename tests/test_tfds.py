@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from components.artifacts import load_split
 from components.config import DataConfig, ValidateConfig
 from components.ingest import ingest
+from components.shards import load_split
 from components.validate import validate
 
 

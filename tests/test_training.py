@@ -186,10 +186,10 @@ def test_a_model_fits_batches_prefetched_to_a_device():
     """The prefetch-to-device path, run on the CPU device (the only one here): Keras takes its batches."""
     import tensorflow as tf
 
-    from components.batches import training_batches
+    from components.batches import BatchPlan, training_batches
 
     images, labels = make_images(8)
-    batches = training_batches(images, labels, 3, 4, seed=0, epochs=2, device="/CPU:0")
+    batches = training_batches(images, labels, BatchPlan(3, 4, 6, seed=0, epochs=2), device="/CPU:0")
     model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
                               keras.layers.Dense(3)])
     model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))

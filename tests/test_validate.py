@@ -1,24 +1,34 @@
 """Validate: the schema and statistics on good data, a clear stop on each kind of bad data."""
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from components.artifacts import Splits, split_path
+from components.artifacts import Splits
 from components.config import ValidateConfig
 from components.errors import UserError
+from components.shards import SplitWriter, split_files
 from components.validate import validate
 from tests.conftest import make_images
 
 
-def write_splits(tmp_path, train, val=None, test=None, class_names=("a", "b", "c")) -> Splits:
-    val = val if val is not None else make_images(2, seed=1)
-    test = test if test is not None else make_images(3, seed=2)
+def write_splits(splits_dir, train, val=None, test=None, class_names=("a", "b", "c"), shard_mb=128.0,
+                 chunk_examples=1_000_000) -> Splits:
+    """Write (images, labels) per split in ingest's format, as `chunk_examples`-image chunks; returns the Splits."""
+    image_shape, dtype = tuple(train[0].shape[1:]), train[0].dtype.name
+    val = val if val is not None else make_images(2, shape=image_shape, seed=1)
+    test = test if test is not None else make_images(3, shape=image_shape, seed=2)
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    writer = SplitWriter(splits_dir, image_shape, dtype, tuple(class_names), shard_mb)
     for name, (images, labels) in {"train": train, "val": val, "test": test}.items():
-        np.savez(split_path(tmp_path, name), images=images, labels=labels)
+        chunks = [(images[start: start + chunk_examples], labels[start: start + chunk_examples])
+                  for start in range(0, len(labels), chunk_examples)]
+        writer.write_split(name, chunks, len(labels))
     counts = {"train": len(train[1]), "val": len(val[1]), "test": len(test[1])}
-    return Splits(tmp_path, "f" * 64, tuple(class_names), counts)
+    return Splits(splits_dir, writer.publish(), tuple(class_names), counts, image_shape, dtype)
 
 
 def test_schema_and_statistics_of_good_data(tmp_path):
@@ -41,12 +51,6 @@ def test_label_out_of_range_names_index_and_range(tmp_path):
         validate(ValidateConfig(), write_splits(tmp_path, (images, labels)), tmp_path / "out")
 
 
-def test_non_integer_labels(tmp_path):
-    images, labels = make_images(4)
-    with pytest.raises(UserError, match="labels must be integers"):
-        validate(ValidateConfig(), write_splits(tmp_path, (images, labels.astype(np.float32))), tmp_path / "o")
-
-
 def test_nan_or_inf_pixels(tmp_path):
     images, labels = make_images(4)
     images = images.astype(np.float32)
@@ -59,11 +63,22 @@ def test_nan_or_inf_pixels(tmp_path):
         validate(ValidateConfig(), splits, tmp_path / "out")
 
 
-def test_inconsistent_shapes(tmp_path):
-    test_images, test_labels = make_images(3, shape=(7, 6, 1), seed=2)
-    with pytest.raises(UserError, match="splits disagree on image shape"):
-        validate(ValidateConfig(), write_splits(tmp_path, make_images(4), test=(test_images, test_labels)),
-                 tmp_path / "out")
+def test_a_shard_whose_images_disagree_with_the_declared_shape(tmp_path):
+    splits = write_splits(tmp_path / "data", make_images(4))
+    wider = [make_images(count, shape=(7, 6, 1)) for count in (4, 2, 3)]
+    other = write_splits(tmp_path / "other", *wider)
+    shutil.copyfile(split_files(other, "test")[0], split_files(splits, "test")[0])
+    with pytest.raises(UserError, match="splits disagree on image shape or dtype: a record of the test split .* holds "
+                                        "no 6x6x1 uint8 image as splits.json declares"):
+        validate(ValidateConfig(), splits, tmp_path / "out")
+
+
+def test_labels_that_disagree_with_the_records_are_refused(tmp_path):
+    splits = write_splits(tmp_path / "data", make_images(4))
+    labels = np.load(tmp_path / "data" / "val-labels.npy")
+    np.save(tmp_path / "data" / "val-labels.npy", (labels + 1) % 3)
+    with pytest.raises(UserError, match="the val split's val-labels.npy disagrees with its records at index 0"):
+        validate(ValidateConfig(), splits, tmp_path / "out")
 
 
 def test_empty_split(tmp_path):
@@ -92,7 +107,7 @@ def test_statistics_record_leakage_skips_and_the_summary(tmp_path, caplog):
     test_images, test_labels = make_images(3, seed=2)
     test_images[:2] = train[0][:2]  # two test images copied from train
     splits = write_splits(tmp_path, train, test=(test_images, test_labels))
-    splits = Splits(splits.splits_dir, splits.data_sha256, splits.class_names, splits.num_examples, 5)
+    splits = dataclasses.replace(splits, num_skipped_files=5)
     schema = validate(ValidateConfig(), splits, tmp_path / "out")
     stats = json.loads(schema.statistics_path.read_text())
     assert stats["source"] == {"skipped_files": 5, "test_images_also_in_train": 2}
@@ -115,3 +130,25 @@ def test_test_pixels_far_from_train_are_a_warning(tmp_path, caplog):
 def test_good_data_has_no_warnings(tmp_path):
     schema = validate(ValidateConfig(), write_splits(tmp_path, make_images(4)), tmp_path / "out")
     assert schema.warnings == () and schema.description.endswith("3 classes, 0 warnings")
+
+
+def test_statistics_streamed_in_chunks_equal_numpy_on_the_whole_arrays(tmp_path, monkeypatch):
+    import components.validate as validate_module
+
+    rng = np.random.default_rng(7)
+    arrays = {name: (rng.integers(0, 256, (count, 5, 4, 3), dtype=np.uint8), np.arange(count) % 3)
+              for name, count in (("train", 50), ("val", 9), ("test", 31))}
+    arrays["test"][0][:4] = arrays["train"][0][10:14]  # four test images copied from train
+    # Shards of 6 or 7 images, read in chunks of 4: the sums cross every boundary.
+    splits = write_splits(tmp_path / "data", *arrays.values(), shard_mb=4e-4)
+    real_chunks = validate_module.image_chunks
+    monkeypatch.setattr(validate_module, "image_chunks", lambda *args: real_chunks(*args, chunk_examples=4))
+    stats = json.loads(validate(ValidateConfig(), splits, tmp_path / "out").statistics_path.read_text())
+    for name, (images, labels) in arrays.items():
+        pixels = images.astype(np.float64)
+        assert stats[name]["count"] == len(labels) and stats[name]["class_counts"] == np.bincount(labels).tolist()
+        assert stats[name]["pixel_min"] == images.min() and stats[name]["pixel_max"] == images.max()
+        assert stats[name]["pixel_mean"] == pytest.approx(pixels.mean(), rel=1e-12)
+        assert stats[name]["pixel_std"] == pytest.approx(pixels.std(), rel=1e-9)
+        np.testing.assert_allclose(stats[name]["channel_mean"], pixels.reshape(-1, 3).mean(axis=0), rtol=1e-12)
+    assert stats["source"]["test_images_also_in_train"] == 4
