@@ -63,7 +63,7 @@ def lever_epoch(uint8: bool, gather: bool, steps_per_execution: int) -> float:
     import keras
     import tensorflow as tf
 
-    from components.batches import training_batches
+    from components.batches import BatchPlan, training_batches
     from components.model import build_model
     from components.sources import read_idx_dir
     from pipeline.config import resolve
@@ -75,7 +75,7 @@ def lever_epoch(uint8: bool, gather: bool, steps_per_execution: int) -> float:
     model = build_model(config.model, (28, 28, 1), 10, float(images.mean()), float(images.std()))
     batch = config.train.batch_size
     if gather:
-        dataset = training_batches(images, labels, 10, batch, 0, 2, augment="none")
+        dataset = training_batches(images, labels, BatchPlan(10, batch, -(-len(labels) // batch), 0, 2))
     else:  # the input pipeline before this change
         dataset = tf.data.Dataset.range(2).flat_map(lambda _: tf.data.Dataset.from_tensor_slices(
             (images, tf.one_hot(labels, 10))).cache().shuffle(len(labels), seed=0).batch(batch))

@@ -88,7 +88,8 @@ def streamed_training_batches(files: Sequence[Path], parse: Callable, image_shap
         shuffle_examples: records in the shuffle buffer.
     """
     names = tf.constant([str(path) for path in files])
-    by_file = len(files) >= plan.num_pipelines
+    # Whole files only when they divide evenly: shards hold similar counts, pipelines equal shares.
+    by_file = len(files) % plan.num_pipelines == 0
     num_files = len(files) // plan.num_pipelines if by_file else len(files)
     augmenter = _augmenter(plan, image_shape[:2])
 
@@ -117,7 +118,8 @@ def _augmenter(plan: BatchPlan, image_size: Sequence[int]) -> Callable:
     run_seed = tf.constant(plan.seed, tf.int64)
 
     def augment(pixels: tf.Tensor, labels: tf.Tensor, epoch: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        batch_seed = tf.stack([run_seed + 1, epoch * 1_000_003 + step])
+        # Each pipeline its own seeds (pipeline 0's are those of a run with one).
+        batch_seed = tf.stack([run_seed + 1 + 7919 * plan.pipeline, epoch * 1_000_003 + step])
         if plan.augment != "none":
             pixels = shift_images(pixels, shift, batch_seed)
         if plan.augment == "shift+flip":

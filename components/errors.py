@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class WorkerLost(Exception):
     """A worker of a multi-worker run stopped mid-training; the message says how to resume."""
+
+
+class WorkersDisagree(UserError):
+    """The workers of a multi-worker run would train different models: other code, data or checkpoint."""

@@ -18,6 +18,7 @@ without collectives: the weights are identical, so the results are.
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -25,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.errors import WorkerLost
+from components.errors import WorkerLost, WorkersDisagree
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,40 @@ class TrainingLoop:
         """
         try:
             return self._fit(dataset_fn, validation, epochs, first_epoch, callbacks)
-        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as error:
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                tf.errors.FailedPreconditionError, tf.errors.InternalError) as error:
             if self.settings.num_workers < 2:
                 raise
             reason = str(error).strip().splitlines()[0]
             raise WorkerLost(f"a worker stopped during training ({type(error).__name__}: {reason}); start every "
                              "worker again with the same command: training resumes after the last finished "
                              "epoch") from None
+
+    def check_workers_agree(self, first_epoch: int, setup: str) -> None:
+        """Refuse to train when a worker starts from another epoch, other weights or another `setup` than the chief.
+
+        Each worker restores the chief's checkpoint and resolves its own plan; a stale view of shared
+        storage, or another host's packages or devices, would otherwise make the replicas apply the
+        same gradients to different weights, and the model saved would not be the one trained.
+
+        Raises:
+            WorkersDisagree: on every worker, naming what differs.
+        """
+        if self.settings.num_workers < 2:
+            return
+        weights = sum(float(np.abs(np.asarray(value, np.float64)).sum()) for value in self.model.get_weights())
+        mine = np.array([first_epoch, zlib.crc32(setup.encode()) % 2**24, weights], np.float32)
+        chiefs = self._broadcast(tf.constant(mine)).numpy()
+        differs = [name for name, a, b in zip(("the epoch resumed from", "the plan", "the weights"), mine, chiefs)
+                   if not np.isclose(a, b, rtol=1e-6)]
+        count = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(
+            lambda: tf.constant(float(bool(differs)))), axis=None)
+        if float(count):
+            what = f"{', '.join(differs)} differ{'s' * (len(differs) == 1)}" if differs else "another worker differs"
+            raise WorkersDisagree(
+                f"the workers do not start training alike ({what} from the chief's: epoch {int(chiefs[0]) + 1}, "
+                f"{setup}); every worker must run the same code and packages and see the chief's --workdir on "
+                "shared storage")
 
     def _fit(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], validation: tf.data.Dataset,
              epochs: int, first_epoch: int, callbacks: Sequence[keras.callbacks.Callback]) -> dict[str, list[float]]:
@@ -168,6 +196,7 @@ class TrainingLoop:
         return tf.reduce_sum(per_example), tf.reduce_sum(right)
 
     def _evaluate_batch(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The summed loss and the confusion matrix of one batch."""
         logits = self.model(images, training=False)
         confusion = tf.math.confusion_matrix(tf.argmax(labels, -1), tf.argmax(logits, -1),
                                              num_classes=self.settings.num_classes, dtype=tf.int64)

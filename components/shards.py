@@ -7,7 +7,7 @@ In `Splits.splits_dir`:
   the split's dtype, little-endian) and `label` (int64: the class index). A shard holds about
   `data.shard_mb` MB of pixels, `n = max(1, ceil(split bytes / shard bytes))`, the examples spread
   evenly over the shards in order. Train is stored in a seeded random order, so a bounded shuffle
-  buffer over interleaved shards still mixes the classes; val and test keep the source's order.
+  buffer over interleaved shards still mixes the classes; a source's own test split keeps its order.
 - `<split>-labels.npy`: the split's int64 labels in record order, so counts and labels need no pass
   over the images.
 - `splits.json`, written last (its presence means the rest is complete): the format, image shape,
@@ -39,7 +39,7 @@ from components.errors import UserError
 FORMAT = "tfrecord of tf.train.Example (image: raw bytes, label: int64)"
 LAYOUT_FILE = "splits.json"
 BYTES_PER_MB = 10**6
-CHUNK_EXAMPLES = 4096  # examples per chunk of a streaming pass
+CHUNK_BYTES = 16 * BYTES_PER_MB  # pixels per chunk of a streaming pass: 16 MB, whatever the image size
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -123,14 +123,14 @@ def parse_examples(image_shape: Sequence[int], dtype: str) -> Callable[[Any], tu
     return parse
 
 
-def image_chunks(splits: Splits, split: str, chunk_examples: int = CHUNK_EXAMPLES
+def image_chunks(splits: Splits, split: str, chunk_examples: int | None = None
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The split in stored order, as NumPy chunks: memory is bounded by one chunk.
 
     Args:
         splits: ingest's output.
         split: train, val or test.
-        chunk_examples: examples per chunk (the last one may hold fewer).
+        chunk_examples: examples per chunk (the last one may hold fewer); None = `chunk_size(splits)`.
 
     Yields:
         (images [b, H, W, C] in the split's dtype, labels [b] int64).
@@ -139,7 +139,12 @@ def image_chunks(splits: Splits, split: str, chunk_examples: int = CHUNK_EXAMPLE
         UserError: a record does not hold an image of the shape and dtype `splits.json` declares, or
             a shard is corrupt.
     """
-    yield from _chunks(splits, split, chunk_examples, limit=None)
+    yield from _chunks(splits, split, chunk_examples or chunk_size(splits), limit=None)
+
+
+def chunk_size(splits: Splits) -> int:
+    """Examples in a chunk of CHUNK_BYTES: 20,408 Fashion-MNIST images, 106 photos of 224x224x3."""
+    return max(1, CHUNK_BYTES // (int(np.prod(splits.image_shape)) * np.dtype(splits.dtype).itemsize))
 
 
 def load_split(splits: Splits, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +162,7 @@ def load_split(splits: Splits, split: str, limit: int | None = None) -> tuple[np
     images = np.empty((count, *splits.image_shape), dtype=splits.dtype)
     labels = np.empty((count,), dtype=np.int64)
     start = 0
-    for chunk_images, chunk_labels in _chunks(splits, split, min(CHUNK_EXAMPLES, max(1, count)), limit=count):
+    for chunk_images, chunk_labels in _chunks(splits, split, min(chunk_size(splits), max(1, count)), limit=count):
         images[start: start + len(chunk_labels)] = chunk_images
         labels[start: start + len(chunk_labels)] = chunk_labels
         start += len(chunk_labels)

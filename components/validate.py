@@ -79,8 +79,9 @@ class PixelStatistics:
 
     def add(self, images: np.ndarray) -> None:
         """Count a chunk of images [b, H, W, C]."""
-        for start in range(0, len(images), STATISTICS_CHUNK):
-            chunk = images[start: start + STATISTICS_CHUNK].reshape(-1, len(self.total)).astype(np.float64)
+        rows = max(1, STATISTICS_BYTES // max(1, images[:1].nbytes))
+        for start in range(0, len(images), rows):
+            chunk = images[start: start + rows].reshape(-1, len(self.total)).astype(np.float64)
             self.total += chunk.sum(axis=0)
             self.total_sq += np.square(chunk).sum(axis=0)
         if images.size:
@@ -101,7 +102,7 @@ class PixelStatistics:
         }
 
 
-STATISTICS_CHUNK = 4096  # images per chunk when summing pixels
+STATISTICS_BYTES = 4 * 10**6  # pixels summed at a time: their float64 copy is 8x this
 
 
 def _statistics(splits: Splits, labels: dict[str, np.ndarray], num_classes: int) -> tuple[dict, int]:

@@ -141,6 +141,24 @@ class Lineage:
 
 
 
+def newest_run(db_path: Path) -> dict[str, Any] | None:
+    """The newest run of a lineage database, read without writing to it (None if it cannot be read).
+
+    For a process that must not write the workdir's lineage, such as a worker of a multi-worker run;
+    a run marked running whose process on this host is gone shows as `killed`, as in `Lineage.runs`.
+    """
+    try:
+        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM runs ORDER BY started DESC LIMIT 1").fetchone()
+    except sqlite3.Error:
+        return None
+    run = dict(row) if row else None
+    if run and run["status"] == "running" and run["host"] == socket.gethostname() and not pid_alive(run["pid"]):
+        run["status"] = "killed"
+    return run
+
+
 def _add_missing_columns(db: sqlite3.Connection) -> None:
     for table, columns in ADDED_COLUMNS.items():
         existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}

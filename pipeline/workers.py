@@ -21,13 +21,15 @@ from components.errors import UserError
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
 from pipeline.fingerprint import digest
-from pipeline.lineage import Lineage
+from pipeline.lineage import newest_run
 from pipeline.registry import STAGES, RunPlaces
 from pipeline.runner import Selection, fingerprint_parts, load_function, resume_dir, run_pipeline, stage_arguments
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+HINT_SECONDS = 60.0  # how often a waiting worker says so
+STARTUP_SLACK = 600.0  # seconds the chief may have started before a worker
 
 
 def run_this_process(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
@@ -55,6 +57,8 @@ def join_training(config: PipelineConfig, workdir: Path, selection: Selection, c
     Raises:
         UserError: the chief's run failed before training (so there is nothing to join).
     """
+    if selection.position("train") != "inside":  # the chief does not train: there is nothing to join
+        return _summary(cluster, "train is not among the selected stages: nothing to join")
     workdir = workdir.resolve()
     cache, lineage_path = StageCache(workdir / "cache"), workdir / "lineage.sqlite"
     started = time.time()
@@ -79,26 +83,32 @@ def join_training(config: PipelineConfig, workdir: Path, selection: Selection, c
 
 def _wait_for(cache: StageCache, lineage_path: Path, stage: str, fingerprint: str, since: float) -> Any:
     """The chief's artifact of `stage`, once it is in the cache."""
-    said = False
+    waited = 0.0
     while (artifact := cache.lookup(stage, fingerprint)) is None:
-        if not said:
-            log.info("worker: waiting for the chief to finish stage %s", stage)
-            said = True
-        failed = _failed_since(lineage_path, since)
-        if failed:
-            raise UserError(f"the chief's run {failed['run_id']} failed before training ({failed['error']}); "
-                            "fix that and start every worker again")
+        if waited % HINT_SECONDS == 0:
+            log.info("worker: waiting for the chief to finish stage %s (fingerprint %s)%s", stage, fingerprint[:12],
+                     "" if not waited else "; if the chief has finished it, this worker computes another fingerprint: "
+                     "every worker needs the same code, packages and data (the same paths on shared storage)")
+        ended = _ended_before_training(lineage_path, since)
+        if ended:
+            raise UserError(f"the chief's run {ended['run_id']} ended before training ({ended['status']}: "
+                            f"{ended['error'] or 'no error recorded'}); fix that and start every worker again")
         time.sleep(POLL_SECONDS)
+        waited += POLL_SECONDS
     return artifact
 
 
-def _failed_since(lineage_path: Path, since: float) -> dict[str, Any] | None:
-    """The newest run if it ended in failure after `since` (the chief's: only it writes runs)."""
-    if not lineage_path.exists():  # the chief has not started; a worker creates no lineage of its own
-        return None
-    runs = Lineage(lineage_path).runs()
-    if runs and runs[0]["status"] == "failed" and (runs[0]["ended"] or 0) >= since:
-        return runs[0]
+def _ended_before_training(lineage_path: Path, since: float) -> dict[str, Any] | None:
+    """The chief's run (the newest: only the chief writes runs), if it ended while this worker waited.
+
+    Failed: it ended after `since`. Killed (seen only from the chief's host): it started at most
+    STARTUP_SLACK seconds before `since`, so a run killed long ago is not taken for this one.
+    """
+    newest = newest_run(lineage_path) if lineage_path.exists() else None
+    if newest and newest["status"] == "failed" and (newest["ended"] or 0) >= since:
+        return newest
+    if newest and newest["status"] == "killed" and newest["started"] >= since - STARTUP_SLACK:
+        return newest
     return None
 
 

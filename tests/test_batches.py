@@ -124,3 +124,49 @@ def test_evaluation_batches_keep_the_order_and_every_image():
     batches = _epochs(evaluation_batches(images, labels, 5, batch_size=8))
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), images)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]).argmax(axis=1), labels)
+
+
+def _shards(tmp_path, count=64, shard_mb=None):
+    """`count` distinct 6x6 images written as the train split in ingest's format, ~8 images a shard."""
+    from tests.test_validate import write_splits
+
+    images, labels = _data(count=count)
+    splits = write_splits(tmp_path / "splits", (images, labels), shard_mb=shard_mb or 8 * 36 / 1e6)
+    return images, splits
+
+
+def _streamed(splits, plan, shuffle_examples=16):
+    from components.batches import streamed_training_batches
+    from components.shards import parse_examples, split_files
+
+    return _epochs(streamed_training_batches(split_files(splits, "train"), parse_examples((6, 6, 1), "uint8"),
+                                             (6, 6, 1), plan, shuffle_examples))
+
+
+@pytest.mark.parametrize("num_shards", [8, 7])  # by whole files; by record when the files do not divide
+def test_streamed_pipelines_share_each_epoch_evenly_and_each_image_once(tmp_path, num_shards):
+    images, splits = _shards(tmp_path, shard_mb=64 * 36 / num_shards / 1e6 + 1e-9)
+    from components.shards import split_files
+
+    assert len(split_files(splits, "train")) == num_shards
+    halves = [_streamed(splits, BatchPlan(5, 4, 8, 3, 2, pipeline=index, num_pipelines=2)) for index in (0, 1)]
+    assert [len(half) for half in halves] == [16, 16]
+    for epoch in range(2):
+        seen = [i for half in halves for b in half[epoch * 8:(epoch + 1) * 8] for i in _indices(images, b[0])]
+        assert sorted(seen) == list(range(64))  # disjoint, and together every image once
+    first_epoch = [i for b in halves[0][:8] for i in _indices(images, b[0])]
+    assert first_epoch != sorted(first_epoch)  # shuffled
+
+
+def test_a_streamed_epoch_is_shuffled_with_labels_kept_and_resumes_as_it_ran(tmp_path):
+    images, splits = _shards(tmp_path)
+    labels = np.arange(64) % 5
+    whole = _streamed(splits, _plan(batch_size=8, epochs=3, count=64, augment="shift+flip"))
+    resumed = _streamed(splits, _plan(batch_size=8, epochs=3, first_epoch=2, count=64, augment="shift+flip"))
+    for (a, b), (c, d) in zip(whole[16:], resumed, strict=True):  # epoch 2, as an uninterrupted run saw it
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    plain = _streamed(splits, _plan(batch_size=8, epochs=2, count=64))
+    orders = [[i for b in plain[e * 8:(e + 1) * 8] for i in _indices(images, b[0])] for e in range(2)]
+    assert all(sorted(order) == list(range(64)) for order in orders) and orders[0] != orders[1]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in plain[:8]]).argmax(axis=1), labels[orders[0]])

@@ -181,7 +181,7 @@ def test_multi_worker_plans_every_workers_devices_and_needs_a_cluster():
     config = TrainConfig(strategy="multi_worker")
     chief = plan_training(config, [Device("GPU", (8, 0)), CPU], Cluster(4, "worker", 0, True))
     other = plan_training(config, [Device("GPU", (8, 0)), CPU], Cluster(4, "worker", 3, False))
-    assert chief == other  # the same plan, so the same train fingerprint and resume folder on every worker
+    assert chief == other  # the task index is not part of the plan (the train fingerprint, the resume folder)
     assert chief.strategy == StrategyPlan("multi_worker", "GPU", 4)
     assert choose_strategy("multi_worker", [CPU], 2) == StrategyPlan("multi_worker", "CPU", 2)
     with pytest.raises(UserError, match="needs the workers named in the TF_CONFIG"):

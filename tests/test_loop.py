@@ -156,6 +156,7 @@ print(json.dumps({"one": one, "two": two, "one_weights": one_weights, "two_weigh
 """
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_devices_trains_as_one_device_with_the_same_global_batch():
     result = run_python(MIRRORED)
     assert result.returncode == 0, result.stderr[-3000:]

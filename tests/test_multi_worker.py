@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 # Digits, the default model; per worker batch 32, so the global batch is the default run's 64.
 SETTINGS = ("train.epochs=30", "train.batch_size=32", "train.log_images=0")
-SHARED = ("data.shard_mb=0.04", "train.in_memory_mb=0")  # 3 training shards, streamed: each worker reads its own
+SHARED = ("data.shard_mb=0.021", "train.in_memory_mb=0")  # 4 training shards, streamed: each worker reads two
 
 
 def _free_ports(count: int) -> list[int]:
@@ -36,14 +36,14 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _start_workers(workdir: Path, *overrides: str) -> list[subprocess.Popen]:
+def _start_workers(workdir: Path, *overrides: str, worker_only: tuple[str, ...] = ()) -> list[subprocess.Popen]:
     """Two `python -m pipeline.run` processes, worker 0 (the chief) and worker 1, on free local ports."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     processes = []
     for index in range(2):
         env = {**QUIET_ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         command = [sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), "train.strategy=multi_worker",
-                   *SETTINGS, *overrides]
+                   *SETTINGS, *overrides, *(worker_only if index else ())]
         processes.append(subprocess.Popen(command, cwd=REPO_DIR, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
     return processes
@@ -89,7 +89,7 @@ def test_only_the_chief_writes_one_run_one_export_and_one_tensorboard_run(two_wo
     for stage in ("ingest", "validate", "preprocess", "train"):
         assert len([path for path in (workdir / "cache" / stage).iterdir() if path.is_dir()]) == 1, stage
     splits = json.loads((runs[0] / "ingest" / "splits.json").read_text())
-    assert len(splits["splits"]["train"]["shards"]) >= 2  # so each worker read its own shard files
+    assert len(splits["splits"]["train"]["shards"]) == 4  # so each worker read its own two shard files
 
 
 def test_accuracy_is_within_two_points_of_one_process_with_the_same_global_batch(two_workers, tmp_path):
@@ -166,5 +166,25 @@ def test_a_worker_stops_waiting_when_the_chiefs_run_fails_before_training(tmp_pa
         _start_workers(tmp_path / "work", f"data.source=folder:{tmp_path / 'images'}"), timeout=120)
     assert chief_code == 2 and "unreadable image file" in chief_err
     assert worker_code == 2
-    assert "failed before training" in worker_err and "unreadable image file" in worker_err
+    assert "ended before training (failed:" in worker_err and "unreadable image file" in worker_err
     assert not (tmp_path / "work" / "cache" / "train").exists()
+
+
+def test_workers_do_not_wait_for_training_the_chief_will_not_run(tmp_path):
+    (chief_code, _, chief_err), (worker_code, worker_out, worker_err) = _finish(
+        _start_workers(tmp_path, "--until", "preprocess"), timeout=300)
+    assert chief_code == 0, chief_err[-3000:]
+    assert worker_code == 0, worker_err[-3000:]
+    assert "train is not among the selected stages: nothing to join" in worker_out
+    assert not (tmp_path / "cache" / "train").exists()
+
+
+def test_workers_that_would_train_different_models_stop_with_one_line(tmp_path):
+    # As if the worker's host resolved another precision (train.precision=auto on another CPU).
+    (chief_code, _, chief_err), (worker_code, _, worker_err) = _finish(
+        _start_workers(tmp_path, "train.precision=float32", worker_only=("train.precision=mixed_bfloat16",)))
+    for code, err in ((chief_code, chief_err), (worker_code, worker_err)):
+        assert code == 2, err[-3000:]
+        assert "error: the workers do not start training alike (" in err and "Traceback" not in err
+    assert "(the plan differs from the chief's" in worker_err and "(another worker differs" in chief_err
+    assert not (tmp_path / "saved_models").exists()
