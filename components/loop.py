@@ -53,7 +53,12 @@ class TrainingLoop:
         self.loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=settings.label_smoothing,
                                                          reduction=None)
         self.confusion = np.zeros((settings.num_classes, settings.num_classes), np.int64)  # of the last validation
-        self._replica_step = tf.function(self._step, jit_compile=True) if settings.jit_compile else self._step
+        # As Keras's compile does: op determinism (process-wide, once a run asked for it) has no XLA kernels
+        # for some gradients (MaxPoolGrad), so it turns XLA off.
+        from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras imports too
+
+        xla = settings.jit_compile and not is_op_determinism_enabled()
+        self._replica_step = tf.function(self._step, jit_compile=True) if xla else self._step
         # One step without a loop around it: the profiler's Overview ignores step markers around a tf.while_loop.
         self._run_steps = tf.function(self._steps if settings.steps_per_execution > 1 else self._one_step)
         self._evaluate = tf.function(self._evaluate_batch)
