@@ -9,12 +9,14 @@ work starts; the stages trust what they receive.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from components.errors import UserError
+from components.user_code import find_function
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,19 @@ class Check:
 
 
 def setting(default: Any, meaning: str, check: Check | None = None) -> Any:
-    """A config field: its default, its one-line meaning and its check."""
-    return field(default=default, metadata={"meaning": meaning, "check": check})
+    """A config field: its default, its one-line meaning and its check.
+
+    A dict default (`model.options`) is given to each section as its own copy, as dataclasses require.
+    """
+    metadata = {"meaning": meaning, "check": check}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def default_of(item: dataclasses.Field) -> Any:
+    """A field's default value, whether it was given as a value or as a factory (dicts)."""
+    return item.default_factory() if item.default is dataclasses.MISSING else item.default
 
 
 def one_of(*options: Any) -> Check:
@@ -89,7 +102,7 @@ class Section:
             value = getattr(self, item.name)
             if check is not None and not check.test(value):
                 raise UserError(f"{self.name}.{item.name}={value!r} cannot work; use {check.expects} "
-                                f"(default: {item.default!r})")
+                                f"(default: {default_of(item)!r})")
         self.check_together()
 
     def check_together(self) -> None:
@@ -162,9 +175,32 @@ class PreprocessConfig(Section):
                              between(1e-12, 1.0))
 
 
+def _is_builder(text: str) -> bool:
+    module, colon, function = text.rpartition(":")
+    return text == "cnn" or (bool(colon) and bool(module.strip()) and function.isidentifier())
+
+
+def _is_json_object(value: dict) -> bool:
+    try:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value) and \
+            json.loads(json.dumps(value)) == value
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class ModelConfig(Section):
     name: ClassVar[str] = "model"
+    # The built-in network's keys: with another builder they have no meaning (its settings go in `options`).
+    CNN_KEYS: ClassVar[tuple[str, ...]] = ("conv_widths", "convs_per_block", "padding", "dense_units", "dropout",
+                                           "batch_norm")
+    builder: str = setting("cnn", "the network: cnn (the built-in CNN, the keys below) or MODULE:FUNCTION, your "
+                           "own: FUNCTION(input_shape, num_classes, **model.options) returns a Keras model from "
+                           "normalized images to logits (docs/your-network.md)",
+                           Check(_is_builder, "cnn, or MODULE:FUNCTION (a module on PYTHONPATH or a .py file), "
+                                 "e.g. examples/networks.py:small_resnet"))
+    options: dict = setting({}, "keyword arguments for your own builder, a JSON object, e.g. {\"width\": 24}",
+                            Check(_is_json_object, "a JSON object with string keys, e.g. {\"width\": 24}"))
     conv_widths: tuple[int, ...] = setting((32, 64), "filters per conv block; each block halves the image "
                                            "size", Check(lambda v: 1 <= len(v) <= 16 and 1 <= min(v) and max(v) <= 4096,
                                                          "1 to 16 filter counts from 1 to 4096, e.g. (32, 64)"))
@@ -174,6 +210,21 @@ class ModelConfig(Section):
     dense_units: int = setting(128, "width of the hidden dense layer; 0 = none", between(0, 65536))
     dropout: float = setting(0.3, "dropout rate before the classifier", between(0, 0.95))
     batch_norm: bool = setting(True, "batch normalization after every convolution")
+
+    def check_together(self) -> None:
+        if self.builder == "cnn":
+            if self.options:
+                raise UserError(f"model.options={self.options!r} passes settings to a builder of your own, and "
+                                f"model.builder=cnn is the built-in CNN; set its keys instead "
+                                f"(model.{', model.'.join(self.CNN_KEYS)})")
+            return
+        find_function(self.builder, "model.builder")
+        defaults = type(self)()
+        for key in self.CNN_KEYS:
+            if getattr(self, key) != getattr(defaults, key):
+                raise UserError(f"model.{key}={getattr(self, key)!r} sets the built-in CNN, and "
+                                f"model.builder={self.builder} is another network; remove model.{key} (your "
+                                "builder's settings go in model.options)")
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

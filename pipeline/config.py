@@ -11,11 +11,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import json
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from components.config import Section, augmentation_for, model_name_from_source
+from components.config import Section, augmentation_for, default_of, model_name_from_source
 from components.errors import UserError
 from pipeline.registry import sections
 
@@ -73,7 +74,7 @@ def valid_keys() -> list[str]:
 
 def describe_keys() -> list[tuple[str, Any, str]]:
     """(key, default, meaning) of every key, for `--help`."""
-    return [(f"{name}.{item.name}", item.default, item.metadata["meaning"])
+    return [(f"{name}.{item.name}", default_of(item), item.metadata["meaning"])
             for name, section in sections().items() for item in dataclasses.fields(section)]
 
 
@@ -139,7 +140,8 @@ def coerce(raw: Any, annotation: Any, key: str) -> Any:
     kind = tuple if typing.get_origin(annotation) is tuple else annotation
     converted = _CONVERTERS[kind](value)
     if converted is None:
-        expected = "tuple of ints, e.g. (32, 64)" if kind is tuple else kind.__name__
+        expected = {tuple: "tuple of ints, e.g. (32, 64)", dict: 'JSON object, e.g. {"width": 24}'}.get(
+            kind, kind.__name__)
         raise UserError(f"{key}={raw!r} is not a valid {expected}; fix the value (default: {_default_of(key)!r})")
     return converted
 
@@ -165,7 +167,17 @@ def _to_int_tuple(value: Any) -> tuple[int, ...] | None:
     return None
 
 
-_CONVERTERS = {bool: _to_bool, int: lambda v: v if _is_int(v) else None, float: _to_float, tuple: _to_int_tuple}
+def _to_dict(value: Any) -> dict | None:
+    if isinstance(value, str):  # JSON (true, null) where Python's literals did not parse
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return dict(value) if isinstance(value, dict) else None
+
+
+_CONVERTERS = {bool: _to_bool, int: lambda v: v if _is_int(v) else None, float: _to_float, tuple: _to_int_tuple,
+               dict: _to_dict}
 
 
 def _split_key(key: str) -> tuple[str, str]:
