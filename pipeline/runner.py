@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from components.atomic import write_atomically, write_text_atomically
 from components.errors import UserError
+from components.user_code import find_function
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.fingerprint import code_fingerprint, digest, environment
@@ -80,6 +81,7 @@ def run_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = S
         UserError: bad input, or a selection whose earlier stages are not cached.
         ModelNotBlessed: after the manifest is written, if the model was not blessed and that must fail.
     """
+    check_stage_functions(selection)
     context = _new_context(workdir, config.export.model_name)
     context.run_dir.mkdir(parents=True)
     _write_json(context.run_dir / "config.json", to_dict(config))
@@ -103,6 +105,21 @@ def run_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = S
     if manifest["results"].get("blessed") is False and config.evaluate.fail_if_not_blessed:
         raise ModelNotBlessed(manifest["results"]["blessing_reason"])
     return manifest
+
+
+def check_stage_functions(selection: Selection) -> None:
+    """Find every selected stage's function without importing it, so that a registry entry naming a missing
+    module or function stops the run before the first stage, not when its stage starts.
+
+    Raises:
+        UserError: one line naming the stage and its entry in `pipeline/registry.py`.
+    """
+    for stage in STAGES:
+        if selection.position(stage.name) != "after":
+            try:
+                find_function(stage.function, "function")
+            except UserError as error:
+                raise UserError(f"stage {stage.name} in pipeline/registry.py's STAGES: {error}") from None
 
 
 def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, selection: Selection) -> None:
