@@ -1,7 +1,15 @@
-"""Command line: `python -m pipeline.run [--preset NAME] [--workdir DIR] [section.key=value ...]`.
+"""Command line: `python -m pipeline.run [--preset NAME] [--config FILE ...] [--workdir DIR] [section.key=value ...]`.
 
+    python -m pipeline.run --preset smoke train.epochs=5          # a preset, then overrides
+    python -m pipeline.run --config my.toml --config more.toml    # TOML files ([train] then epochs = 3)
+    python -m pipeline.run --config runs/<run_id>/config.json     # repeat a run (fully cached if unchanged)
+    python -m pipeline.run --preset fashion --print-config > my.toml   # a file to start from; runs nothing
+
+Settings apply in this order, each overriding the one before: the defaults, `--preset`, the
+`--config` files in the order given, the command line's `section.key=value` overrides.
 Stage selection: `--force [STAGE]`, `--only STAGE`, `--from STAGE`, `--until STAGE`.
-Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else.
+Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else, 141 stdout's reader
+closed the pipe (`| head`).
 """
 
 from __future__ import annotations
@@ -22,8 +30,10 @@ from types import ModuleType
 from typing import Iterator, Sequence
 
 from components.errors import UserError, WorkerLost
-from pipeline.config import PRESETS, describe_keys, resolve
+from pipeline.config import PRESETS, describe_keys, fill_derived_defaults, resolve_settings, to_toml
 from pipeline.registry import STAGE_NAMES as STAGES
+
+PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a program stopped by a closed pipe (`yes | head -1`)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,24 +42,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=f"Run the stages {', '.join(STAGES)} in order; reuse the cached ones.",
         epilog=help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named set of overrides")
-    parser.add_argument("--workdir", type=Path, default=Path("."), help="holds runs/, cache/, saved_models/")
-    parser.add_argument("--force", nargs="?", const="all", choices=("all", *STAGES),
-                        help="rerun every stage, or just STAGE, ignoring the cache")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="named set of overrides (default: %(default)s)")
+    parser.add_argument("--config", action="append", default=[], type=Path, metavar="FILE",
+                        help="settings from a TOML file ([train] then epochs = 3) or a run's runs/<id>/config.json; "
+                             "repeatable: a later file overrides an earlier one, the command line overrides them all")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as TOML, a file --config reads, and exit without running")
+    parser.add_argument("--workdir", type=Path, default=Path("."),
+                        help="holds runs/, cache/, saved_models/ (default: the current folder)")
+    parser.add_argument("--force", nargs="?", const="all", choices=("all", *STAGES), metavar="STAGE",
+                        help="rerun every stage (--force alone), or just STAGE (one of: %s), ignoring the "
+                             "cache" % ", ".join(STAGES))
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--only", choices=STAGES, help="run just STAGE (earlier stages must be cached)")
     selection.add_argument("--from", dest="first", choices=STAGES, help="rerun STAGE and every later one")
     parser.add_argument("--until", choices=STAGES, help="stop after STAGE")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up logs")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3")
-    return parser.parse_args(argv)
+    return parser.parse_args(_force_alone_means_all(sys.argv[1:] if argv is None else argv))
+
+
+def _force_alone_means_all(argv: Sequence[str]) -> list[str]:
+    """`--force` not followed by a stage name gets `all`, so the next argument is not taken as its value.
+
+    argparse gives an optional value whatever follows (`--force train.epochs=5` would be `--force` of
+    a stage named `train.epochs=5`); this way that is `--force all train.epochs=5`.
+    """
+    arguments = list(argv)
+    end = arguments.index("--") if "--" in arguments else len(arguments)
+    for index in reversed(range(end)):
+        if arguments[index] == "--force" and (index + 1 == end or arguments[index + 1] not in ("all", *STAGES)):
+            arguments.insert(index + 1, "all")
+    return arguments
 
 
 def help_epilog() -> str:
     """Every config key with its default and meaning, then each preset's overrides."""
     keys = describe_keys()
     width = max(len(f"{key}={default!r}") for key, default, _ in keys) + 2
-    lines = ["config keys (section.key=value; the default, then what it means):"]
+    lines = ["settings apply in this order: the defaults, --preset, --config files in the order given, the "
+             "command line's overrides",
+             "config keys (section.key=value; the default, then what it means):"]
     lines += [f"  {f'{key}={default!r}':<{width}}{meaning}" for key, default, meaning in keys]
     lines.append("presets (--preset NAME applies these overrides, then the command line's):")
     for name, overrides in PRESETS.items():
@@ -65,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        config = resolve(args.preset, args.overrides)
+        settings = resolve_settings(args.preset, args.overrides, args.config)
+        if args.print_config:
+            return print_output(to_toml(settings, header=config_file_header(argv)))
+        config = fill_derived_defaults(settings)
         check_workdir(args.workdir)
         quiet_tensorflow(args.verbose)
         from pipeline.runner import ModelNotBlessed, format_summary
@@ -89,7 +126,29 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerLost as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(format_summary(manifest))
+    return print_output(format_summary(manifest))
+
+
+def config_file_header(argv: list[str] | None) -> list[str]:
+    """The comment at the top of `--print-config`'s file: what wrote it, and how to use it."""
+    command = "python -m pipeline.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+    return [f"Written by: {command}",
+            "Run it: python -m pipeline.run --config FILE [--config MORE.toml ...] [section.key=value ...]",
+            "Later files and the command line override it. A file may keep only the keys it changes."]
+
+
+def print_output(text: str) -> int:
+    """Print a command's result on stdout; 0, or PIPE_CLOSED without a traceback if the reader has gone.
+
+    Python ignores SIGPIPE, so writing to a pipe whose reader exited (`| head -1`) raises
+    BrokenPipeError. As the Python docs' "Note on SIGPIPE" advises, stdout is then pointed at
+    /dev/null, so the flush at exit does not fail a second time.
+    """
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return PIPE_CLOSED
     return 0
 
 

@@ -5,6 +5,7 @@ import typing
 
 import pytest
 
+from components.config import default_of
 from components.errors import UserError
 from pipeline import run
 from pipeline.config import PRESETS, default_config, describe_keys, resolve, valid_keys
@@ -27,6 +28,9 @@ BAD_VALUES = {
     "validate.imbalance_warn_ratio": [0.5, -1],
     "validate.drift_warn_std": [0, -1],
     "preprocess.epsilon": [0, -1e-6, 1e309, 10],
+    "model.builder": ["", "resnet", "networks:", ":build", "networks:1build", "no_such_module_x:build",
+                      "/nowhere/networks.py:build", "components.config:no_such_function"],
+    "model.options": [{"width": 24}, {1: 2}],  # the first: options for the built-in CNN, which takes none
     "model.conv_widths": [(), (0, 8), (16, -1), (10**6,)],
     "model.convs_per_block": [0, -1],
     "model.padding": ["full", ""],
@@ -51,6 +55,7 @@ BAD_VALUES = {
     "train.log_images": [-1, 100_000],
     "evaluate.batch_size": [0, -512],
     "evaluate.min_accuracy": [1.5, -0.1],
+    "evaluate.max_p_value": [0, -0.1, 1.5],
     "evaluate.max_regression": [-0.1, 2],
     "export.model_name": ["../x", "a/b", ".", "..", "/abs", "name with space", "x" * 101, "-dash"],
     "export.parity_examples": [0, -1],
@@ -95,7 +100,7 @@ def test_every_field_has_a_meaning_and_every_default_passes_its_own_check():
     for section in sections().values():
         for item in dataclasses.fields(section):
             check = item.metadata["check"]
-            assert check is None or check.test(item.default), f"{section.name}.{item.name}"
+            assert check is None or check.test(default_of(item)), f"{section.name}.{item.name}"
 
 
 def test_overrides_are_typed_by_the_field(tmp_path):
