@@ -2,29 +2,29 @@
 
 Used by `pipeline.predict`, `pipeline.serve` and `pipeline.load_model`. The ONNX backend needs only
 ONNX Runtime, NumPy and Pillow (no TensorFlow); the SavedModel backend imports TensorFlow when it is
-chosen. Images of any size or mode are converted to what the model takes, read from `metadata.json`.
+chosen. Image files are decoded by `components.images`, the reader ingest uses too, into the size and
+channels the model takes (read from `metadata.json`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.artifacts import METADATA_FILE, read_metadata, version_dirs
 from components.errors import UserError
+from components.images import BadImageError
+from components.images import decode_image as decode_image_file
 from components.inference import onnx_session
+from components.source_data import ImageFormat
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "savedmodel")
-IMAGE_FORMATS = ("PNG", "JPEG")  # what files and b64 bodies may hold; other decoders are attack surface unused
-EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")  # 16-bit and float modes are refused
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,10 @@ def _versions(model_dir: Path) -> list[Path]:
 def to_pixels(image: Path | str | bytes | np.ndarray, spec: InputSpec) -> np.ndarray:
     """An image file, encoded image or array as uint8 pixels [height, width, channels] of the model's shape.
 
-    Files and encoded images are decoded with Pillow, converted to grayscale or RGB as the model's
-    channels say, and resized (bilinear) when their size differs. Arrays must already have the shape.
+    Files and encoded images are decoded by `decode_image`. Arrays must already have the shape.
 
     Raises:
-        UserError: not a readable image (naming the file), or an array of another shape.
+        UserError: not a usable image (naming the file), or an array of another shape.
     """
     if isinstance(image, np.ndarray):
         if image.shape != spec.shape:
@@ -184,25 +183,18 @@ def to_pixels(image: Path | str | bytes | np.ndarray, spec: InputSpec) -> np.nda
 
 
 def decode_image(source: Path | str | bytes, spec: InputSpec) -> np.ndarray:
-    """Decode a PNG/JPEG (a path or its bytes) into uint8 pixels of the model's shape, turned upright as its
-    EXIF orientation says. Other formats and 16-bit or float images are refused."""
-    name = "the encoded image" if isinstance(source, bytes) else str(source)
+    """Decode a PNG/JPEG (a path or its bytes) into uint8 pixels of the model's shape, exactly as ingest
+    decodes a training image (`components.images.decode_image`): upright as its EXIF orientation says,
+    converted to the model's channels, resized bilinearly to its size.
+
+    Raises:
+        UserError: the file (or "the encoded image") and why it cannot be used.
+    """
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source),
-                        formats=IMAGE_FORMATS) as opened:
-            if opened.mode not in EIGHT_BIT_MODES:  # convert() would clip a 16-bit image to white, silently
-                raise UserError(f"{name}: a {opened.mode} image; give an 8-bit PNG or JPEG")
-            converted = ImageOps.exif_transpose(opened).convert("L" if spec.channels == 1 else "RGB")
-            if converted.size != (spec.width, spec.height):
-                converted = converted.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(converted, dtype=np.uint8)
-    except FileNotFoundError:
-        raise UserError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{name}: a folder, not an image file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise UserError(f"{name}: not a readable image ({type(error).__name__}: {error})") from None
-    return pixels.reshape(spec.shape)
+        return decode_image_file(source, ImageFormat(spec.height, spec.width, spec.channels, resize=True))
+    except BadImageError as error:
+        name = "the encoded image" if isinstance(source, bytes) else str(source)
+        raise UserError(f"{name}: {error}") from None
 
 
 def check_pixels(pixels: np.ndarray, spec: InputSpec) -> None:

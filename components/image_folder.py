@@ -1,8 +1,10 @@
-"""The `folder:DIR` source: one sub-folder of PNG or JPEG files per class, decoded with Pillow.
+"""The `folder:DIR` source: one sub-folder of PNG or JPEG files per class, decoded by `components.images`.
 
 The file list is built first (cheap) and the splits are chosen on its labels; ingest then decodes
 each split's files chunk by chunk while it writes them, so no more than a few chunks of pixels are
-ever in memory, however many images the folder holds.
+ever in memory, however many images the folder holds. Each file is decoded by the same function as
+predict and the server use (`components.images.decode_image`), so a photo is the same pixels in
+training as in serving: turned upright by its EXIF orientation, converted and resized alike.
 
 Chunks are decoded in worker processes, not threads: Pillow holds the GIL for most of the work on
 small images. Decoding the 70,000 28x28 PNGs of Fashion-MNIST (`bench/ingest_memory.py`'s folder;
@@ -17,25 +19,27 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from components.config import is_class_name
 from components.errors import UserError
+from components.images import IMAGE_SUFFIXES, BadImageError, ImageHeader, WrongSizeError, decode_image, read_header
 from components.source_data import DecodedChunk, ImageFiles, ImageFolder, ImageFormat
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GRAYSCALE_MODES = ("1", "L", "LA")
-# 16-bit and float pixels have no single right mapping to 0..255 (a 12-bit sensor, HDR), so they are refused.
-UNSUPPORTED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# Headers read to choose the size and channels not configured: evenly spaced over the training files,
+# the first among them. Reading every header would cost as much as a third of the decoding (about
+# 0.1 ms a file); a few hundred find the common size unless sizes are split nearly evenly, and then
+# the message about the others says to set data.image_size anyway.
+MAX_SAMPLED_HEADERS = 256
+RESIZE_ADVICE_END = "to resize them all"  # how the reason of every file of another size ends
 MAX_LISTED_REASONS = 5  # in the message about bad files; each reason is said once, with its count
 EXAMPLES_PER_REASON = 3
 POOL_MIN_FILES = 8192  # fewer files decode faster in the process itself than the worker processes start
@@ -43,20 +47,17 @@ CHUNK_BYTES = 4 * 2**20  # pixels decoded per task: a few chunks are in flight a
 MAX_CHUNK_FILES = 1024  # files per task at most, so small images still spread over the workers
 
 
-class BadImageError(Exception):
-    """One image file that cannot be used; the message is the reason, for the user."""
-
-
 def list_image_folder(folder_dir: Path, image_size: tuple[int, ...], channels: int) -> ImageFolder:
     """List `folder_dir/<class>/*.png|jpg`, or `folder_dir/{train,test}/<class>/...` when `train/` exists.
 
-    Only the first readable training image is opened (for the size and channels not configured);
-    `decode_chunks` decodes the rest.
+    Only headers are read here, of a few hundred training images at most (for the size and channels
+    not configured); `decode_chunks` decodes the images.
 
     Args:
         folder_dir: the folder named by `data.source=folder:DIR`.
-        image_size: (height, width) to resize every image to; () keeps the first image's size.
-        channels: 1 or 3 to convert every image to; 0 keeps the first image's (grayscale -> 1, else 3).
+        image_size: (height, width) to resize every image to; () keeps the most common size (as shown
+            upright), and an image of another size is a bad file.
+        channels: 1 or 3 to convert every image to; 0: the most common (grayscale -> 1, else 3).
 
     Returns:
         The files of `train` (and `test`, if there is a `test/` folder), the class names and the format.
@@ -153,66 +154,52 @@ def _decode_files(paths: tuple[Path, ...], image_format: ImageFormat) -> tuple[n
     for index, path in enumerate(paths):
         try:
             images[index] = decode_image(path, image_format)
+        except WrongSizeError as error:
+            keep[index] = False
+            bad_files.append((str(path), f"{error} {_resize_advice(image_format)}"))
         except BadImageError as error:
             keep[index] = False
             bad_files.append((str(path), str(error)))
     return images[keep], keep, bad_files
 
 
-def decode_image(path: Path, image_format: ImageFormat) -> np.ndarray:
-    """One image as uint8 [H, W, C] in `image_format`.
-
-    Raises:
-        BadImageError: empty, not an image, truncated or corrupt, unsupported mode, or the wrong size.
-    """
-    if path.stat().st_size == 0:
-        raise BadImageError("empty file (0 bytes)")
-    try:
-        with Image.open(path) as image:
-            _check_mode(image.mode)
-            image.load()
-            return _to_format(image, image_format)
-    except UnidentifiedImageError:
-        raise BadImageError("not an image, or its header is cut off (Pillow cannot identify it)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise BadImageError(f"truncated or corrupt ({error})") from None
-
-
-def _to_format(image: Image.Image, image_format: ImageFormat) -> np.ndarray:
-    size = (image_format.width, image_format.height)
-    if image.size != size and not image_format.resize:
-        # The same words for every such file, so the message says them once and counts the files.
-        raise BadImageError(f"not {size[1]}x{size[0]} pixels (height x width) like the first image; set "
-                            f"data.image_size=({size[1]}, {size[0]}) to resize every image")
-    image = image.convert("L" if image_format.channels == 1 else "RGB")
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(image).reshape(image_format.height, image_format.width, image_format.channels)
-
-
-def _check_mode(mode: str) -> None:
-    if mode in UNSUPPORTED_MODES:
-        raise BadImageError(f"unsupported mode {mode} (16-bit or float pixels); save it as an 8-bit PNG or JPEG")
+def _resize_advice(image_format: ImageFormat) -> str:
+    """What a wrong-size file's reason ends with; the same words for all, so the message says them once."""
+    return (f"like most images; set data.image_size=({image_format.height}, {image_format.width}) "
+            f"{RESIZE_ADVICE_END}")
 
 
 def _image_format(files: ImageFiles, train_dir: Path, image_size: tuple[int, ...], channels: int) -> ImageFormat:
-    """The configured size and channels; what is not configured comes from the first readable image."""
-    width = height = mode = None
-    for path in files.paths:
-        try:
-            with Image.open(path) as image:
-                if image.mode not in UNSUPPORTED_MODES:
-                    (width, height), mode = image.size, image.mode
-                    break
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            continue  # reported with its reason when it is decoded
-    if mode is None:
+    """The configured size and channels; what is not configured is the most common in a sample of the headers.
+
+    The most common, not the first file's: a folder whose first image alone had another size once
+    had its other images all called unreadable.
+    """
+    headers = _sample_headers(files.paths)
+    if not headers:
         raise UserError(f"{train_dir}: none of the {len(files.paths)} image files can be read; "
                         "check that they are 8-bit PNG or JPEG images")
-    if image_size:
-        height, width = image_size
-    channels = channels or (1 if mode in GRAYSCALE_MODES else 3)
+    # Counter.most_common keeps the first seen of equally common values, so a tie goes to the earlier file.
+    height, width = image_size or Counter((h.height, h.width) for h in headers).most_common(1)[0][0]
+    channels = channels or Counter(h.channels for h in headers).most_common(1)[0][0]
     return ImageFormat(height, width, channels, resize=bool(image_size))
+
+
+def _sample_headers(paths: tuple[Path, ...]) -> list[ImageHeader]:
+    """The readable headers of up to MAX_SAMPLED_HEADERS files spread over `paths`; if none of them is
+    readable, the first readable header of all (one readable file is enough to start)."""
+    rows = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), MAX_SAMPLED_HEADERS)).round().astype(int))
+    headers = [header for header in map(_header_or_none, (paths[row] for row in rows)) if header]
+    if headers:
+        return headers
+    return next(([header] for header in map(_header_or_none, paths) if header), [])
+
+
+def _header_or_none(path: Path) -> ImageHeader | None:
+    try:
+        return read_header(path)
+    except BadImageError:
+        return None  # reported with its reason when it is decoded
 
 
 def _split_dirs(folder_dir: Path) -> dict[str, Path]:
@@ -236,11 +223,12 @@ def _class_names(train_dir: Path) -> tuple[str, ...]:
 
 
 def bad_files_message(folder_dir: Path, bad_files: tuple[tuple[str, str], ...]) -> str:
-    """One line for any number of bad files: each reason once, with its count and a few examples.
+    """One line for any number of bad files: how many cannot be read and how many have another size, then
+    each reason once, with its count and a few examples.
 
     Args:
         folder_dir: the source folder; paths are shown relative to it.
-        bad_files: (path, reason) of every unreadable file.
+        bad_files: (path, reason) of every file that cannot be used.
 
     Returns:
         The message, ending with how to fix it or skip the files.
@@ -257,8 +245,17 @@ def bad_files_message(folder_dir: Path, bad_files: tuple[tuple[str, str], ...]) 
         parts.append(f"{len(paths)} files: {reason} ({examples})")
     if len(by_reason) > MAX_LISTED_REASONS:
         parts.append(f"and {len(by_reason) - MAX_LISTED_REASONS} other reasons")
-    return (f"{len(bad_files)} unreadable image file{'s' * (len(bad_files) != 1)} in {folder_dir}: "
-            f"{'; '.join(parts)}; fix or remove them, or set data.on_bad_file=skip to skip them")
+    return f"{_bad_files_count(bad_files)} in {folder_dir}: {'; '.join(parts)}; fix or remove them, or set " \
+           "data.on_bad_file=skip to skip them"
+
+
+def _bad_files_count(bad_files: tuple[tuple[str, str], ...]) -> str:
+    """E.g. "1 image file of another size and 2 unreadable image files": a file of another size reads fine."""
+    other_size = sum(reason.endswith(RESIZE_ADVICE_END) for _, reason in bad_files)
+    unreadable = len(bad_files) - other_size
+    counts = [f"{unreadable} unreadable image file{'s' * (unreadable != 1)}"] if unreadable else []
+    counts += [f"{other_size} image file{'s' * (other_size != 1)} of another size"] if other_size else []
+    return " and ".join(counts)
 
 
 def _relative(path: str, folder_dir: Path) -> str:

@@ -20,8 +20,8 @@ import numpy as np
 
 from components.errors import UserError
 from components.exported import LoadedModel, Prediction, load_exported, to_pixels, version_dir_of
+from components.images import IMAGE_SUFFIXES  # what a folder is searched for, as ingest does
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a folder is searched for, in any letter case
 DEFAULT_BATCH_SIZE = 256  # images per ONNX Runtime call
 
 

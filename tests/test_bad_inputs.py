@@ -127,7 +127,7 @@ def sixteen_bit_png(tmp_path: Path) -> Case:
 def wrong_size_image(tmp_path: Path) -> Case:
     folder_dir = _folder(tmp_path)
     Image.fromarray(np.zeros((6, 8), np.uint8)).save(folder_dir / "c" / "wide.png")
-    return [f"data.source=folder:{folder_dir}"], "c/wide.png: not 6x6 pixels (height x width) like the first image"
+    return [f"data.source=folder:{folder_dir}"], "c/wide.png: 6x8 pixels (height x width), not 6x6 like most images"
 
 
 def bad_on_bad_file_value(tmp_path: Path) -> Case:

@@ -1,4 +1,4 @@
-"""The folder: source: class names from folders, splits, conversion, and unreadable files."""
+"""The folder: source: class names from folders, splits, conversion, image sizes, and unreadable files."""
 
 import json
 import logging
@@ -10,9 +10,10 @@ from PIL import Image
 
 from components.config import DataConfig, ValidateConfig
 from components.errors import UserError
-from components.image_folder import BadImageError, ImageFormat, decode_image
+from components.images import decode_image
 from components.ingest import ingest
 from components.shards import load_split
+from components.source_data import ImageFormat
 from components.validate import validate
 from tests.conftest import make_images, write_image_folder
 
@@ -88,7 +89,7 @@ def test_bad_files_fail_the_ingest_listing_each_with_its_reason(bad_files, tmp_p
     assert "a/empty.png: empty file (0 bytes)" in message
     assert "b/notes.jpg: not an image" in message
     assert "c/cut.png: truncated or corrupt" in message
-    assert "a/deep.png: unsupported mode I;16" in message
+    assert "a/deep.png: unsupported mode I;16 (16-bit or float pixels)" in message
     assert "data.on_bad_file=skip" in message and "\n" not in message
     assert not (tmp_path / "out").exists()
 
@@ -105,11 +106,35 @@ def test_skipped_bad_files_are_counted_in_the_statistics(bad_files, tmp_path, ca
 
 def test_a_wrong_size_image_is_a_bad_file_unless_image_size_is_set(image_folder, tmp_path):
     Image.fromarray(np.zeros((9, 6), np.uint8)).save(image_folder / "b" / "tall.png")
-    with pytest.raises(UserError, match=r"b/tall.png: not 6x6 pixels \(height x width\) like the first image; "
-                                        r"set data.image_size=\(6, 6\)"):
+    with pytest.raises(UserError, match=r"^1 image file of another size in .*: b/tall.png: 9x6 pixels \(height x "
+                                        r"width\), not 6x6 like most images; set data.image_size=\(6, 6\) to resize"):
         ingest(DataConfig(source=f"folder:{image_folder}"), tmp_path / "a")
     splits = ingest(DataConfig(source=f"folder:{image_folder}", image_size=(6, 6)), tmp_path / "b")
     assert sum(splits.num_examples.values()) == 37
+
+
+def test_when_the_first_image_alone_has_another_size_the_message_names_it_not_the_others(tmp_path):
+    images, labels = make_images(30, shape=(28, 28, 1))
+    paths = write_image_folder(tmp_path / "d", images, labels)
+    first = min(paths)  # the first file listed: a/00000.png or the like
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(first)
+    with pytest.raises(UserError) as caught:
+        ingest(DataConfig(source=f"folder:{tmp_path / 'd'}"), tmp_path / "fail")
+    message = str(caught.value)
+    assert message == (f"1 image file of another size in {tmp_path / 'd'}: {first.relative_to(tmp_path / 'd')}: "
+                       "30x30 pixels (height x width), not 28x28 like most images; set data.image_size=(28, 28) "
+                       "to resize them all; fix or remove them, or set data.on_bad_file=skip to skip them")
+    skipped = ingest(DataConfig(source=f"folder:{tmp_path / 'd'}", on_bad_file="skip"), tmp_path / "skip")
+    assert skipped.image_shape == (28, 28, 1) and sum(skipped.num_examples.values()) == 89
+    resized = ingest(DataConfig(source=f"folder:{tmp_path / 'd'}", image_size=(28, 28)), tmp_path / "resized")
+    assert sum(resized.num_examples.values()) == 90
+
+
+def test_unreadable_files_and_files_of_another_size_are_counted_apart(image_folder, tmp_path):
+    Image.fromarray(np.zeros((9, 6), np.uint8)).save(image_folder / "b" / "tall.png")
+    (image_folder / "c" / "page.png").write_text("<html></html>")
+    with pytest.raises(UserError, match=r"^1 unreadable image file and 1 image file of another size in "):
+        ingest(DataConfig(source=f"folder:{image_folder}"), tmp_path / "out")
 
 
 def test_an_empty_class_folder_is_refused(image_folder, tmp_path):
@@ -132,13 +157,6 @@ def test_modes_convert_to_the_configured_channels(tmp_path, mode, dtype, channel
     for target in (1, 3):
         decoded = decode_image(tmp_path / "x.png", ImageFormat(4, 5, target, resize=False))
         assert decoded.shape == (4, 5, target) and decoded.dtype == np.uint8 and decoded.max() == 200
-
-
-def test_float_mode_is_refused(tmp_path):
-    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "x.tif")
-    (tmp_path / "x.tif").rename(tmp_path / "x.png")
-    with pytest.raises(BadImageError, match="unsupported mode F"):
-        decode_image(tmp_path / "x.png", ImageFormat(4, 4, 1, resize=False))
 
 
 @pytest.mark.slow

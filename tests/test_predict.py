@@ -193,10 +193,11 @@ def test_a_model_folder_means_its_newest_version(capsys, version_dir, image_dir,
 
 
 def test_a_file_that_is_no_image_stops_the_command_with_one_line_naming_it(capsys, version_dir, image_dir, bad_files):
+    reasons = {"notes.png": "not an image in PNG or JPEG format", "cut.jpg": "truncated or corrupt"}
     for bad in bad_files.values():
         code, out, err = predict(capsys, version_dir, image_dir / "gray_0.png", bad)
         assert (code, out) == (2, "") and len(err.splitlines()) == 1, err
-        assert err.startswith(f"error: {bad}: not a readable image") and "--skip-bad" in err
+        assert err.startswith(f"error: {bad}: {reasons[bad.name]}") and "--skip-bad" in err
 
 
 def test_skip_bad_classifies_the_others_and_lists_what_it_skipped(capsys, version_dir, image_dir, bad_files):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from components.exported import InputSpec, decode_image
+from components.images import BadImageError, read_header
 from pipeline.serving.errors import BadRequest
 
 # An encoded image may declare at most this many pixels: Pillow would otherwise decode (and allocate) a
@@ -67,17 +66,15 @@ def b64_image(value: dict, spec: InputSpec, where: str) -> np.ndarray:
 
 
 def _check_image_size(encoded: bytes, where: str) -> None:
-    """Refuse an image whose header declares more than MAX_IMAGE_PIXELS (reads the header only)."""
+    """Refuse an image whose header declares more than MAX_IMAGE_PIXELS, or that the decoder would refuse
+    from its header alone (not PNG or JPEG, 16-bit); reads the header only, as ingest's does."""
     try:
-        with Image.open(io.BytesIO(encoded)) as image:
-            width, height = image.size
-    except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours
+        header = read_header(encoded)
+    except BadImageError as error:
         raise BadRequest(f"{where}: {error}") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        return  # decode_image names what is wrong with it
-    if width * height > MAX_IMAGE_PIXELS:
-        raise BadRequest(f"{where}: an image of {width}x{height} pixels; send at most {MAX_IMAGE_PIXELS} pixels "
-                         "(the model resizes to its own size anyway)")
+    if header.width * header.height > MAX_IMAGE_PIXELS:
+        raise BadRequest(f"{where}: an image of {header.width}x{header.height} pixels; send at most "
+                         f"{MAX_IMAGE_PIXELS} pixels (the model resizes to its own size anyway)")
 
 
 def images_or_numbers(value: Any, spec: InputSpec, where: str) -> np.ndarray:
