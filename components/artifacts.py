@@ -113,17 +113,21 @@ class TrainedModel(Artifact):
     training_path: Path  # training.json: epochs run and kept, why it stopped, seconds, images/s
     strategy: str = "single"  # single | mirrored | multi_worker: what train.strategy resolved to
     num_workers: int = 1  # processes that trained it together (train.strategy=multi_worker)
+    network_path: Path | None = None  # network.json: how to rebuild the network (components/model.py NetworkSpec)
+    network: str = "cnn"  # model.builder: cnn, or the user's MODULE:FUNCTION
 
     @property
     def fingerprint(self) -> str:
-        return json_sha256([self.weights_sha256, self.precision])
+        network = self.network_path.read_text() if self.network_path else None
+        return json_sha256([self.weights_sha256, self.precision, network])
 
     def record(self) -> dict[str, Any]:
         return json.loads(self.training_path.read_text())
 
     def facts(self) -> dict[str, Any]:
         record = self.record()
-        return {"precision": self.precision, "replicas": self.replicas, "strategy": self.strategy,
+        return {"network": self.network, "precision": self.precision, "replicas": self.replicas,
+                "strategy": self.strategy,
                 "workers": self.num_workers, "epochs_run": record["epochs_run"],
                 "best_epoch": record["best_epoch"], "stopped_by": record["stopped_by"],
                 "train_seconds": record["seconds"], "train_images_per_second": record["images_per_second"],
@@ -132,7 +136,8 @@ class TrainedModel(Artifact):
     def summary(self) -> list[str]:
         record = self.record()
         workers = f" of {self.num_workers} workers" if self.num_workers > 1 else ""
-        return [f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}{workers}: "
+        return [f"network      {self.network}, {record.get('parameters', 0):,} parameters",
+                f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}{workers}: "
                 f"{record['epochs_run']} epochs in {record['seconds']:.1f} s ({record['images_per_second']:,.0f} "
                 f"images/s), kept epoch {record['best_epoch']}, stopped by {record['stopped_by']}"]
 

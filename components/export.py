@@ -39,7 +39,7 @@ from components.atomic import locked, make_readable_by_all, new_hidden_dir, remo
 from components.config import ExportConfig
 from components.errors import UserError
 from components.inference import onnx_session
-from components.model import as_float32
+from components.model import load_trained
 from components.model_card import ModelCard, write_model_card
 from components.shards import load_split
 
@@ -81,7 +81,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
     if published is not None:
         log.info("export: %s already holds this model; not published again", published.version_dir)
         return _record(published, out_dir)
-    model = as_float32(keras.models.load_model(trained.model_path, compile=False))
+    model = load_trained(trained.network_path, trained.model_path)
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_abandoned(model_dir, "staging")
     staging_dir = new_hidden_dir(model_dir, "staging")

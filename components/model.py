@@ -1,111 +1,238 @@
-"""The network: a small VGG-style CNN that takes raw pixels and returns class probabilities."""
+"""The network: the built-in CNN or a user's own (`model.builder`), wrapped so it takes raw pixels.
+
+A network maps *normalized* images to class *logits*; the pipeline wraps every network the same way:
+raw pixels 0..255 -> `normalize` (the training split's mean and std) -> the network -> `probabilities`,
+a float32 softmax. Training reads the logits (a numerically stable loss, with label smoothing); every
+export serves the probabilities. docs/your-network.md is the contract, with the reasons.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
 import keras
+import numpy as np
 
 from components.config import ModelConfig
 from components.errors import UserError
+from components.user_code import load_function, module_path, split_target
 
 # Keras's default, 0.99, leaves the moving statistics far from the data's after a few hundred steps
 # (small data sets train for no more); 0.9 is PyTorch's default and settles within a few dozen.
 BATCH_NORM_MOMENTUM = 0.9
+OUTPUT_NAME = "probabilities"  # the softmax layer, and the exported models' output
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
                 mean: float, std: float, synchronized_batch_norm: bool = False) -> keras.Model:
-    """Build the classifier.
-
-    The first layer normalizes raw pixels with the training split's statistics, so the model (and
-    every export of it) takes pixel values as they come, 0..255. Each conv block ends in a 2x2 max
-    pool while the image is at least 2 pixels wide; the softmax is float32 under any precision policy.
+    """The classifier: raw pixels in, float32 class probabilities out, the network in between.
 
     Args:
-        config: the `model` section.
+        config: the `model` section: the builder and its settings.
         image_shape: (height, width, channels) from the data's schema.
         num_classes: width of the output.
-        mean, std: pixel statistics of the training split.
+        mean, std: pixel statistics of the training split; the first layer normalizes with them, so
+            the model (and every export of it) takes pixel values as they come, 0..255.
         synchronized_batch_norm: batch statistics over all replicas' examples (data-parallel training),
-            so every replica ends with the same moving averages.
+            so every replica ends with the same moving averages; applied to the network's batch norms.
+
+    Raises:
+        UserError: the network returns another width than `num_classes`, or ends in a softmax.
     """
-    check_fits(config, image_shape)
+    network = build_network(config, image_shape, num_classes)
+    for layer in all_layers(network):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = synchronized_batch_norm  # read when the layer is called, not when built
     inputs = keras.Input(shape=image_shape, name="pixels")
-    x = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
-    for width in config.conv_widths:
-        x = _conv_block(x, width, config, synchronized_batch_norm)
+    normalized = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
+    logits = network(normalized)
+    check_logits(network, logits, image_shape, num_classes, config.builder)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name=OUTPUT_NAME)(logits)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def build_network(config: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The network `model.builder` names, from normalized images to logits (not yet wrapped)."""
+    if config.builder == "cnn":
+        return cnn(input_shape, num_classes, **{key: getattr(config, key) for key in ModelConfig.CNN_KEYS})
+    network = load_function(config.builder, "model.builder")(tuple(input_shape), num_classes, **config.options)
+    if not isinstance(network, keras.Layer):
+        raise UserError(f"model.builder={config.builder} returned {type(network).__name__}, not a Keras model; "
+                        "return a keras.Model (Sequential, functional or subclassed) that gives logits")
+    return network
+
+
+def logits_of(model: keras.Model) -> keras.KerasTensor:
+    """The logits inside a model `build_model` made: what its softmax reads."""
+    return model.get_layer(OUTPUT_NAME).input
+
+
+def check_logits(network: keras.Layer, logits: keras.KerasTensor, input_shape: tuple[int, int, int],
+                 num_classes: int, builder: str) -> None:
+    """Refuse a network whose output is not `num_classes` logits per image, with one line naming the setting.
+
+    A softmax at the end is found by what it does (every row non-negative, summing to 1 on random
+    inputs), so it is caught in Sequential, functional and subclassed networks alike. Trained on, it
+    would be a softmax of probabilities: a loss that barely moves, and an export that serves them.
+    """
+    if tuple(logits.shape[1:]) != (num_classes,):
+        raise UserError(f"model.builder={builder} returns outputs of shape {tuple(logits.shape)}, and the data "
+                        f"has {num_classes} classes; return (batch, num_classes) logits (the builder is "
+                        f"called with num_classes={num_classes})")
+    probe = np.random.default_rng(0).normal(size=(4, *input_shape)).astype("float32")
+    outputs = keras.ops.convert_to_numpy(network(probe, training=False)).astype("float64")
+    if np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
+        raise UserError(f"model.builder={builder} ends in a softmax (its outputs are probabilities); return "
+                        "logits instead: drop the final softmax, the pipeline adds one in float32 "
+                        "(docs/your-network.md says why)")
+
+
+def all_layers(layer: keras.Layer) -> Iterator[keras.Layer]:
+    """`layer` and every layer inside it, nested models' included, depth first."""
+    yield layer
+    for inner in getattr(layer, "layers", []):
+        yield from all_layers(inner)
+
+
+def cnn(input_shape: tuple[int, int, int], num_classes: int, conv_widths: tuple[int, ...] = (32, 64),
+        convs_per_block: int = 1, padding: str = "same", dense_units: int = 128, dropout: float = 0.3,
+        batch_norm: bool = True) -> keras.Model:
+    """The built-in network (`model.builder=cnn`): VGG-style conv blocks, a dense layer, the logits.
+
+    Each conv block ends in a 2x2 max pool while the image is at least 2 pixels wide. Its settings
+    are the `model.*` keys, so it follows the same contract as a user's builder.
+    """
+    check_fits(input_shape, conv_widths, convs_per_block, padding)
+    inputs = keras.Input(shape=input_shape, name="normalized")
+    x = inputs
+    for width in conv_widths:
+        x = _conv_block(x, width, convs_per_block, padding, batch_norm)
     x = keras.layers.Flatten()(x)
-    if config.dense_units:
-        x = keras.layers.Dense(config.dense_units, activation="relu")(x)
-    x = keras.layers.Dropout(config.dropout)(x)
+    if dense_units:
+        x = keras.layers.Dense(dense_units, activation="relu")(x)
+    x = keras.layers.Dropout(dropout)(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    return keras.Model(inputs, outputs, name="cnn")
+    return keras.Model(inputs, logits, name="cnn")
 
 
-def check_fits(config: ModelConfig, image_shape: tuple[int, int, int]) -> None:
-    """Refuse a network whose "valid" convolutions would shrink these images to nothing."""
+def check_fits(image_shape: tuple[int, int, int], conv_widths: tuple[int, ...], convs_per_block: int,
+               padding: str) -> None:
+    """Refuse a CNN whose "valid" convolutions would shrink these images to nothing."""
     size = min(image_shape[:2])
-    for block, _ in enumerate(config.conv_widths, start=1):
-        for _ in range(config.convs_per_block):
-            size -= 2 if config.padding == "valid" else 0
+    for block, _ in enumerate(conv_widths, start=1):
+        for _ in range(convs_per_block):
+            size -= 2 if padding == "valid" else 0
             if size < 1:
                 raise UserError(f"{image_shape[0]}x{image_shape[1]} images shrink to nothing in conv block {block} "
                                 f"with model.padding=valid; use model.padding=same or fewer blocks in "
-                                f"model.conv_widths={config.conv_widths}")
+                                f"model.conv_widths={tuple(conv_widths)}")
         size = size // 2 if size >= 2 else size
 
 
-def _conv_block(x, width: int, config: ModelConfig, synchronized_batch_norm: bool = False):
+def _conv_block(x: keras.KerasTensor, width: int, convs_per_block: int, padding: str,
+                batch_norm: bool) -> keras.KerasTensor:
     """`convs_per_block` 3x3 convolutions, the last one pooled before its batch norm and ReLU.
 
     Max pooling commutes with ReLU and batch norm's per-channel affine map (for a positive scale),
     so normalizing after the pool costs a quarter of the work at nearly the same result.
     """
-    for index in range(config.convs_per_block):
-        x = keras.layers.Conv2D(width, 3, padding=config.padding, use_bias=not config.batch_norm)(x)
-        if index == config.convs_per_block - 1 and min(x.shape[1:3]) >= 2:
+    for index in range(convs_per_block):
+        x = keras.layers.Conv2D(width, 3, padding=padding, use_bias=not batch_norm)(x)
+        if index == convs_per_block - 1 and min(x.shape[1:3]) >= 2:
             x = keras.layers.MaxPooling2D(2)(x)
-        if config.batch_norm:
-            x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, synchronized=synchronized_batch_norm)(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM)(x)
         x = keras.layers.ReLU()(x)
     return x
 
 
-def as_float32(model: keras.Model) -> keras.Model:
-    """A float32 twin of `model` with the same weights, for export and serving on any device.
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """What rebuilds a trained model from code: written by train as `network.json`, read by later stages.
 
-    Mixed-precision layers record their policy in the model's config; rewriting it to float32
-    and copying the weights gives a twin whose numbers ONNX Runtime and TF Serving reproduce.
+    A network is rebuilt and given its trained weights, rather than deserialized by Keras, so a
+    user's subclassed network needs no `get_config` nor registration to be evaluated and exported.
     """
-    config = _replace_dtype_policies(model.get_config())
-    twin = keras.Model.from_config(config)
-    twin.set_weights([w.astype("float32") for w in model.get_weights()])
-    return twin
+
+    model: dict[str, Any]  # the `model` section; a builder's .py path made absolute
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, mean: float,
+           std: float) -> NetworkSpec:
+        model = dataclasses.asdict(config)
+        if config.builder != "cnn":
+            module, function = split_target(config.builder, "model.builder")
+            if module.endswith(".py") or "/" in module:  # the same file from any later working folder
+                model["builder"] = f"{module_path(module, 'model.builder', config.builder)}:{function}"
+        return cls(model, tuple(image_shape), num_classes, float(mean), float(std))
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, path: Path) -> NetworkSpec:
+        fields = json.loads(path.read_text())
+        return cls(fields["model"], tuple(fields["image_shape"]), fields["num_classes"], fields["mean"],
+                   fields["std"])
+
+    def build(self) -> keras.Model:
+        """The model, freshly built in the current precision policy, with untrained weights."""
+        config = ModelConfig(**{**self.model, "conv_widths": tuple(self.model["conv_widths"])})
+        return build_model(config, self.image_shape, self.num_classes, self.mean, self.std)
 
 
-def _replace_dtype_policies(node):
-    if isinstance(node, dict):
-        if node.get("class_name") == "DTypePolicy":
-            return {**node, "config": {**node["config"], "name": "float32"}}
-        return {key: _replace_dtype_policies(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_replace_dtype_policies(value) for value in node]
-    return node
+def load_trained(network_path: Path, weights_path: Path) -> keras.Model:
+    """A trained model as export publishes it: rebuilt in float32 and given its trained weights.
+
+    Mixed precision keeps its variables in float32, so the weights of a model trained in float16 or
+    bfloat16 load as they are; the float32 model is what ONNX Runtime and TF Serving reproduce.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = NetworkSpec.read(network_path).build()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    model.load_weights(weights_path)
+    return model
 
 
 def forward_flops(model: keras.Model) -> int:
     """Floating-point operations of one image's forward pass through the convolutions and dense layers.
 
     Counts a multiply-add as 2, as matmul peak figures do; pooling, batch norm and activations are
-    left out (they move memory more than they compute). A training step costs about 3x this per
-    image: the forward pass, then the gradients with respect to activations and to weights.
+    left out (they move memory more than they compute), and so are layers of other kinds in a
+    user's network. A training step costs about 3x this per image: the forward pass, then the
+    gradients with respect to activations and to weights.
     """
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            height, width, filters = layer.output.shape[1:]
-            kernel_height, kernel_width, channels, _ = layer.kernel.shape
-            total += 2 * height * width * filters * kernel_height * kernel_width * channels
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
-    return int(total)
+    return int(sum(_layer_flops(layer) for layer in all_layers(model)))
+
+
+def _output_shape(layer: keras.Layer) -> tuple[int, ...]:
+    """A layer's output shape: from its call in a functional graph, else from the shape it was built for.
+
+    Layers inside a subclassed network are called in `call`, which records no graph; Keras keeps the
+    input shape each layer was built with (a private attribute, hence the fallback to 0 FLOPs).
+    """
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):  # never called in a graph, or called more than once
+        shapes = getattr(layer, "_build_shapes_dict", None) or {}
+        return tuple(layer.compute_output_shape(next(iter(shapes.values())))) if shapes else (0, 0, 0, 0)
+
+
+def _layer_flops(layer: keras.Layer) -> int:
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    if not isinstance(layer, keras.layers.Conv2D):
+        return 0
+    height, width, filters = _output_shape(layer)[1:]
+    kernel_height, kernel_width, channels, _ = layer.kernel.shape
+    return 2 * height * width * filters * kernel_height * kernel_width * channels

@@ -27,7 +27,7 @@ from components.batches import (
 from components.config import ModelConfig, TrainConfig
 from components.devices import TrainingPlan, choose_xla, make_strategy, prefetch_device, scale_batch
 from components.loop import LoopSettings, TrainingLoop
-from components.model import build_model, forward_flops
+from components.model import NetworkSpec, build_model, forward_flops, logits_of
 from components.profiling import StepMarkedTensorBoard
 from components.shards import load_split, parse_examples, split_files, split_nbytes
 from components.tensorboard_log import EventLog
@@ -79,6 +79,8 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             # Synchronized batch statistics: otherwise each replica keeps its own moving averages.
             model = build_model(model_config, schema.image_shape, schema.num_classes, normalization.mean,
                                 normalization.std, synchronized_batch_norm=replicas > 1)
+            network = NetworkSpec.of(model_config, schema.image_shape, schema.num_classes, normalization.mean,
+                                     normalization.std)
             schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps)
             trainee = _compile_trainee(model, config, schedule, steps)
         loop = TrainingLoop(trainee, strategy, LoopSettings(
@@ -109,7 +111,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         record["parameters"] = model.count_params()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    return _save(model, history, record, plan, replicas, out_dir, controls)
+    return _save(model, network, history, record, plan, replicas, out_dir, controls)
 
 
 def _training_input(config: TrainConfig, splits: Splits, schema: Schema, plan: TrainingPlan, global_batch: int,
@@ -163,7 +165,7 @@ def _compile_trainee(model: keras.Model, config: TrainConfig, schedule: WarmupCo
     Under mixed_float16, Keras wraps the optimizer in a LossScaleOptimizer (`auto_scale_loss`), which
     the loop's step scales the loss with.
     """
-    trainee = keras.Model(model.input, model.get_layer("logits").output, name="logits")
+    trainee = keras.Model(model.input, logits_of(model), name="logits")
     # xprof times steps only when one execution is one step: it ignores step markers around a tf.while_loop.
     executions = 1 if config.profile_batches else steps_per_execution(steps)
     trainee.compile(optimizer=keras.optimizers.Adam(schedule), steps_per_execution=executions)
@@ -260,10 +262,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
             shutil.rmtree(self.resume_dir, ignore_errors=True)
 
 
-def _save(model: keras.Model, history: dict[str, list[float]], record: dict, plan: TrainingPlan, replicas: int,
-          out_dir: Path, controls: _Controls) -> TrainedModel:
+def _save(model: keras.Model, network: NetworkSpec, history: dict[str, list[float]], record: dict, plan: TrainingPlan,
+          replicas: int, out_dir: Path, controls: _Controls) -> TrainedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / "model.keras")
+    model_path = _save_model(model, out_dir)
+    network.write(out_dir / "network.json")
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
     if controls.checkpoint:
@@ -272,8 +275,26 @@ def _save(model: keras.Model, history: dict[str, list[float]], record: dict, pla
     log.info("train: %d epochs in %s on %d replica(s), kept epoch %d (val_accuracy %.4f), stopped by %s; "
              "weights sha256 %s", record["epochs_run"], plan.precision, replicas, record["best_epoch"],
              history["val_accuracy"][record["best_epoch"] - 1], record["stopped_by"], weights_sha256)
-    return TrainedModel(out_dir / "model.keras", plan.precision, out_dir / "history.json", weights_sha256, replicas,
-                        out_dir / "training.json", plan.strategy.kind, plan.strategy.num_workers)
+    return TrainedModel(model_path, plan.precision, out_dir / "history.json", weights_sha256, replicas,
+                        out_dir / "training.json", plan.strategy.kind, plan.strategy.num_workers,
+                        out_dir / "network.json", network.model["builder"])
+
+
+def _save_model(model: keras.Model, out_dir: Path) -> Path:
+    """`model.keras`, Keras's whole-model file; the weights alone where Keras cannot write the network's config.
+
+    Keras saves a subclassed network only when it implements `get_config`; later stages rebuild the
+    network from its code (`network.json`) and need only the weights, so either file serves them.
+    """
+    try:
+        model.save(out_dir / "model.keras")
+        return out_dir / "model.keras"
+    except NotImplementedError as error:
+        (out_dir / "model.keras").unlink(missing_ok=True)
+        log.info("train: Keras cannot save this network whole (%s); saved its weights in model.weights.h5",
+                 str(error).strip().splitlines()[0])
+        model.save_weights(out_dir / "model.weights.h5")
+        return out_dir / "model.weights.h5"
 
 
 def _all_variables(model: keras.Model) -> list:

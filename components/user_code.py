@@ -63,7 +63,8 @@ def find_function(target: str, setting: str) -> Path:
     except SyntaxError as error:
         raise UserError(f"{setting}={target}: {path} line {error.lineno}: {error.msg}; fix the syntax error") from None
     if function not in _top_level_names(tree):
-        defined = sorted(name for name in _top_level_names(tree) if not name.startswith("_"))
+        defined = sorted(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                         and not node.name.startswith("_"))
         raise UserError(f"{setting}={target}: {path} defines no {function!r}; name one of its functions"
                         + (f" ({', '.join(defined[:8])})" if defined else ""))
     return path

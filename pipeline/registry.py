@@ -27,8 +27,11 @@ from components.config import (
     Section,
     TrainConfig,
     ValidateConfig,
+    augmentation_for,
+    model_name_from_source,
 )
 from components.devices import plan_training
+from components.user_code import find_function
 from pipeline.fingerprint import source_state
 
 # Templates are no Python, so the code fingerprint misses them: the stages that render one watch it.
@@ -70,7 +73,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("preprocess", "components.preprocess:preprocess", {"config": PreprocessConfig}, {"splits": "ingest"}),
     Stage("train", "components.train:train", {"config": TrainConfig, "model_config": ModelConfig},
           {"splits": "ingest", "schema": "validate", "normalization": "preprocess"},
-          run_values=("tensorboard_dir", "resume_dir"),
+          run_values=("tensorboard_dir", "resume_dir"), watches=lambda config: builder_source(config.model.builder),
           resolves=lambda config, artifacts, places: {"plan": plan_training(config.train)}),
     Stage("evaluate", "components.evaluate:evaluate", {"config": EvaluateConfig},
           {"trained": "train", "splits": "ingest"},
@@ -91,6 +94,14 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 
+def builder_source(builder: str) -> str | None:
+    """sha256 of the file holding a user's network (`model.builder=MODULE:FUNCTION`), so editing it retrains.
+
+    The built-in CNN is project code, which every stage's code fingerprint covers already.
+    """
+    return None if builder == "cnn" else file_sha256(find_function(builder, "model.builder"))
+
+
 def sections() -> dict[str, type[Section]]:
     """Every config section the stages read, by name, in pipeline order."""
     found: dict[str, type[Section]] = {}
@@ -107,9 +118,20 @@ def flat_settings(config_sections: Mapping[str, Section]) -> dict[str, Any]:
 
 
 def changed_settings(config_sections: Mapping[str, Section]) -> dict[str, Any]:
-    """The `section.key` values that differ from the defaults."""
-    defaults = flat_settings({name: section() for name, section in sections().items()})
+    """The `section.key` values a person changed: those that differ from the defaults for the same data.
+
+    Some defaults are derived from the data source (the model's name, the augmentation); a value equal
+    to what its default means for this run's `data.source` was not changed, whatever the field's raw default.
+    """
+    source = config_sections["data"].source
+    defaults = {**flat_settings({name: section() for name, section in sections().items()}),
+                **derived_defaults(source)}
     return {key: value for key, value in flat_settings(config_sections).items() if defaults.get(key) != value}
+
+
+def derived_defaults(source: str) -> dict[str, Any]:
+    """What `export.model_name=""` and `train.augment=auto` stand for with this data source."""
+    return {"export.model_name": model_name_from_source(source), "train.augment": augmentation_for(source)}
 
 
 def report_settings(config: Any) -> dict[str, dict[str, Any]]:

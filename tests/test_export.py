@@ -9,17 +9,18 @@ import pytest
 from components.config import ModelConfig
 from components.errors import UserError
 from components.export import ParityError, check_parity, check_same_kind, compare, write_onnx, write_saved_model
-from components.model import build_model
+from components.model import NetworkSpec, build_model
 from tests.conftest import make_images
 
 SHAPE = (6, 6, 1)
+TINY = ModelConfig(conv_widths=(4,), dense_units=8, dropout=0.0)
 
 
 def tiny_model(seed: int):
     import keras
 
     keras.utils.set_random_seed(seed)
-    return build_model(ModelConfig(conv_widths=(4,), dense_units=8, dropout=0.0), SHAPE, 3, 60.0, 70.0)
+    return build_model(TINY, SHAPE, 3, 60.0, 70.0)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,9 @@ def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_
 
     model = tiny_model(0)
     model.save(tmp_path / "model.keras")
+    NetworkSpec.of(TINY, SHAPE, 3, 60.0, 70.0).write(tmp_path / "network.json")
     trained = TrainedModel(tmp_path / "model.keras", "float32", tmp_path / "history.json", "w" * 64, 1,
-                           tmp_path / "training.json")
+                           tmp_path / "training.json", network_path=tmp_path / "network.json")
     (tmp_path / "data").mkdir()
     splits = write_splits(tmp_path / "data", make_images(4))
     schema = Schema(tmp_path / "schema.json", tmp_path / "statistics.json", SHAPE, 3)
