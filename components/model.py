@@ -173,6 +173,12 @@ class NetworkSpec:
                 model["builder"] = f"{module_path(module, 'model.builder', config.builder)}:{function}"
         return cls(model, tuple(image_shape), num_classes, float(mean), float(std))
 
+    @property
+    def name(self) -> str:
+        """The network as a summary names it: cnn, or MODULE:FUNCTION with a file's folders left out."""
+        module, _, function = self.model["builder"].rpartition(":")
+        return f"{Path(module).name}:{function}" if module else self.model["builder"]
+
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
 

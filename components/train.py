@@ -277,7 +277,7 @@ def _save(model: keras.Model, network: NetworkSpec, history: dict[str, list[floa
              history["val_accuracy"][record["best_epoch"] - 1], record["stopped_by"], weights_sha256)
     return TrainedModel(model_path, plan.precision, out_dir / "history.json", weights_sha256, replicas,
                         out_dir / "training.json", plan.strategy.kind, plan.strategy.num_workers,
-                        out_dir / "network.json", network.model["builder"])
+                        out_dir / "network.json", network.name)
 
 
 def _save_model(model: keras.Model, out_dir: Path) -> Path:
