@@ -33,7 +33,7 @@ class ImageFiles:
 
 @dataclass(frozen=True)
 class ImageFormat:
-    """What every decoded image becomes."""
+    """What every decoded image becomes (`components.images.decode_image`'s target, for ingest and predict)."""
 
     height: int
     width: int
