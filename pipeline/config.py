@@ -294,7 +294,8 @@ def to_toml(config: PipelineConfig, header: Iterable[str] = ()) -> str:
         tables: list[str] = []
         for item in dataclasses.fields(section):
             value = getattr(section, item.name)
-            comment = textwrap.wrap(item.metadata["meaning"], 98, initial_indent="# ", subsequent_indent="# ")
+            comment = textwrap.wrap(item.metadata["meaning"], 98, initial_indent="# ", subsequent_indent="# ",
+                                    break_long_words=False, break_on_hyphens=False)
             if getattr(resolved.sections[name], item.name) != value:
                 comment.append(f"# resolves to {json.dumps(getattr(resolved.sections[name], item.name))} here")
             table = _toml_table(name, item.name, value) if isinstance(value, dict) and value else None
