@@ -281,7 +281,11 @@ class TrainConfig(Section):
 class EvaluateConfig(Section):
     name: ClassVar[str] = "evaluate"
     batch_size: int = setting(512, "examples per inference step", between(1, 1_000_000))
-    min_accuracy: float = setting(0.0, "test accuracy a model needs to be blessed (exported)", between(0, 1))
+    min_accuracy: float = setting(0.0, "test accuracy a model needs to be blessed (exported), on top of "
+                                  "evaluate.max_p_value's test", between(0, 1))
+    max_p_value: float = setting(0.01, "blessed only if the test accuracy beats always answering the training split's "
+                                 "commonest class at this significance (one-sided binomial test); 1 = no such test",
+                                 Check(lambda value: 0 < value <= 1, "a value above 0 and at most 1 (1 = no test)"))
     max_regression: float = setting(0.01, "largest drop in test accuracy from the newest export still blessed",
                                     between(0, 1))
     fail_if_not_blessed: bool = setting(False, "exit code 1 instead of 0 when the model is not blessed")

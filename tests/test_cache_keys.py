@@ -24,8 +24,9 @@ from pipeline.config import resolve, valid_keys
 from pipeline.registry import STAGES
 from tests.conftest import make_images, read_split, write_image_folder
 
+# evaluate.max_p_value=1: one epoch of a tiny network need not beat chance, and the base run must be exported.
 BASE = ("model.conv_widths=(4,)", "model.dense_units=8", "train.epochs=1", "train.batch_size=16",
-        "train.profile_batches=()", "train.log_images=2", "export.parity_examples=16")
+        "train.profile_batches=()", "train.log_images=2", "export.parity_examples=16", "evaluate.max_p_value=1")
 # A valid value other than the base's for every key.
 PROBES = {
     "data.source": "folder:{other_folder}",
@@ -69,6 +70,7 @@ PROBES = {
     "train.log_images": "1",
     "evaluate.batch_size": "7",
     "evaluate.min_accuracy": "0.01",
+    "evaluate.max_p_value": "0.5",
     "evaluate.max_regression": "0.5",
     "evaluate.fail_if_not_blessed": "true",
     "export.model_name": "other_name",

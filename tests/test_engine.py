@@ -80,7 +80,9 @@ def test_changing_how_the_splits_are_made_reruns_everything_that_reads_them(work
 
 
 def test_touching_the_source_files_reruns_ingest_but_not_what_the_same_content_feeds(workdir, idx_dir):
-    args = ("--preset", "smoke", f"data.source=idx:{idx_dir}", "data.val_fraction=0.2", "export.model_name=engine_t")
+    # evaluate.max_p_value=1: three epochs on 48 images need not beat chance, and the export's caching is tested too.
+    args = ("--preset", "smoke", f"data.source=idx:{idx_dir}", "data.val_fraction=0.2", "export.model_name=engine_t",
+            "evaluate.max_p_value=1")
     assert set(statuses(run_pipeline_cli(workdir, *args)).values()) <= {"succeeded", "cached"}
     (idx_dir / "train-images-idx3-ubyte.gz").touch()
     assert statuses(run_pipeline_cli(workdir, *args)) == {
@@ -182,7 +184,7 @@ def test_an_unblessed_model_is_kept_but_not_exported(tmp_path):
 def test_a_regression_from_the_newest_export_is_not_blessed(tmp_path):
     good = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=3")
     assert statuses(good)["export"] == "succeeded"
-    worse = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=1", "train.learning_rate=1e-5")
+    worse = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=1")  # worse, yet better than chance
     assert statuses(worse)["export"] == "skipped"
     reason = worse.manifest["results"]["blessing_reason"]
     assert reason.startswith("not blessed") and "baseline" in reason and "digits/1" in reason
@@ -282,10 +284,10 @@ def test_after_an_export_a_rerun_is_cached_and_reports_the_change_from_the_previ
     again = run_pipeline_cli(tmp_path, *second)
     assert set(statuses(again).values()) == {"cached"}  # compared with digits/1 again, not with itself
     report = (again.run_dirs[-1] / "report.html").read_text()
-    assert "digits/1 scored" in report and " points</div>" in report
+    assert "digits version 1 got" in report and " points</div>" in report
     # A model that is not blessed is still compared with the newest export of another model.
     unblessed = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=2", "evaluate.min_accuracy=0.999")
     assert unblessed.manifest["results"]["blessed"] is False
     blessing = json.loads(Path(unblessed.manifest["artifacts"]["evaluate"]["blessing_path"]).read_text())
     assert blessing["baseline"].endswith("digits/2") and blessing["baseline_accuracy"] is not None
-    assert "digits/2 scored" in (unblessed.run_dirs[-1] / "report.html").read_text()
+    assert "digits version 2 got" in (unblessed.run_dirs[-1] / "report.html").read_text()

@@ -166,7 +166,7 @@ def test_the_model_takes_its_shape_and_classes_from_a_folder(tmp_path):
     images, labels = make_images(15, num_classes=4, shape=(12, 10, 3))
     write_image_folder(tmp_path / "pets", images, labels, class_names=("cat", "dog", "fish", "owl"))
     run = run_pipeline_cli(tmp_path / "work", "--preset", "smoke", f"data.source=folder:{tmp_path / 'pets'}",
-                           "train.epochs=1")
+                           "train.epochs=1", "evaluate.max_p_value=1")  # one epoch need not beat chance: export it
     assert run.returncode == 0, run.stderr
     assert run.manifest["artifacts"]["validate"]["image_shape"] == [12, 10, 3]
     summary = run.manifest["artifacts"]["validate"]["description"]
