@@ -533,18 +533,17 @@ def test_caching_lineage_and_config_files(tmp_path):
     blocks = sections_of("test_caching_lineage_and_config_files")
     with documented(blocks, workdir) as ran:
         output = ran.stdout
-    statuses = [dict(re.findall(r"^(\w+) +(succeeded|cached|skipped) ", summary, re.M))
-                for summary in re.findall(r"^run \S+: succeeded\n(.*?)^total", output, re.M | re.S)]
-    cached, succeeded = ["cached"] * 7, ["succeeded"] * 7
-    assert [list(run.values()) for run in statuses] == [
-        succeeded,  # python -m pipeline.run: the first time here
-        ["cached"] * 3 + ["succeeded"] * 4,  # train.epochs=40
-        succeeded,  # --force
-        ["succeeded"],  # --only evaluate
-        ["succeeded"] * 4,  # --from train
-        ["cached"] * 2,  # --until validate
-        cached, cached, cached,  # --config my.toml (the README's, docs/running.md's), the newest run's config.json
-    ]
+    runs = [dict(re.findall(r"^(\w+) +(succeeded|cached|skipped) ", summary, re.M))
+            for summary in re.findall(r"^run \S+: succeeded\n(.*?)^total", output, re.M | re.S)]
+    first, epochs_40, forced, only_evaluate, from_train, until_validate, *from_files = runs
+    stages = list(first)
+    assert len(stages) == 7 and set(first.values()) == set(forced.values()) == {"succeeded"}, runs
+    assert [epochs_40[stage] for stage in stages[:4]] == ["cached"] * 3 + ["succeeded"], runs
+    assert list(only_evaluate)[-1] == "evaluate" and only_evaluate["evaluate"] == "succeeded", runs
+    assert [from_train[stage] for stage in stages] == ["cached"] * 3 + ["succeeded"] * 4, runs
+    assert until_validate == {"ingest": "cached", "validate": "cached"}, runs
+    # --config my.toml (the README's, then docs/running.md's), then the newest run's config.json: all cached
+    assert from_files == [dict.fromkeys(stages, "cached")] * 3, runs
     assert (workdir / "my.toml").read_text().count("[train]") == 1
 
 
