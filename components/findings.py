@@ -1,4 +1,5 @@
-"""What a person wants to know from `metrics.json`: the worst classes and the most common mistake.
+"""What a person wants to know from `metrics.json` and `blessing.json`: may the model be used, its worst
+classes and its most common mistake.
 
 Shared by the report, the model card and the run summary, so all three say the same thing.
 """
@@ -6,6 +7,7 @@ Shared by the report, the model card and the run summary, so all three say the s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -56,12 +58,71 @@ def confusions(metrics: dict[str, Any]) -> list[Confusion]:
 
 
 def headline(metrics: dict[str, Any]) -> str:
-    """One sentence in plain words on where the model fails most often."""
+    """One sentence in plain words on where the model fails most often.
+
+    A mistake is named the most frequent only when it happened more than once; mistakes that are equally
+    frequent are named together, and mistakes that each happened once are said to be so.
+    """
     found = confusions(metrics)
+    total = metrics["num_examples"]
     if not found:
-        return f"Makes no mistakes on the {metrics['num_examples']:,} test images."
-    top = found[0]
-    mistakes = metrics["num_examples"] - round(metrics["test_accuracy"] * metrics["num_examples"])
-    return (f"Mistakes {top.true_name} for {top.predicted_name} most often ({top.count:,} of "
-            f"{top.support:,} test images of {top.true_name}); {mistakes:,} of "
-            f"{metrics['num_examples']:,} test images are misclassified in all.")
+        return f"Makes no mistakes on the {total:,} test images."
+    top, mistakes = found[0], sum(confusion.count for confusion in found)
+    if mistakes == 1:
+        return (f"Makes one mistake on the {total:,} test images: an image of {top.true_name} taken for "
+                f"{top.predicted_name}.")
+    in_all = f"{mistakes:,} of {total:,} test images are misclassified in all."
+    if top.count == 1:
+        return (f"{mistakes:,} of {total:,} test images are misclassified, no two in the same way: no class is "
+                "taken for the same other class twice.")
+    leaders = [f"{confusion.true_name} for {confusion.predicted_name}" for confusion in found
+               if confusion.count == top.count]
+    if len(leaders) == 1:
+        return (f"Mistakes {leaders[0]} most often ({top.count:,} of {top.support:,} test images of "
+                f"{top.true_name}); {in_all}")
+    named = leaders[:MAX_NAMED]
+    others = len(leaders) - len(named)
+    listed = ", ".join(named[:-1]) + (f", {named[-1]} and {others:,} other pairs" if others else f" and {named[-1]}")
+    return f"Mistakes {listed} most often, {top.count:,} times each; {in_all}"
+
+
+MAX_NAMED = 3  # equally frequent mistakes named in the headline; any more are counted
+
+
+def verdict(accuracy: float, blessing: dict[str, Any], published_as: str | None) -> str:
+    """One sentence for someone deciding whether to use the model: may it be used, and why (not).
+
+    Args:
+        accuracy: the test accuracy.
+        blessing: evaluate's `blessing.json`.
+        published_as: the export in words (`digits version 3`); None when the run published none.
+
+    Returns:
+        "Ready to use: ..." or "Not published: ...", in plain words: no setting names, no statistics.
+    """
+    correct = f"{accuracy_percent(accuracy)} % of test images classified correctly"
+    if blessing["blessed"]:
+        return f"Ready to use: {correct}. " + (f"Published as {published_as}." if published_as
+                                                else "Not published by this run.")
+    refused_by = blessing.get("refused_by")
+    if refused_by == "evaluate.max_p_value":
+        chance = blessing["chance"]
+        always = (f"always answering “{chance['commonest_class']}” "
+                  f"(about {accuracy_percent(chance['commonest_share'])} %)")
+        if accuracy <= chance["commonest_share"]:
+            return f"Not published: {correct}, no better than {always}."
+        return (f"Not published: {correct}, not clearly better than {always}: on {chance['num_examples']:,} "
+                "test images the difference may be luck.")
+    if refused_by == "evaluate.min_accuracy":
+        return f"Not published: {correct}; the minimum set is {accuracy_percent(blessing['rules']['min_accuracy'])} %."
+    if refused_by == "evaluate.max_regression":
+        previous = Path(blessing["baseline"])
+        return (f"Not published: {correct}, {100 * (blessing['baseline_accuracy'] - accuracy):.1f} points below "
+                f"{previous.parent.name} version {previous.name} on the same test images.")
+    return f"Not published: {correct}."
+
+
+def accuracy_percent(share: float) -> str:
+    """A share in percent with one decimal; never 100.0 unless it is all."""
+    shown = f"{100 * share:.1f}"
+    return "99.9" if shown == "100.0" and share < 1 else shown

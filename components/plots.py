@@ -78,26 +78,44 @@ def _show_image(axes, image: np.ndarray) -> None:
 
 def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> bytes:
     """The confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    return to_png(confusion_figure(matrix, class_names, title))
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
+    """`confusion_heatmap`'s figure: counts sized to fill their cells, up to 30 classes (more: colour only)."""
     matrix = np.asarray(matrix)
     size = min(16.0, 2.2 + 0.55 * len(class_names))  # 47 classes: 16 inches, not 28
     figure = Figure(figsize=(size, size), layout="tight")
     axes = figure.add_subplot()
     axes.imshow(matrix, cmap="Blues")
     ticks = range(len(class_names))
+    label_size = 12 if len(class_names) <= 12 else 9  # a page shows the figure about 600 pixels wide
     # parse_math=False: a class name with `$` is a name, not a formula (mathtext fails on some).
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8, parse_math=False)
-    axes.set_yticks(ticks, class_names, fontsize=8, parse_math=False)
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=label_size, parse_math=False)
+    axes.set_yticks(ticks, class_names, fontsize=label_size, parse_math=False)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
+    if title:
+        axes.set_title(title, parse_math=False)
     if len(class_names) <= 30:
+        figure.draw_without_rendering()  # lays the figure out: the cells get their final size
+        fontsize = cell_fontsize(axes.get_window_extent().width / len(class_names) * 72 / figure.dpi,
+                                 len(str(int(matrix.max(initial=0)))))
         threshold = matrix.max() / 2 if matrix.size else 0
         for (row, column), count in np.ndenumerate(matrix):
             if count:
-                axes.text(column, row, f"{count}", ha="center", va="center", fontsize=7,
+                axes.text(column, row, f"{count}", ha="center", va="center", fontsize=fontsize,
                           color="white" if count > threshold else "black")
-    if title:
-        axes.set_title(title, parse_math=False)
-    return to_png(figure)
+    return figure
+
+
+def cell_fontsize(cell_points: float, num_digits: int) -> float:
+    """The font size (points) at which the widest count fills about 70 % of a square cell, at most 20.
+
+    A digit is about 0.6 of the font size wide in matplotlib's default font (DejaVu Sans); one digit is
+    sized as two, so a lone digit does not fill its cell, and no count is taller than half the cell.
+    """
+    return min(20.0, 0.7 * cell_points / (0.6 * max(2, num_digits)), 0.5 * cell_points)
 
 
 def training_curves(history: dict[str, list[float]], kept_epoch: int) -> list[bytes]:
@@ -129,6 +147,11 @@ def _plot(axes, values: Sequence[float], label: str, color: str) -> None:
 
 def class_balance(counts: dict[str, Sequence[int]], class_names: Sequence[str]) -> bytes:
     """Images per class in each split, as grouped horizontal bars."""
+    return to_png(class_balance_figure(counts, class_names))
+
+
+def class_balance_figure(counts: dict[str, Sequence[int]], class_names: Sequence[str]) -> Figure:
+    """`class_balance`'s figure: one bar per class and split, the legend above the axes."""
     figure = Figure(figsize=(7, 1.2 + 0.12 * len(class_names) * max(1, len(counts))), layout="tight")
     axes = figure.add_subplot()
     height = 0.8 / max(1, len(counts))
@@ -138,9 +161,11 @@ def class_balance(counts: dict[str, Sequence[int]], class_names: Sequence[str]) 
     axes.set_yticks(positions + height * (len(counts) - 1) / 2, class_names, fontsize=8, parse_math=False)
     axes.invert_yaxis()
     axes.set_xlabel("images")
-    axes.legend(fontsize=8)
+    # Above the bars, in one row: inside the axes it covered the longest bars.
+    axes.legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=len(counts), frameon=False,
+                borderaxespad=0.3)
     axes.grid(axis="x", alpha=0.3)
-    return to_png(figure)
+    return figure
 
 
 def quick_confusion_image(matrix: np.ndarray, class_names: Sequence[str], title: str) -> bytes:

@@ -33,7 +33,7 @@ from components.artifacts import (
     read_metadata,
 )
 from components.config import ReportConfig
-from components.findings import class_results, confusions, headline
+from components.findings import class_results, confusions, headline, verdict
 from components.inference import onnx_session
 from components.shards import read_images_at, split_labels
 from components.tensorboard_log import EventLog
@@ -73,9 +73,11 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
     mistakes = _mistakes(labels, probabilities, config.mistakes, splits.class_names)
     mistake_images = read_images_at(splits, "test", [mistake.index for mistake in mistakes])
     record, model_name = trained.record(), _model_name(exported, settings)
+    blessing = json.loads(metrics.blessing_path.read_text())
     page = {
         "title": f"{model_name}: test accuracy {results['test_accuracy']:.2%}",
-        "headline": _headline(results, json.loads(metrics.blessing_path.read_text()), exported),
+        "headline": _headline(results, blessing, exported),
+        "decision": _decision(blessing),
         "classes": class_results(results),
         "confusion_png": _data_uri(plots.confusion_heatmap(np.array(results["confusion_matrix"]),
                                                            splits.class_names)),
@@ -140,16 +142,32 @@ def _mistakes_grid(images: np.ndarray, mistakes: list[Mistake]) -> bytes | None:
 
 
 def _headline(results: dict, blessing: dict, exported: ExportedModel | None) -> dict[str, Any]:
-    """Accuracy, the blessing and why, the change from the previous export, the plain sentence."""
-    baseline = blessing.get("baseline_accuracy")
+    """The result in plain words first, then accuracy, the change from the previous export, the commonest mistake.
+
+    The engineer's terms (blessing, baseline, p-value) stay out of it: they are in `_decision`, further down.
+    """
+    accuracy, total = results["test_accuracy"], results["num_examples"]
     change = None
-    if baseline is not None:
-        change = {"points": 100 * (results["test_accuracy"] - baseline), "baseline_accuracy": baseline,
-                  "baseline": "/".join(Path(blessing["baseline"]).parts[-2:])}
-    return {"accuracy": results["test_accuracy"], "loss": results["test_loss"], "num_examples": results["num_examples"],
-            "blessed": blessing["blessed"], "reason": blessing["reason"], "change": change,
-            "sentence": headline(results),
-            "export": "/".join(exported.version_dir.parts[-2:]) if exported else None}
+    if blessing.get("baseline_accuracy") is not None:
+        change = {"points": 100 * (accuracy - blessing["baseline_accuracy"]),
+                  "baseline_accuracy": blessing["baseline_accuracy"],
+                  "version": _version_name(Path(blessing["baseline"]))}
+    published = _version_name(exported.version_dir) if exported else None
+    return {"verdict": verdict(accuracy, blessing, published), "ready": blessing["blessed"], "accuracy": accuracy,
+            "num_correct": round(accuracy * total), "num_examples": total, "change": change,
+            "sentence": headline(results), "published": published}
+
+
+def _version_name(version_dir: Path) -> str:
+    """`saved_models/digits/3` in words: `digits version 3`."""
+    return f"{version_dir.parent.name} version {version_dir.name}"
+
+
+def _decision(blessing: dict) -> dict[str, Any]:
+    """The blessing in the engineer's terms: the reason, the chance test, the baseline and the settings applied."""
+    return {"reason": blessing["reason"], "chance": blessing.get("chance"), "rules": blessing.get("rules"),
+            "baseline": "/".join(Path(blessing["baseline"]).parts[-2:]) if blessing.get("baseline") else None,
+            "baseline_accuracy": blessing.get("baseline_accuracy")}
 
 
 def _training(trained: TrainedModel, record: dict[str, Any]) -> dict[str, Any]:

@@ -12,12 +12,14 @@ import html
 import html.parser
 import io
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from components.findings import class_results, confusions, headline, worst_classes
@@ -102,20 +104,55 @@ def test_per_class_rows_equal_metrics_json_worst_first(smoke_run):
     assert shown_f1 == sorted(shown_f1)
 
 
-def test_the_headline_states_accuracy_blessing_and_the_commonest_mistake(smoke_run):
+def _headline_text(html_text: str) -> str:
+    """The words of the page's headline section, tags dropped and entities decoded."""
+    start = html_text.index('<section id="headline">')
+    section = html_text[start:html_text.index("</section>", start)]
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", section)).split())
+
+
+# What an engineer says and a product manager need not read first: it belongs in the details further down.
+JARGON = ("bless", "baseline", "bfloat16", "float32", "fingerprint", "evaluate.", "p =", "p <", "binomial", "export")
+
+
+def test_the_headline_states_the_result_in_plain_words_and_the_commonest_mistake(smoke_run):
     run_dir = smoke_run.run_dirs[-1]
     metrics = _metrics(run_dir)
     text = (run_dir / "report.html").read_text()
-    page = _page(run_dir)
-    assert page.texts["test_accuracy"].startswith(f"{metrics['test_accuracy']:.4f} on {metrics['num_examples']}")
-    assert f"{100 * metrics['test_accuracy']:.2f}&thinsp;%" in text
-    assert ">blessed<" in text and smoke_run.manifest["results"]["blessing_reason"] in text
+    headline_text = _headline_text(text)
+    accuracy, total = metrics["test_accuracy"], metrics["num_examples"]
+    assert headline_text.startswith(f"Ready to use: {100 * accuracy:.1f} % of test images classified correctly. "
+                                    "Published as digits version 1.")
+    assert _page(run_dir).texts["test_accuracy"] == f"{round(accuracy * total)} of {total} test images"
+    assert f"{100 * accuracy:.2f} %" in headline_text
+    assert not [word for word in JARGON if word in headline_text.lower()]
+    assert smoke_run.manifest["results"]["blessing_reason"] in html.unescape(text)  # in the details
     matrix = np.array(metrics["confusion_matrix"])
     np.fill_diagonal(matrix, 0)
-    true, predicted = np.unravel_index(matrix.argmax(), matrix.shape)
     names = list(metrics["per_class"])
-    assert f"Mistakes {names[true]} for {names[predicted]} most often ({matrix.max()} of" in text
-    assert "no earlier export of this model to compare with" in text  # the smoke run's export is the first
+    leaders = sorted(f"{names[true]} for {names[said]}" for true, said in zip(*np.nonzero(matrix == matrix.max())))
+    assert len(leaders) > 1  # the smoke run's two commonest mistakes happened equally often
+    assert f"Mistakes {leaders[0]} and {leaders[1]} most often, {matrix.max()} times each" in headline_text
+    assert "no earlier version of this model to compare with" in headline_text  # the smoke run's export is the first
+
+
+def test_the_engineers_terms_are_in_the_details_not_the_headline(artifacts, tmp_path):
+    from components.config import ReportConfig
+    from components.report import report
+
+    trained = dataclasses.replace(artifacts["train"], precision="mixed_bfloat16")
+    made = report(ReportConfig(mistakes=0, measure_latency=False), artifacts["ingest"], artifacts["validate"],
+                  trained, artifacts["evaluate"], artifacts["export"],
+                  {"values": {"export.model_name": "digits"}, "changed": {}}, tmp_path / "out",
+                  tmp_path / "tensorboard", "run-x")
+    text = made.report_path.read_text()
+    headline_text = _headline_text(text)
+    assert headline_text.startswith("Ready to use: ")
+    assert not [word for word in JARGON if word in headline_text.lower()]
+    details = text[text.index("</section>"):]
+    for term in ("mixed_bfloat16", "data fingerprint", "blessed: test accuracy", "one-sided binomial test p &lt; 0.0001",
+                 "evaluate.max_p_value=0.01"):
+        assert term in details, term
 
 
 def test_every_image_is_inline_and_nothing_is_fetched(smoke_run):
@@ -156,6 +193,7 @@ def test_reproduce_names_the_run_data_commit_command_and_changed_settings(smoke_
     for key in ("model.conv_widths", "train.epochs", "train.batch_size", "train.profile_batches"):
         assert f"<code>{key}</code>" in text, key  # the smoke preset and the command line change these
     assert "<code>train.learning_rate</code>" not in text  # at its default
+    assert "<code>export.model_name</code>" not in text  # derived from the data, not set
 
 
 @pytest.fixture(scope="module")
@@ -166,20 +204,30 @@ def artifacts(smoke_run) -> dict:
             for record in smoke_run.manifest["stages"]}
 
 
+def _blessing_path(tmp_path: Path, artifacts: dict, **changes) -> Path:
+    """The smoke run's blessing.json with `changes`, written into `tmp_path`."""
+    blessing = json.loads(artifacts["evaluate"].blessing_path.read_text())
+    path = tmp_path / "blessing.json"
+    path.write_text(json.dumps({**blessing, **changes}))
+    return path
+
+
 def test_a_model_that_was_not_exported_gets_a_report_that_says_why(artifacts, tmp_path):
     from components.config import ReportConfig
     from components.report import report
 
-    blessing_path = tmp_path / "blessing.json"
     reason = "not blessed: test accuracy 0.8 < evaluate.min_accuracy 0.99"
-    blessing_path.write_text(json.dumps({"blessed": False, "reason": reason, "baseline": None,
-                                         "baseline_accuracy": None}))
+    blessing_path = _blessing_path(tmp_path, artifacts, blessed=False, reason=reason, refused_by="evaluate.min_accuracy",
+                                   rules={"min_accuracy": 0.99, "max_p_value": 0.01, "max_regression": 0.01})
     metrics = dataclasses.replace(artifacts["evaluate"], blessing_path=blessing_path, blessed=False)
     made = report(ReportConfig(mistakes=3), artifacts["ingest"], artifacts["validate"], artifacts["train"], metrics,
                   None, {"values": {"export.model_name": "digits"}, "changed": {}}, tmp_path / "out",
                   tmp_path / "tensorboard", "run-x")
     text = made.report_path.read_text()
-    assert ">not blessed<" in text and f"not exported: {html.escape(reason)}" in text
+    accuracy = artifacts["evaluate"].test_accuracy
+    assert _headline_text(text).startswith(f"Not published: {100 * accuracy:.1f} % of test images classified "
+                                           "correctly; the minimum set is 99.0 %. ")
+    assert f"not exported: {html.escape(reason)}" in text
     assert "latency" not in text and "SavedModel on disk" not in text
     assert "3 of the" in text and "Every setting is at its default." in text
 
@@ -189,16 +237,18 @@ def test_the_change_against_the_previous_export_is_shown_in_points(artifacts, tm
     from components.report import report
 
     accuracy = artifacts["evaluate"].test_accuracy
-    blessing_path = tmp_path / "blessing.json"
-    blessing_path.write_text(json.dumps({"blessed": True, "reason": "blessed: vs baseline",
-                                         "baseline": str(tmp_path / "saved_models" / "digits" / "4"),
-                                         "baseline_accuracy": accuracy - 0.0125}))
+    blessing_path = _blessing_path(tmp_path, artifacts, reason="blessed: vs baseline",
+                                   baseline=str(tmp_path / "saved_models" / "digits" / "4"),
+                                   baseline_accuracy=accuracy - 0.0125)
     metrics = dataclasses.replace(artifacts["evaluate"], blessing_path=blessing_path)
     made = report(ReportConfig(measure_latency=False), artifacts["ingest"], artifacts["validate"], artifacts["train"],
                   metrics, artifacts["export"], {"values": {}, "changed": {}}, tmp_path / "out",
                   tmp_path / "tensorboard", "run-x")
     text = made.report_path.read_text()
-    assert "+1.25 points" in text and "digits/4 scored" in text
+    headline_text = _headline_text(text)
+    assert "+1.25 points" in headline_text
+    assert f"digits version 4 got {100 * accuracy - 1.25:.2f} % of the same test images right" in headline_text
+    assert "<code>digits/4</code>" in text  # the baseline, in the details
     assert "SavedModel on disk" in text and "latency" not in text
 
 
@@ -224,7 +274,7 @@ def test_most_confident_mistakes_come_first():
 
 
 METRICS = {
-    "test_accuracy": 0.9, "test_loss": 0.3, "num_examples": 40,
+    "test_accuracy": 0.925, "test_loss": 0.3, "num_examples": 40,
     "per_class": {"cat": {"precision": 0.8, "recall": 0.9, "f1": 0.85, "support": 10},
                   "dog": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 10},
                   "owl": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 20},
@@ -240,10 +290,111 @@ def test_findings_rank_classes_and_mistakes():
     assert [(c.true_name, c.predicted_name, c.count, c.support) for c in confusions(METRICS)] == [
         ("dog", "cat", 2, 10), ("cat", "dog", 1, 10)]
     assert headline(METRICS) == ("Mistakes dog for cat most often (2 of 10 test images of dog); "
-                                 "4 of 40 test images are misclassified in all.")
+                                 "3 of 40 test images are misclassified in all.")
     perfect = {**METRICS, "test_accuracy": 1.0, "confusion_matrix": [[10, 0, 0, 0], [0, 10, 0, 0], [0, 0, 20, 0],
                                                                        [0, 0, 0, 0]]}
     assert headline(perfect) == "Makes no mistakes on the 40 test images."
+
+
+def _with_matrix(matrix: list[list[int]]) -> dict:
+    wrong = sum(count for true, row in enumerate(matrix) for said, count in enumerate(row) if true != said)
+    return {**METRICS, "test_accuracy": 1 - wrong / 40, "confusion_matrix": matrix}
+
+
+def test_the_headline_names_no_most_frequent_mistake_when_none_is():
+    once_each = _with_matrix([[8, 1, 1, 0], [1, 9, 0, 0], [1, 0, 19, 0], [0, 0, 0, 0]])
+    assert headline(once_each) == ("4 of 40 test images are misclassified, no two in the same way: no class is taken "
+                                   "for the same other class twice.")
+    assert headline(_with_matrix([[10, 0, 0, 0], [0, 10, 0, 0], [1, 0, 19, 0], [0, 0, 0, 0]])) == (
+        "Makes one mistake on the 40 test images: an image of owl taken for cat.")
+
+
+def test_equally_frequent_mistakes_are_named_together():
+    tied = _with_matrix([[8, 2, 0, 0], [2, 8, 0, 0], [1, 0, 19, 0], [0, 0, 0, 0]])
+    assert headline(tied) == ("Mistakes cat for dog and dog for cat most often, 2 times each; "
+                              "5 of 40 test images are misclassified in all.")
+    many = _with_matrix([[6, 2, 2, 0], [2, 6, 2, 0], [2, 0, 18, 0], [0, 0, 0, 0]])
+    assert headline(many) == ("Mistakes cat for dog, cat for owl, dog for cat and 2 other pairs most often, "
+                              "2 times each; 10 of 40 test images are misclassified in all.")
+
+
+CHANCE = {"commonest_class": "owl", "commonest_share": 0.5, "num_correct": 21, "num_examples": 40, "p_value": 0.44}
+RULES = {"min_accuracy": 0.95, "max_p_value": 0.01, "max_regression": 0.01}
+
+
+@pytest.mark.parametrize("accuracy, blessing, published_as, expected", [
+    (0.925, {"blessed": True}, "pets version 3",
+     "Ready to use: 92.5 % of test images classified correctly. Published as pets version 3."),
+    (0.99996, {"blessed": True}, None,
+     "Ready to use: 99.9 % of test images classified correctly. Not published by this run."),
+    (0.525, {"blessed": False, "refused_by": "evaluate.max_p_value", "chance": CHANCE}, None,
+     "Not published: 52.5 % of test images classified correctly, not clearly better than always answering “owl” "
+     "(about 50.0 %): on 40 test images the difference may be luck."),
+    (0.3, {"blessed": False, "refused_by": "evaluate.max_p_value", "chance": CHANCE}, None,
+     "Not published: 30.0 % of test images classified correctly, no better than always answering “owl” "
+     "(about 50.0 %)."),
+    (0.925, {"blessed": False, "refused_by": "evaluate.min_accuracy", "rules": RULES}, None,
+     "Not published: 92.5 % of test images classified correctly; the minimum set is 95.0 %."),
+    (0.9, {"blessed": False, "refused_by": "evaluate.max_regression", "baseline": "/srv/saved_models/pets/4",
+           "baseline_accuracy": 0.925}, None,
+     "Not published: 90.0 % of test images classified correctly, 2.5 points below pets version 4 on the same "
+     "test images."),
+])
+def test_the_verdict_says_in_plain_words_whether_to_use_the_model(accuracy, blessing, published_as, expected):
+    from components.findings import verdict
+
+    assert verdict(accuracy, blessing, published_as) == expected
+
+
+def test_the_count_in_every_confusion_cell_is_sized_to_its_cell():
+    from components import plots
+
+    rng = np.random.default_rng(0)
+    for num_classes, peak in ((10, 360), (10, 5), (30, 1000)):
+        matrix = rng.integers(0, 4, (num_classes, num_classes))
+        np.fill_diagonal(matrix, peak)
+        figure = plots.confusion_figure(matrix, [f"class {index}" for index in range(num_classes)])
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)
+        axes = figure.axes[0]
+        cell = axes.get_window_extent(renderer).width / num_classes  # pixels
+        counts = {text.get_text(): text for text in axes.texts}
+        assert set(counts) >= {str(peak), "1", "3"}
+        widest = counts[str(peak)].get_window_extent(renderer)
+        assert widest.width < 0.9 * cell, (num_classes, peak)  # fits, with a margin
+        for text in axes.texts:
+            assert 0.25 * cell < text.get_window_extent(renderer).height < cell, (num_classes, peak)
+        if num_classes == 10:  # legible: the old 7-point counts were 1.3 % of the figure's width
+            assert counts["1"].get_fontsize() >= 14
+            assert counts["1"].get_window_extent(renderer).height > 0.02 * figure.bbox.width
+
+
+def test_the_class_balance_legend_covers_no_bar():
+    from components import plots
+
+    counts = {"train": [129, 130, 128, 131, 127, 129, 131, 128, 125, 131], "val": [14] * 10, "test": [36] * 10}
+    figure = plots.class_balance_figure(counts, [str(index) for index in range(10)])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    axes = figure.axes[0]
+    legend = axes.get_legend().get_window_extent(renderer)
+    bars = [patch.get_window_extent(renderer) for patch in axes.patches]
+    assert len(bars) == 30
+    assert not [bar for bar in bars if legend.overlaps(bar)]
+    assert figure.bbox.contains(legend.x0, legend.y0) and figure.bbox.contains(legend.x1, legend.y1)  # not cut off
+
+
+def test_the_settings_listed_as_changed_are_those_a_person_changed():
+    from pipeline.config import resolve
+    from pipeline.registry import report_settings
+
+    assert report_settings(resolve("default"))["changed"] == {}  # the model's name and augmentation: derived
+    assert report_settings(resolve("default", ["train.epochs=3"]))["changed"] == {"train.epochs": 3}
+    assert report_settings(resolve("default", ["export.model_name=mine"]))["changed"] == {"export.model_name": "mine"}
+    assert report_settings(resolve("default", ["train.augment=none"]))["changed"] == {"train.augment": "none"}
+    for source in ("tfds:fashion_mnist", "idx:/usr/share/datasets/fashion-mnist"):
+        # a data source is the one change: what it implies for the name and augmentation is not another
+        assert report_settings(resolve("default", [f"data.source={source}"]))["changed"] == {"data.source": source}
 
 
 def _chromium() -> str:
