@@ -72,21 +72,27 @@ def headline(metrics: dict[str, Any]) -> str:
         return (f"Makes one mistake on the {total:,} test images: an image of {top.true_name} taken for "
                 f"{top.predicted_name}.")
     in_all = f"{mistakes:,} of {total:,} test images are misclassified in all."
+    leaders = [confusion for confusion in found if confusion.count == top.count]
     if top.count == 1:
-        return (f"{mistakes:,} of {total:,} test images are misclassified, no two in the same way: no class is "
-                "taken for the same other class twice.")
-    leaders = [f"{confusion.true_name} for {confusion.predicted_name}" for confusion in found
-               if confusion.count == top.count]
+        each = f"{mistakes:,} of {total:,} test images are misclassified, each in a different way"
+        if len(leaders) <= MAX_NAMED:
+            return f"{each}: {_listed(leaders, 'taken for')}."
+        return f"{each}: no class is taken for the same other class twice."
     if len(leaders) == 1:
-        return (f"Mistakes {leaders[0]} most often ({top.count:,} of {top.support:,} test images of "
-                f"{top.true_name}); {in_all}")
-    named = leaders[:MAX_NAMED]
-    others = len(leaders) - len(named)
-    listed = ", ".join(named[:-1]) + (f", {named[-1]} and {others:,} other pairs" if others else f" and {named[-1]}")
-    return f"Mistakes {listed} most often, {top.count:,} times each; {in_all}"
+        return (f"Mistakes {top.true_name} for {top.predicted_name} most often ({top.count:,} of {top.support:,} "
+                f"test images of {top.true_name}); {in_all}")
+    return f"Mistakes {_listed(leaders, 'for')} most often, {top.count:,} times each; {in_all}"
 
 
 MAX_NAMED = 3  # equally frequent mistakes named in the headline; any more are counted
+
+
+def _listed(found: list[Confusion], joined_by: str) -> str:
+    """`a for b, c for d and 2 other pairs`: up to MAX_NAMED confusions, then a count."""
+    named = [f"{confusion.true_name} {joined_by} {confusion.predicted_name}" for confusion in found[:MAX_NAMED]]
+    if len(found) > len(named):
+        return ", ".join(named) + f" and {len(found) - len(named):,} other pairs"
+    return f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else named[0]
 
 
 def verdict(accuracy: float, blessing: dict[str, Any], published_as: str | None) -> str:

@@ -303,8 +303,11 @@ def _with_matrix(matrix: list[list[int]]) -> dict:
 
 def test_the_headline_names_no_most_frequent_mistake_when_none_is():
     once_each = _with_matrix([[8, 1, 1, 0], [1, 9, 0, 0], [1, 0, 19, 0], [0, 0, 0, 0]])
-    assert headline(once_each) == ("4 of 40 test images are misclassified, no two in the same way: no class is taken "
-                                   "for the same other class twice.")
+    assert headline(once_each) == ("4 of 40 test images are misclassified, each in a different way: no class is "
+                                   "taken for the same other class twice.")
+    few = _with_matrix([[9, 1, 0, 0], [0, 10, 0, 0], [1, 0, 19, 0], [0, 0, 0, 0]])
+    assert headline(few) == "2 of 40 test images are misclassified, each in a different way: cat taken for dog and " \
+                            "owl taken for cat."
     assert headline(_with_matrix([[10, 0, 0, 0], [0, 10, 0, 0], [1, 0, 19, 0], [0, 0, 0, 0]])) == (
         "Makes one mistake on the 40 test images: an image of owl taken for cat.")
 
