@@ -89,12 +89,12 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str 
     axes = figure.add_subplot()
     axes.imshow(matrix, cmap="Blues")
     ticks = range(len(class_names))
-    label_size = 12 if len(class_names) <= 12 else 9  # a page shows the figure about 600 pixels wide
+    label_size = 14 if len(class_names) <= 12 else 9  # a page shows it 400-600 pixels wide, a phone's half size
     # parse_math=False: a class name with `$` is a name, not a formula (mathtext fails on some).
     axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=label_size, parse_math=False)
     axes.set_yticks(ticks, class_names, fontsize=label_size, parse_math=False)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    axes.set_xlabel("predicted", fontsize=label_size)
+    axes.set_ylabel("true", fontsize=label_size)
     if title:
         axes.set_title(title, parse_math=False)
     if len(class_names) <= 30:
