@@ -84,12 +84,14 @@ def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], title: str
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
     """`confusion_heatmap`'s figure: counts sized to fill their cells, up to 30 classes (more: colour only)."""
     matrix = np.asarray(matrix)
-    size = min(16.0, 2.2 + 0.55 * len(class_names))  # 47 classes: 16 inches, not 28
+    label_size = 14 if len(class_names) <= 12 else 9  # a page shows it 400-600 pixels wide, a phone's half size
+    # Room for the cells and the longest class name (a character is about 0.6 of the font size wide).
+    label_inches = 0.6 * label_size / 72 * max((len(name) for name in class_names), default=1)
+    size = min(16.0, 1.5 + 0.55 * len(class_names) + label_inches)  # 47 classes: 16 inches, not 28
     figure = Figure(figsize=(size, size), layout="tight")
     axes = figure.add_subplot()
     axes.imshow(matrix, cmap="Blues")
     ticks = range(len(class_names))
-    label_size = 14 if len(class_names) <= 12 else 9  # a page shows it 400-600 pixels wide, a phone's half size
     # parse_math=False: a class name with `$` is a name, not a formula (mathtext fails on some).
     axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=label_size, parse_math=False)
     axes.set_yticks(ticks, class_names, fontsize=label_size, parse_math=False)
