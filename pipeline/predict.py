@@ -2,7 +2,8 @@
 
 Classifies image files with an exported version through ONNX Runtime (`components.exported`, the
 same code as `pipeline.load_model`), in batches. It imports no TensorFlow, so it starts in a fraction
-of a second. Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else.
+of a second. Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else, 141
+stdout's reader closed the pipe (`| head`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(FORMATTERS[args.format](result.classified))
+    try:
+        print(FORMATTERS[args.format](result.classified), flush=True)
+    except BrokenPipeError:  # the reader left (`| head -1`): quietly, as pipeline.run's print_output does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

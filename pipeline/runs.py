@@ -1,37 +1,52 @@
 """Command line over the lineage database: which runs there were, and what produced what.
 
     python -m pipeline.runs [--workdir DIR]                                 # every run, newest first
-    python -m pipeline.runs [--workdir DIR] show RUN_ID                     # one run's lineage
+    python -m pipeline.runs [--workdir DIR] show RUN_ID                     # one run's results, config, lineage
     python -m pipeline.runs [--workdir DIR] show saved_models/NAME/VERSION  # who produced an export
     python -m pipeline.runs [--workdir DIR] compare RUN_A RUN_B             # config, metrics, per class: A vs B
+    python -m pipeline.runs [--workdir DIR] images [RUN_ID] [--split test] [--count 8] [--out sample_images]
+                                                                            # a split's images as PNG files
 
-A run id may be shortened to any prefix that names one run only.
+A run id may be shortened to any prefix that names one run only; `images` takes the newest run
+without one. Exit codes: 0 success, 2 a user's mistake (one line on stderr), 141 stdout's reader
+closed the pipe (`| head`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sqlite3
 import sys
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from components.artifacts import METADATA_FILE, file_sha256
+from PIL import Image
+
+from components.artifacts import METADATA_FILE, SPLITS, Splits, file_sha256
+from components.config import augmentation_for, model_name_from_source
 from components.errors import UserError
+from components.shards import LAYOUT_FILE, read_images_at, split_labels
+from pipeline.cache import StageCache
+from pipeline.config import default_config, to_dict
 from pipeline.lineage import Lineage
+from pipeline.run import print_output
 
 METRICS_FILE = "metrics.json"  # what the evaluate stage writes in its output folder (components/evaluate.py)
 # Results of the export stage, shown together as one `export` row (`model/version`).
 EXPORT_RESULTS = ("model_name", "version", "version_dir", "onnx_path")
 FIRST_METRICS = ("test_accuracy", "test_loss", "blessed", "export")  # then the rest, in the order recorded
-# How many targets each command takes, and what they are.
-NUM_TARGETS = {"list": 0, "show": 1, "compare": 2}
+# How many targets each command takes (fewest, most), and what they are.
+NUM_TARGETS = {"list": (0, 0), "show": (1, 1), "compare": (2, 2), "images": (0, 1)}
 TARGETS_WANTED = {"list": "no arguments", "show": "one run id or saved_models/<name>/<version> folder",
-                  "compare": "two run ids (RUN_A RUN_B)"}
+                  "compare": "two run ids (RUN_A RUN_B)", "images": "at most one run id (default: the newest run)"}
+IMAGES_DEFAULTS = {"split": "test", "count": 8, "out": Path("sample_images")}  # --split, --count, --out of `images`
 MAX_CELL = 20  # widest value in a table; a longer one is cut, or printed in full below if the runs differ
+WIDTH = 100  # columns `show` wraps its long values to
 
 
 def list_runs(lineage: Lineage) -> str:
@@ -63,7 +78,7 @@ def show(lineage: Lineage, target: str, workdir: Path) -> str:
         if run_id is None:
             raise UserError(f"{target}: no run in {lineage.db_path} produced it; pass the --workdir its run used")
         header = [f"{target} was produced by run {run_id}"]
-    return "\n".join(header + _describe(_load_run(lineage, run_id)))
+    return "\n".join(header + _describe(_load_run(lineage, run_id), workdir))
 
 
 def resolve_run_id(lineage: Lineage, text: str) -> str:
@@ -84,6 +99,84 @@ def resolve_run_id(lineage: Lineage, text: str) -> str:
     shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
     raise UserError(f"run id {text!r} matches {len(matches)} runs in {lineage.db_path}: {shown}; "
                     "give more of the id")
+
+
+def write_images(lineage: Lineage, workdir: Path, run_text: str | None = None, split: str = "test", count: int = 8,
+                 out_dir: Path = Path("sample_images")) -> tuple[str, list[Path]]:
+    """Write the first `count` images of a run's split as 8-bit PNG files `<index>-<class>.png`.
+
+    These are the files the README's predict and serve examples classify: the project makes them, in
+    the size and channels the model takes, with their true class in the name. The pixels are read
+    from the run's ingest output without TensorFlow, as the report stage reads them.
+
+    Args:
+        lineage: the workdir's lineage database.
+        workdir: the runner's workdir, where `runs/<id>/ingest/` is looked for if the lineage's path is gone.
+        run_text: a run id or a prefix of one; None: the newest run.
+        split: train, val or test.
+        count: how many images, from the start of the split (all of it if it is shorter).
+        out_dir: where the files go; created.
+
+    Returns:
+        The run id and the files written, in split order.
+
+    Raises:
+        UserError: no runs, an unknown run, a run without ingest output, count below 1, `out_dir` a file.
+    """
+    if count < 1:
+        raise UserError(f"--count {count}: give a number of images of at least 1")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+    run = _load_run(lineage, run_text) if run_text is not None else _newest_run(lineage)
+    splits = ingested_splits(run, workdir)
+    indices = list(range(min(count, splits.num_examples[split])))
+    if not indices:
+        raise UserError(f"run {run['run_id']}'s {split} split holds no images; give another --split")
+    labels = split_labels(splits, split)[indices]
+    _create_folder(out_dir)
+    paths = [out_dir / f"{index}-{file_safe(splits.class_names[label])}.png" for index, label in zip(indices, labels)]
+    for path, image in zip(paths, read_images_at(splits, split, indices)):
+        # As components.plots.thumbnail, whose module would load matplotlib (a second, here) for one line.
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, format="PNG")
+    return run["run_id"], paths
+
+
+def ingested_splits(run: dict[str, Any], workdir: Path) -> Splits:
+    """The run's ingest output, found through the lineage, else through its run folder's `ingest` link.
+
+    Raises:
+        UserError: the run has none (it failed before ingest finished, or its cache was removed).
+    """
+    outputs = [Path(artifact["path"]) for execution in run.get("executions", []) if execution["stage"] == "ingest"
+               for artifact in execution["artifacts"] if artifact["type"] == "output"]
+    for splits_dir in outputs + [workdir / "runs" / run["run_id"] / "ingest"]:
+        if (splits_dir / LAYOUT_FILE).is_file():  # a cache folder is named by its execution's fingerprint
+            final_dir = splits_dir.resolve()
+            splits = StageCache(final_dir.parents[1]).lookup("ingest", final_dir.name)
+            if splits is not None:
+                return splits
+    raise UserError(f"run {run['run_id']} ({run['status']}) has no ingest output left (in its lineage or in "
+                    f"{workdir / 'runs' / run['run_id'] / 'ingest'}); give a run that got past ingest")
+
+
+def file_safe(name: str) -> str:
+    """A class name as part of a file name: each run of characters other than letters, digits, - and _ is one _."""
+    return re.sub(r"[^\w-]+", "_", name).strip("_") or "class"
+
+
+def _newest_run(lineage: Lineage) -> dict[str, Any]:
+    runs = lineage.runs()
+    if not runs:
+        raise UserError(f"no runs in {lineage.db_path}; run `python -m pipeline.run` there first")
+    return _load_run(lineage, runs[0]["run_id"])
+
+
+def _create_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {folder}: cannot create it ({error.strerror}); give a folder you can write in") \
+            from None
 
 
 def compare(lineage: Lineage, run_a: str, run_b: str, workdir: Path) -> str:
@@ -290,7 +383,8 @@ def _shorten_end(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _describe(run: dict[str, Any]) -> list[str]:
+def _describe(run: dict[str, Any], workdir: Path) -> list[str]:
+    """A run for `show`: what ran, its results, the settings it changed, then its stages and artifacts."""
     reproduction = json.loads(run["reproduction"] or "{}")
     git = reproduction.get("git") or {}
     lines = [
@@ -299,8 +393,9 @@ def _describe(run: dict[str, Any]) -> list[str]:
         f"command    {run['command']}",
         f"data       sha256 {run['data_fingerprint'] or '-'}",
         f"code       git {git.get('commit', '-')}{' (uncommitted changes)' if git.get('dirty') else ''}",
-        "packages   " + ", ".join(f"{k} {v}" for k, v in reproduction.get("packages", {}).items() if v),
-        "config     " + json.dumps(json.loads(run["config"]), separators=(",", ":")),
+        *_wrapped("packages   ", ", ".join(f"{k} {v}" for k, v in reproduction.get("packages", {}).items() if v)),
+        *result_lines(run),
+        *config_lines(run, workdir),
         "stages:",
     ]
     for execution in run["executions"]:
@@ -312,22 +407,87 @@ def _describe(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def result_lines(run: dict[str, Any]) -> list[str]:
+    """`results:` and one line per recorded result: test accuracy and loss, the blessing and why, the export first."""
+    results = json.loads(run["results"] or "{}")
+    if not results:
+        return ["results    none recorded"]
+    shown = {"test_accuracy": results.get("test_accuracy"), "test_loss": results.get("test_loss"),
+             "blessed": results.get("blessing_reason") or results.get("blessed"),
+             "export": run["exported_version"] or ("-" if "blessed" in results else None)}
+    skipped = {"blessing_reason", "data_fingerprint", *EXPORT_RESULTS}  # shown above, or in `data`
+    shown |= {key: value for key, value in _flatten(results).items() if key not in skipped and key not in shown}
+    width = max(len(key) for key in shown) + 2
+    return ["results:"] + [line for key, value in shown.items() if value is not None
+                           for line in _wrapped(f"  {key:<{width}}", _result_text(value))]
+
+
+def _result_text(value: Any) -> str:
+    """A result as `show` prints it: as in a table, but lists spaced so they wrap (class names, image shape)."""
+    return ", ".join(map(str, value)) if isinstance(value, list) and value else _cell(value)
+
+
+def config_lines(run: dict[str, Any], workdir: Path) -> list[str]:
+    """The settings that differ from the defaults, one `section.key = value` a line, and where all of them are.
+
+    A default derived from the data (the model's name, the augmentation) counts as a default.
+    """
+    config = flat_config(run)
+    defaults = _flatten(json.loads(json.dumps(to_dict(default_config()))))
+    source = config.get("data.source", defaults["data.source"])
+    defaults |= {"export.model_name": model_name_from_source(source), "train.augment": augmentation_for(source)}
+    changed = {key: value for key, value in config.items() if key not in defaults or defaults[key] != value}
+    config_json = workdir / "runs" / run["run_id"] / "config.json"
+    again = f"python -m pipeline.run{'' if workdir == Path('.') else f' --workdir {workdir}'} --config {config_json}"
+    summary = f"{len(changed)} differ from the defaults" if changed else "all at their defaults"
+    return [f"config     settings: {summary}; every one is in {config_json}", f"           repeat the run: {again}",
+            *(line for key, value in changed.items() for line in _wrapped(f"  {key} = ", json.dumps(value)))]
+
+
+def _wrapped(label: str, text: str) -> list[str]:
+    """`label` then `text`, wrapped to WIDTH columns under the text's first column."""
+    return textwrap.wrap(text, WIDTH, initial_indent=label, subsequent_indent=" " * len(label),
+                         break_long_words=False, break_on_hyphens=False) or [label.rstrip()]
+
+
 def _time(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.runs", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("."), help="the runner's workdir")
-    parser.add_argument("command", nargs="?", choices=["list", "show", "compare"], default="list")
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad command line as one `error:` line, like every other mistake of the user's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; options and targets in any order. A bad one exits 2 with one `error:` line."""
+    parser = _ArgumentParser(prog="python -m pipeline.runs", description=__doc__.split("\n\n")[0],
+                             epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("."),
+                        help="the runner's workdir (default: the current folder)")
+    parser.add_argument("command", nargs="?", choices=list(NUM_TARGETS), default="list",
+                        help="what to do (default: list)")
     parser.add_argument("targets", nargs="*", metavar="target",
-                        help="show: a run id or an exported version folder; compare: two run ids")
-    args = parser.parse_args(argv)
+                        help="show: a run id or an exported version folder; compare: two run ids; images: a run id "
+                             "(default: the newest run)")
+    images = parser.add_argument_group("images", "write a run's images as 8-bit PNG files <index>-<class>.png")
+    images.add_argument("--split", choices=SPLITS, help=f"the split (default: {IMAGES_DEFAULTS['split']})")
+    images.add_argument("--count", type=int, metavar="N",
+                        help=f"how many, from the split's start (default: {IMAGES_DEFAULTS['count']})")
+    images.add_argument("--out", type=Path, metavar="DIR",
+                        help=f"where they go; created (default: {IMAGES_DEFAULTS['out']})")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     db_path = args.workdir / "lineage.sqlite"
     try:
         if not db_path.exists():
             raise UserError(f"no lineage database at {db_path}; run `python -m pipeline.run` there first")
-        print(_run_command(Lineage(db_path), args.command, args.targets, args.workdir))
+        output = _run_command(Lineage(db_path), args)
     except sqlite3.DatabaseError as error:
         print(f"error: {db_path} cannot be read as a lineage database ({error}); restore it or move it aside",
               file=sys.stderr)
@@ -335,17 +495,30 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return print_output(output)
 
 
-def _run_command(lineage: Lineage, command: str, targets: list[str], workdir: Path) -> str:
-    """The output of one command, once its targets are counted."""
-    if len(targets) != NUM_TARGETS[command]:
+def _run_command(lineage: Lineage, args: argparse.Namespace) -> str:
+    """The output of one command, once its targets and options are checked."""
+    command, targets = args.command, args.targets
+    fewest, most = NUM_TARGETS[command]
+    if not fewest <= len(targets) <= most:
         raise UserError(f"{command} takes {TARGETS_WANTED[command]}, got {len(targets)} "
                         f"({' '.join(targets) or 'none'}); see `python -m pipeline.runs --help`")
+    options = [f"--{name}" for name in IMAGES_DEFAULTS if getattr(args, name) is not None]
+    if options and command != "images":
+        raise UserError(f"{' and '.join(options)} {'belongs' if len(options) == 1 else 'belong'} to the images "
+                        f"command, not to {command}")
+    if command == "images":
+        settings = {name: IMAGES_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+                    for name in IMAGES_DEFAULTS}
+        run_id, paths = write_images(lineage, args.workdir, targets[0] if targets else None, settings["split"],
+                                     settings["count"], settings["out"])
+        return "\n".join([f"wrote {len(paths)} {settings['split']} images of run {run_id} to {settings['out']}:",
+                          *map(str, paths)])
     if command == "show":
-        return show(lineage, targets[0], workdir)
-    return compare(lineage, *targets, workdir) if command == "compare" else list_runs(lineage)
+        return show(lineage, targets[0], args.workdir)
+    return compare(lineage, *targets, args.workdir) if command == "compare" else list_runs(lineage)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def test_lineage_lists_runs_and_shows_what_produced_an_export(workdir):
         assert shown.splitlines()[0] == f"{target} was produced by run {first_export[0]}"
     metadata = json.loads((version_dir / "metadata.json").read_text())
     assert metadata["data_fingerprint"] in shown
-    assert '"seed":42' in shown and "tensorflow 2.21" in shown
+    assert 'export.model_name = "engine"' in shown and "tensorflow 2.21" in shown
 
 
 def test_an_unblessed_model_is_kept_but_not_exported(tmp_path):
