@@ -64,15 +64,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _force_alone_means_all(argv: Sequence[str]) -> list[str]:
-    """`--force` not followed by a stage name gets `all`, so the next argument is not taken as its value.
+    """`--force` followed by an override or an option, or by nothing, gets `all` as its value.
 
     argparse gives an optional value whatever follows (`--force train.epochs=5` would be `--force` of
-    a stage named `train.epochs=5`); this way that is `--force all train.epochs=5`.
+    a stage named `train.epochs=5`); this way that is `--force all train.epochs=5`. A word without
+    `=` is left as the value, so that a misspelt stage is refused as one.
     """
     arguments = list(argv)
     end = arguments.index("--") if "--" in arguments else len(arguments)
     for index in reversed(range(end)):
-        if arguments[index] == "--force" and (index + 1 == end or arguments[index + 1] not in ("all", *STAGES)):
+        following = arguments[index + 1] if index + 1 < end else "-"
+        if arguments[index] == "--force" and (following.startswith("-") or "=" in following):
             arguments.insert(index + 1, "all")
     return arguments
 

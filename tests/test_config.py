@@ -1,6 +1,7 @@
 """Config: typed overrides, presets, derived defaults, and every value that cannot work refused up front."""
 
 import dataclasses
+import subprocess
 import typing
 
 import pytest
@@ -9,7 +10,8 @@ from components.config import default_of
 from components.errors import UserError
 from pipeline import run
 from pipeline.config import PRESETS, default_config, describe_keys, resolve, valid_keys
-from pipeline.registry import changed_settings, sections
+from pipeline.registry import STAGE_NAMES, changed_settings, sections
+from tests.conftest import REPO_DIR
 
 # Values of each key that cannot work. Every key is either here or in ANY_VALUE_WORKS: a new key
 # fails `test_every_key_is_covered` until someone says which of its values must be refused.
@@ -196,3 +198,44 @@ def test_cli_refuses_a_workdir_it_cannot_create_in_one_line(tmp_path, capsys):
     assert run.main(["--workdir", str(tmp_path / "file" / "work"), "--preset", "smoke"]) == 2
     assert capsys.readouterr().err.strip() == (f"error: --workdir {tmp_path / 'file' / 'work'}: cannot create it "
                                                "(Not a directory); give a folder you can write in")
+
+
+@pytest.mark.parametrize("argv, force, overrides", [
+    (["--force"], "all", []),
+    (["--force", "train"], "train", []),
+    (["--force", "train.epochs=5"], "all", ["train.epochs=5"]),  # an override after --force is no stage name
+    (["train.epochs=5", "--force", "--preset", "smoke"], "all", ["train.epochs=5"]),
+    (["--force", "all", "train.epochs=5"], "all", ["train.epochs=5"]),
+    (["--force=export", "train.epochs=5"], "export", ["train.epochs=5"]),
+    ([], None, []),
+])
+def test_force_takes_a_stage_name_only(argv, force, overrides):
+    args = run.parse_args(argv)
+    assert (args.force, args.overrides) == (force, overrides)
+    expected = set(STAGE_NAMES) if force == "all" else {force} - {None}
+    assert run.selection(args).force == expected
+
+
+def test_force_with_an_unknown_stage_name_is_still_refused(capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--force", "train.epochs=5", "--force", "trian"])
+    assert "argument --force: invalid choice: 'trian'" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults_of_preset_and_workdir_and_the_force_syntax(capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "named set of overrides (default: default)" in text
+    assert "holds runs/, cache/, saved_models/ (default: the current folder)" in text
+    assert "--force [STAGE] rerun every stage (--force alone), or just STAGE (one of: ingest, validate," in text
+
+
+def test_what_runs_write_into_a_workdir_at_the_repository_root_is_ignored_by_git():
+    written = ["runs/x/config.json", "cache/train/x/artifact.json", "lineage.sqlite", "tensorboard/digits/x/events",
+               "saved_models/digits/1/model.onnx", "sample_images/0-7.png"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=REPO_DIR, capture_output=True,
+                             text=True)
+    assert ignored.stdout.split() == written
+    kept = subprocess.run(["git", "check-ignore", "--no-index", "saved_models/README.md"], cwd=REPO_DIR)
+    assert kept.returncode == 1  # not ignored: the folder's README stays in git
