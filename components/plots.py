@@ -160,11 +160,11 @@ def class_balance_figure(counts: dict[str, Sequence[int]], class_names: Sequence
     positions = np.arange(len(class_names))
     for index, (split, values) in enumerate(counts.items()):
         axes.barh(positions + index * height, values, height=height, label=f"{split} ({sum(values):,})")
-    axes.set_yticks(positions + height * (len(counts) - 1) / 2, class_names, fontsize=8, parse_math=False)
+    axes.set_yticks(positions + height * (len(counts) - 1) / 2, class_names, fontsize=10, parse_math=False)
     axes.invert_yaxis()
     axes.set_xlabel("images")
     # Above the bars, in one row: inside the axes it covered the longest bars.
-    axes.legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=len(counts), frameon=False,
+    axes.legend(fontsize=11, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=len(counts), frameon=False,
                 borderaxespad=0.3)
     axes.grid(axis="x", alpha=0.3)
     return figure
