@@ -150,7 +150,7 @@ class Metrics(Artifact):
     blessing_path: Path
     test_loss: float
     test_accuracy: float
-    blessed: bool  # good enough to export: above evaluate.min_accuracy, no regression from the baseline
+    blessed: bool  # good enough to export: min_accuracy, better than chance (max_p_value), no regression
     blessing_reason: str
     predictions_path: Path  # predictions.npz: `probabilities` [N, classes] of the test split, in its order
 

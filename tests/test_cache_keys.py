@@ -22,13 +22,14 @@ import pytest
 from components.errors import UserError
 from pipeline.config import resolve, valid_keys
 from pipeline.registry import STAGES
-from tests.conftest import make_images, read_split, write_image_folder
+from tests.conftest import REPO_DIR, make_images, read_split, write_image_folder
 
 # evaluate.max_p_value=1: one epoch of a tiny network need not beat chance, and the base run must be exported.
-BASE = ("model.conv_widths=(4,)", "model.dense_units=8", "train.epochs=1", "train.batch_size=16",
+BASE = ("train.epochs=1", "train.batch_size=16",
         "train.profile_batches=()", "train.log_images=2", "export.parity_examples=16", "evaluate.max_p_value=1")
-# A valid value other than the base's for every key.
-PROBES = {
+NETWORKS = REPO_DIR / "examples" / "networks.py"
+# A valid value other than the base's for every key; a tuple holds overrides the change needs first.
+PROBES: dict[str, str | tuple[str, ...]] = {
     "data.source": "folder:{other_folder}",
     "data.tfds_data_dir": "/nowhere/tfds",
     "data.class_names": "x,y,z",
@@ -44,9 +45,11 @@ PROBES = {
     "validate.imbalance_warn_ratio": "2.0",
     "validate.drift_warn_std": "0.001",
     "preprocess.epsilon": "0.5",
+    "model.builder": f"{NETWORKS}:mlp",
+    "model.options": (f"model.builder={NETWORKS}:mlp", 'model.options={{"hidden": [8]}}'),  # {{ }}: format()
     "model.conv_widths": "(4, 4)",
     "model.convs_per_block": "2",
-    "model.padding": "valid",
+    "model.padding": ("model.conv_widths=(4,)", "model.padding=valid"),  # two valid blocks leave 6x6 nothing
     "model.dense_units": "0",
     "model.dropout": "0.1",
     "model.batch_norm": "false",
@@ -111,8 +114,8 @@ def test_a_changed_key_reruns_exactly_the_stages_it_reaches(key, folders, base, 
     base_workdir, base_manifest = base
     workdir = tmp_path / "work"
     shutil.copytree(base_workdir, workdir, symlinks=True)
-    value = PROBES[key].format(other_folder=folders / "other")
-    overrides = [*_overrides(folders), f"{key}={value}"]
+    probe = PROBES[key] if isinstance(PROBES[key], tuple) else (f"{key}={PROBES[key]}",)
+    overrides = [*_overrides(folders), *(override.format(other_folder=folders / "other") for override in probe)]
     if key in CHANGES_THE_KIND_OF_MODEL:
         with pytest.raises(UserError, match="set export.model_name to another name"):
             _run(workdir, overrides)

@@ -12,7 +12,7 @@ from sklearn.metrics import confusion_matrix
 
 from components.loop import LoopSettings, TrainingLoop
 from components.training_logs import LearningRateLog
-from tests.conftest import run_python
+from tests.conftest import REPO_DIR, run_python
 
 NUM_CLASSES, BATCH = 4, 16
 
@@ -129,8 +129,10 @@ from sklearn.datasets import load_digits
 from components.batches import BatchPlan, evaluation_batches, training_batches
 from components.config import ModelConfig
 from components.loop import LoopSettings, TrainingLoop
-from components.model import build_model
+from components.model import build_model, logits_of
 
+CONFIG = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
+                        for key, value in json.loads(sys.argv[1]).items()})
 digits = load_digits()
 images, labels = (digits.images[..., None] * 16).astype(np.uint8), digits.target
 GLOBAL, STEPS = 64, 1400 // 64
@@ -138,9 +140,8 @@ GLOBAL, STEPS = 64, 1400 // 64
 def train(strategy, synchronized):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = build_model(ModelConfig(conv_widths=(8,), dropout=0.0), (8, 8, 1), 10, 70.0, 90.0,
-                            synchronized_batch_norm=synchronized)
-        trainee = keras.Model(model.input, model.get_layer("logits").output)
+        model = build_model(CONFIG, (8, 8, 1), 10, 70.0, 90.0, synchronized_batch_norm=synchronized)
+        trainee = keras.Model(model.input, logits_of(model))
         trainee.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=7)
     replicas = strategy.num_replicas_in_sync
     def dataset_fn(context):  # no augmentation: its seeds go by batch, and a replica's batch is half a step's
@@ -158,10 +159,25 @@ print(json.dumps({"one": one, "two": two, "one_weights": one_weights, "two_weigh
 
 @pytest.mark.slow
 def test_mirrored_on_two_devices_trains_as_one_device_with_the_same_global_batch():
-    result = run_python(MIRRORED)
+    result = run_python(MIRRORED, json.dumps({"conv_widths": [8], "dropout": 0.0}))
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("loss", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(found["two"][key], found["one"][key], rtol=2e-3, err_msg=key)
     for ours, theirs in zip(found["two_weights"], found["one_weights"], strict=True):
         np.testing.assert_allclose(ours, theirs, atol=2e-3)  # moving averages included: synchronized batch norm
+
+
+@pytest.mark.slow
+def test_a_users_network_mirrored_on_two_devices_has_its_batch_norms_synchronized():
+    """A ResNet's five batch norms: the first epoch matches one device within 1e-3 only when synchronized.
+
+    Measured: synchronized 4.6e-4 off in the first epoch's loss, unsynchronized 2.1e-3; after that,
+    summation order alone makes the two drift apart (lr 1e-2), so later epochs are only checked to learn.
+    """
+    network = {"builder": f"{REPO_DIR}/examples/networks.py:small_resnet", "options": {"width": 4}}
+    result = run_python(MIRRORED, json.dumps(network))
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(found["two"]["loss"][0], found["one"]["loss"][0], rtol=1e-3)
+    assert found["two"]["loss"][-1] < found["two"]["loss"][0] - 0.3
