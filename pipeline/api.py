@@ -25,8 +25,8 @@ load_model = load_exported  # an exported version (a model folder means its newe
 
 
 def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = (), workdir: Path | str = ".", *,
-        force: bool | str = False, only: str | None = None, start: str | None = None, until: str | None = None,
-        verbose: bool = False) -> dict[str, Any]:
+        config_files: Sequence[Path | str] = (), force: bool | str = False, only: str | None = None,
+        start: str | None = None, until: str | None = None, verbose: bool = False) -> dict[str, Any]:
     """Run the pipeline as `python -m pipeline.run` does, and return the run's manifest.
 
     Args:
@@ -34,6 +34,8 @@ def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = 
         overrides: `{"train.epochs": 3, "model.conv_widths": (8, 16)}` (Python values), or the command
             line's `["train.epochs=3", "model.conv_widths=(8, 16)"]`; typed and checked as there.
         workdir: holds `runs/`, `cache/`, `lineage.sqlite` and `saved_models/` (`--workdir`); created if missing.
+        config_files: TOML files, or runs' `config.json`, applied in order after the preset and before
+            `overrides` (`--config FILE ...`).
         force: True reruns every stage ignoring the cache, a stage's name just that one (`--force [STAGE]`).
         only: run just this stage; earlier ones must be cached (`--only`).
         start: rerun this stage and every later one (`--from`).
@@ -52,7 +54,7 @@ def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = 
         pipeline.runner.ModelNotBlessed: the model was not blessed and `evaluate.fail_if_not_blessed` is set.
     """
     texts = override_texts(overrides)
-    config = resolve(preset, texts)
+    config = resolve(preset, texts, config_files)
     if only and start:
         raise UserError(f"only={only!r} runs one stage and start={start!r} a range; give one of them")
     stages = selection(argparse.Namespace(force=_force_argument(force), only=_stage(only, "only"),
@@ -63,7 +65,7 @@ def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = 
     quiet_tensorflow(verbose)
     from pipeline.workers import run_this_process  # the stages' bookkeeping; TensorFlow loads only if a stage computes
 
-    command = _equivalent_command(preset, texts, workdir, force, only, start, until, verbose)
+    command = _equivalent_command(preset, texts, config_files, workdir, force, only, start, until, verbose)
     return run_this_process(config, workdir, stages, command)
 
 
@@ -111,10 +113,13 @@ def _stage(name: str | None, argument: str) -> str | None:
     return name
 
 
-def _equivalent_command(preset: str, texts: Sequence[str], workdir: Path, force: bool | str, only: str | None,
-                        start: str | None, until: str | None, verbose: bool) -> str:
+def _equivalent_command(preset: str, texts: Sequence[str], config_files: Sequence[Path | str], workdir: Path,
+                        force: bool | str, only: str | None, start: str | None, until: str | None,
+                        verbose: bool) -> str:
     """The `python -m pipeline.run` command that does what this call does: the run's "Reproduce" line."""
     arguments = ["--preset", preset, "--workdir", str(workdir)]
+    for path in config_files:
+        arguments += ["--config", str(path)]
     arguments += ["--force"] if force is True else ["--force", force] if force else []
     for option, value in (("--only", only), ("--from", start), ("--until", until)):
         arguments += [option, value] if value else []

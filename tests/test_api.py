@@ -130,3 +130,22 @@ def test_a_workdir_that_is_a_file_is_a_user_error(tmp_path):
     (tmp_path / "work").write_text("a file")
     with pytest.raises(UserError, match=f"^workdir {tmp_path / 'work'} is a file; give a folder"):
         run("smoke", workdir=tmp_path / "work")
+
+
+def test_config_files_are_read_as_the_command_lines(tmp_path, capsys):
+    experiment = tmp_path / "experiment.toml"
+    experiment.write_text("[train]\nepochs = 0.5\n")
+    with pytest.raises(UserError) as raised:
+        run("smoke", workdir=tmp_path / "api", config_files=[experiment])
+    assert cli.main(["--workdir", str(tmp_path / "cli"), "--config", str(experiment)]) == 2
+    assert capsys.readouterr().err == f"error: {raised.value}\n"
+    assert str(experiment) in str(raised.value) and not (tmp_path / "api").exists()
+
+
+def test_the_reproduce_command_of_an_api_run_names_its_config_files():
+    from pipeline.api import _equivalent_command
+
+    command = _equivalent_command("default", ["train.epochs=2"], ["a.toml", "runs/x/config.json"], Path("w"),
+                                  False, None, None, None, False)
+    assert command == ("python -m pipeline.run --preset default --workdir w --config a.toml --config "
+                       "runs/x/config.json train.epochs=2")
