@@ -128,10 +128,10 @@ class DataConfig(Section):
                                       at_least(0))
     seed: int = setting(0, "seed of the validation (and test) carve-out", between(0, 2**32 - 1))
     image_size: tuple[int, ...] = setting((), "folder: (height, width) every image is resized to; () = the "
-                                          "first image's size",
+                                          "most common size (upright), other sizes are bad files",
                                           Check(_is_size, "(height, width) from 1 to 4096, e.g. (28, 28)"))
-    channels: int = setting(0, "folder: 1 (grayscale) or 3 (RGB) every image is converted to; 0 = the first "
-                            "image's", one_of(0, 1, 3))
+    channels: int = setting(0, "folder: 1 (grayscale) or 3 (RGB) every image is converted to; 0 = the most "
+                            "common", one_of(0, 1, 3))
     on_bad_file: str = setting("fail", "folder: fail | skip: an unreadable image stops the run, or is skipped",
                                one_of("fail", "skip"))
     shard_mb: float = setting(128.0, "target size of one TFRecord shard file, in MB; tf.data reads shards in "

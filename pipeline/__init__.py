@@ -3,7 +3,7 @@
     from pipeline import run, load_model
     manifest = run("smoke", {"train.epochs": 3}, workdir="work")  # as `python -m pipeline.run` (pipeline.api.run)
     model = load_model("work/saved_models/digits")                  # its newest version, ONNX Runtime
-    model.predict(["seven.png"])                                     # [Prediction(labels=('7', ...), ...)]
+    model.predict(["sample_images/0-7.png"])                         # [Prediction(labels=('7', ...), ...)]
 
 Importing the package loads nothing else; each name loads its module when first used, so
 `import pipeline` loads no TensorFlow, and `pipeline.load_model` none either.
