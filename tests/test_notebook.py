@@ -21,7 +21,7 @@ import pytest
 from nbclient import NotebookClient
 
 from components.findings import worst_classes
-from tests.conftest import REPO_DIR, read_split, write_image_folder
+from tests.conftest import QUIET_ENV, REPO_DIR, read_split, write_image_folder
 
 NOTEBOOK = REPO_DIR / "notebooks" / "classify_with_exported_model.ipynb"
 QUICKSTART = REPO_DIR / "notebooks" / "quickstart.ipynb"
@@ -92,10 +92,19 @@ def test_the_shadow_packages_keep_the_project_out(without_the_project, tmp_path)
     assert result.returncode == 1 and "must not import the project" in result.stderr
 
 
-def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, without_the_project, tmp_path):
+@pytest.mark.parametrize("layout", ["a folder per class", "runs images"])
+def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, without_the_project, tmp_path,
+                                                        layout):
     images, labels = read_split(smoke_run.run_dirs[-1] / "ingest", limit=8)
     class_names = smoke_run.manifest["artifacts"]["ingest"]["class_names"]
-    paths = write_image_folder(tmp_path / "sample", images, labels, class_names)
+    if layout == "runs images":  # `<index>-<class>.png`, as the README writes them for predict
+        written = subprocess.run([sys.executable, "-m", "pipeline.runs", "--workdir", str(smoke_run.workdir),
+                                  "images", "--out", str(tmp_path / "sample")], capture_output=True, text=True,
+                                 timeout=120, cwd=REPO_DIR, env=QUIET_ENV)  # the project's, not the kernel's
+        assert written.returncode == 0, written.stderr
+        paths = [tmp_path / "sample" / f"{index}-{class_names[label]}.png" for index, label in enumerate(labels)]
+    else:
+        paths = write_image_folder(tmp_path / "sample", images, labels, class_names)
     order = np.argsort([str(path) for path in paths])  # the notebook reads them in sorted order
     images, labels = images[order], labels[order]
     monkeypatch.setenv("PIPELINE_WORKDIR", str(smoke_run.workdir))
@@ -106,7 +115,8 @@ def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, 
 
     predicted = _onnx_predicted(smoke_run.manifest["results"]["onnx_path"], images).argmax(1)
     assert re.findall(r"predicted\s+(\S+)", printed) == [str(p) for p in predicted]
-    assert f"{(predicted == labels).mean():.0%} of these 8 images classified correctly" in printed
+    assert f"{(predicted == labels).mean():.0%} of these 8 images of known class classified correctly" in printed
+    assert re.findall(r"true\s+(\S+)", printed) == [class_names[label] for label in labels]
 
 
 def test_quickstart_runs_the_pipeline_reads_its_results_and_classifies(smoke_run, monkeypatch, tmp_path):
