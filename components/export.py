@@ -39,13 +39,12 @@ from components.atomic import locked, make_readable_by_all, new_hidden_dir, remo
 from components.config import ExportConfig
 from components.errors import UserError
 from components.inference import onnx_session
-from components.model import load_trained
+from components.model import OUTPUT_NAME, load_trained
 from components.model_card import ModelCard, write_model_card
 from components.shards import load_split
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAME = "probabilities"
 INPUT_NAME = "pixels"
 
 
