@@ -32,7 +32,7 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
 LARGE_BATCH = 256
-SMALL_BATCHES = (8, 16, 32)  # where components.inference.SINGLE_THREAD_MAX_BATCH was chosen
+SMALL_BATCHES = (8, 16, 32)  # where components.onnx_session.SINGLE_THREAD_MAX_BATCH was chosen
 THROUGHPUT_SECONDS = 1.0
 QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_DIR)}
 
@@ -48,7 +48,7 @@ class OnnxVariant:
     offline: str = ""  # a GraphOptimizationLevel name: load the model optimized offline at it, optimizing no more
     fixed_batch: bool = False  # batch axis fixed to 1 (add_free_dimension_override_by_name); no batch 256 then
     more_batches: tuple[int, ...] = ()  # throughput at these batch sizes too (where a thread pool starts to pay)
-    batch_hint: int = 0  # > 0: open the session with components.inference.onnx_session(path, batch_hint)
+    batch_hint: int = 0  # > 0: open the session with components.onnx_session.onnx_session(path, batch_hint)
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def open_onnx_session(variant: OnnxVariant, onnx_path: Path):
     import onnxruntime
 
     if variant.batch_hint:
-        from components.inference import onnx_session
+        from components.onnx_session import onnx_session
 
         return onnx_session(onnx_path, variant.batch_hint)
     options = onnxruntime.SessionOptions()

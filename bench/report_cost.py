@@ -44,7 +44,7 @@ def confusion_seconds(run_dir: Path, repeats: int = 5) -> float:
     import numpy as np
 
     from components.tensorboard_log import EventLog
-    from components.training_logs import ConfusionImages
+    from components.train_tensorboard import ConfusionImages
 
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     class_names = tuple(metrics["per_class"])

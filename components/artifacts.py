@@ -1,6 +1,6 @@
 """The artifacts stages hand to each other: paths plus the small metadata a later stage needs.
 
-Every artifact describes itself, so the runner, the manifest and the lineage need not know any
+Every artifact describes itself, so the orchestrator, the manifest and the lineage need not know any
 stage's fields: `fingerprint` identifies its content (what a later stage's cache key covers),
 `facts()` names the results worth recording, `summary()` gives the run summary's lines.
 """
@@ -37,7 +37,7 @@ class Artifact:
         return []
 
     def run_files(self) -> dict[str, Path]:
-        """Files the runner copies to the top of the run folder, by the name they get there."""
+        """Files the orchestrator copies to the top of the run folder, by the name they get there."""
         return {}
 
 

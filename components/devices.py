@@ -208,7 +208,7 @@ def make_strategy(plan: StrategyPlan):
     """The tf.distribute strategy for `plan` (the default one for `single`).
 
     A process has one MultiWorkerMirroredStrategy, made the first time it is asked for: it must exist
-    before TensorFlow runs its first operation, so the runner asks for it before the first stage.
+    before TensorFlow runs its first operation, so the orchestrator asks for it before the first stage.
 
     Raises:
         UserError: a multi_worker strategy asked for after TensorFlow has started running.

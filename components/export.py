@@ -38,7 +38,7 @@ from components.artifacts import (
 from components.atomic import locked, make_readable_by_all, new_hidden_dir, remove_abandoned
 from components.config import ExportConfig
 from components.errors import UserError
-from components.inference import onnx_session
+from components.onnx_session import onnx_session
 from components.model import OUTPUT_NAME, load_trained
 from components.model_card import ModelCard, write_model_card
 from components.shards import load_split

@@ -44,8 +44,8 @@ class ModelCard:
     metrics: dict[str, Any]  # evaluate's metrics.json
     blessing: dict[str, Any]  # evaluate's blessing.json
     data_warnings: tuple[str, ...]  # validate's warnings: data problems that did not stop the run
-    command: str  # the command line of the run; "" when export was called outside the runner
-    reproduction: dict[str, Any] | None  # pipeline/reproduction.py's record; None outside the runner
+    command: str  # the command line of the run; "" when export was called outside the orchestrator
+    reproduction: dict[str, Any] | None  # pipeline/reproduction.py's record; None outside the orchestrator
 
 
 def render_model_card(card: ModelCard, version: int) -> str:

@@ -34,7 +34,7 @@ from components.artifacts import (
 )
 from components.config import ReportConfig
 from components.findings import class_results, confusions, headline, verdict
-from components.inference import onnx_session
+from components.onnx_session import onnx_session
 from components.shards import read_images_at, split_labels
 from components.tensorboard_log import EventLog
 
@@ -61,7 +61,7 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
         out_dir: folder for `report.html`; created.
         tensorboard_dir: the run's TensorBoard folder: `test/` gets the test scalars and mistakes,
             the folder itself the HParams record.
-        run_id, command, reproduction: the run that wrote the report, as the runner records it.
+        run_id, command, reproduction: the run that wrote the report, as the orchestrator records it.
 
     Returns:
         The report's path.

@@ -1,4 +1,4 @@
-"""The SavedModel backend of `components.exported`: TensorFlow runs the exported `serving_default`.
+"""The SavedModel backend of `components.loaded_model`: TensorFlow runs the exported `serving_default`.
 
 Kept apart so that the ONNX path never imports TensorFlow.
 """

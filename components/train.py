@@ -26,13 +26,13 @@ from components.batches import (
 )
 from components.config import ModelConfig, TrainConfig
 from components.devices import TrainingPlan, choose_xla, make_strategy, prefetch_device, scale_batch
-from components.loop import LoopSettings, TrainingLoop
+from components.train_loop import LoopSettings, TrainingLoop
 from components.model import NetworkSpec, build_model, forward_flops, logits_of
 from components.profiling import StepMarkedTensorBoard
 from components.shards import load_split, parse_examples, split_files, split_nbytes
 from components.tensorboard_log import EventLog
-from components.training import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
-from components.training_logs import ConfusionImages, LearningRateLog, log_labelled_images
+from components.train_schedule import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from components.train_tensorboard import ConfusionImages, LearningRateLog, log_labelled_images
 
 log = logging.getLogger(__name__)
 

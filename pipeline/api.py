@@ -1,14 +1,13 @@
 """The Python API: `from pipeline import run, load_model`.
 
-`run` goes through the command line's own code (`pipeline.config.resolve`, `pipeline.run.selection`,
-`pipeline.runner.run_pipeline`), so a run from Python is checked, cached and recorded exactly as
-`python -m pipeline.run` would do it; `load_model` is `components.exported.load_exported`, the code
+`run` goes through the command line's own code (`pipeline.config.resolve`, `pipeline.selection.select_stages`,
+`pipeline.workers.execute_share`), so a run from Python is checked, cached and recorded exactly as
+`python -m pipeline.run` would do it; `load_model` is `components.loaded_model.load_exported`, the code
 `python -m pipeline.predict` classifies with.
 """
 
 from __future__ import annotations
 
-import argparse
 import shlex
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,10 +15,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from components.errors import UserError
-from components.exported import load_exported
+from components.loaded_model import load_exported
 from pipeline.config import resolve
 from pipeline.registry import STAGE_NAMES
-from pipeline.run import check_workdir, create_workdir, quiet_tensorflow, selection
+from pipeline.quiet import quiet_tensorflow
+from pipeline.selection import select_stages
+from pipeline.workdir import check_workdir, create_workdir
 
 load_model = load_exported  # an exported version (a model folder means its newest), ready to predict
 
@@ -51,22 +52,22 @@ def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = 
 
     Raises:
         UserError: a mistake in the arguments, with the command line's message; nothing is run then.
-        pipeline.runner.ModelNotBlessed: the model was not blessed and `evaluate.fail_if_not_blessed` is set.
+        pipeline.orchestrator.ModelNotBlessed: the model was not blessed and `evaluate.fail_if_not_blessed` is set.
     """
     texts = override_texts(overrides)
     config = resolve(preset, texts, config_files)
     if only and start:
         raise UserError(f"only={only!r} runs one stage and start={start!r} a range; give one of them")
-    stages = selection(argparse.Namespace(force=_force_argument(force), only=_stage(only, "only"),
-                                          first=_stage(start, "start"), until=_stage(until, "until")))
+    stages = select_stages(_force_argument(force), _stage(only, "only"), _stage(start, "start"),
+                           _stage(until, "until"))
     workdir = Path(workdir)
     check_workdir(workdir, "workdir")
     create_workdir(workdir, "workdir")
     quiet_tensorflow(verbose)
-    from pipeline.workers import run_this_process  # the stages' bookkeeping; TensorFlow loads only if a stage computes
+    from pipeline.workers import execute_share  # the stages' bookkeeping; TensorFlow loads only if a stage computes
 
     command = _equivalent_command(preset, texts, config_files, workdir, force, only, start, until, verbose)
-    return run_this_process(config, workdir, stages, command)
+    return execute_share(config, workdir, stages, command)
 
 
 def override_texts(overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """Lineage in one SQLite file: runs, stage executions and the artifacts they used and produced.
 
 ML Metadata's model in four tables. Every write is one short transaction in WAL mode with a busy
-timeout, so several runner processes can share a workdir.
+timeout, so several orchestrator processes can share a workdir.
 """
 
 from __future__ import annotations

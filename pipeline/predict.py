@@ -1,6 +1,6 @@
 """Command line: `python -m pipeline.predict MODEL_DIR IMAGE_OR_FOLDER... [--top-k K] [--format table|json|csv]`.
 
-Classifies image files with an exported version through ONNX Runtime (`components.exported`, the
+Classifies image files with an exported version through ONNX Runtime (`components.loaded_model`, the
 same code as `pipeline.load_model`), in batches. It imports no TensorFlow, so it starts in a fraction
 of a second. Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else, 141
 stdout's reader closed the pipe (`| head`).
@@ -21,7 +21,7 @@ from typing import Callable, NoReturn, Sequence
 import numpy as np
 
 from components.errors import UserError
-from components.exported import LoadedModel, Prediction, load_exported, to_pixels, version_dir_of
+from components.loaded_model import LoadedModel, Prediction, load_exported, to_pixels, version_dir_of
 from components.images import IMAGE_SUFFIXES  # what a folder is searched for, as ingest does
 
 DEFAULT_BATCH_SIZE = 256  # images per ONNX Runtime call
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         version_dir_of(args.model_dir)  # no export there: said before the images are looked for
         paths = find_images(args.images)
-        # ONNX Runtime's thread pool pays from batches of 17 images on (components/inference.py).
+        # ONNX Runtime's thread pool pays from batches of 17 images on (components/onnx_session.py).
         model = load_exported(args.model_dir, batch_hint=min(args.batch_size, len(paths)))
         result = classify_files(model, paths, args.batch_size, args.top_k, args.skip_bad)
         if result.skipped:

@@ -1,10 +1,10 @@
-"""The stage registry: the one list of stages, read by the CLI, the runner and the tests.
+"""The stage registry: the one list of stages, read by the CLI, the orchestrator and the tests.
 
 It imports no TensorFlow (a stage's function is named as `module:function` and imported only when the
 stage runs), so the CLI can check a command and print `--help` in a fraction of a second.
 
 A stage's function receives everything by parameter name: its config sections (`config`), earlier
-stages' artifacts (`inputs`), values of the run (`run_values`), outside values the runner resolves
+stages' artifacts (`inputs`), values of the run (`run_values`), outside values the orchestrator resolves
 for it (`resolves`), and `out_dir`. Adding a stage is one module in `components/`, one entry below
 and, if it has settings, one section in `components/config.py`.
 """
@@ -37,7 +37,7 @@ from pipeline.fingerprint import source_state
 # Templates are no Python, so the code fingerprint misses them: the stages that render one watch it.
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "components" / "templates"
 
-# What the runner offers a stage besides config and artifacts, by parameter name.
+# What the orchestrator offers a stage besides config and artifacts, by parameter name.
 RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id", "command", "reproduction")
 
 
@@ -53,10 +53,10 @@ class Stage:
     """One step of the pipeline, bound to its function by parameter name and cached by fingerprint."""
 
     name: str
-    function: str  # "module:function"; imported when the stage runs
+    target: str  # "module:function", the function that computes the stage; imported when the stage runs
     config: Mapping[str, type[Section]]  # parameter name -> config section it receives
     inputs: Mapping[str, str] = field(default_factory=dict)  # parameter name -> earlier stage's artifact
-    run_values: tuple[str, ...] = ()  # parameters filled by the runner, from RUN_VALUES; not fingerprinted
+    run_values: tuple[str, ...] = ()  # parameters filled by the orchestrator, from RUN_VALUES; not fingerprinted
     # Outside state the stage depends on: `watches(config)` is only fingerprinted; `resolves(config,
     # artifacts, places)` returns values that are fingerprinted and passed by name.
     watches: Callable[[Any], Any] | None = None

@@ -15,23 +15,23 @@ closed the pipe (`| head`).
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.machinery
-import importlib.util
+import importlib
+import inspect
 import logging
 import os
 import shlex
 import signal
 import sys
-import warnings
-from contextlib import contextmanager
+import types
 from pathlib import Path
-from types import ModuleType
-from typing import Iterator, Sequence
+from typing import Any, Sequence
 
 from components.errors import UserError, WorkerLost
 from pipeline.config import PRESETS, describe_keys, fill_derived_defaults, resolve_settings, to_toml
+from pipeline.quiet import quiet_tensorflow
 from pipeline.registry import STAGE_NAMES as STAGES
+from pipeline.selection import select_stages
+from pipeline.workdir import check_workdir, create_workdir
 
 PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a program stopped by a closed pipe (`yes | head -1`)
 
@@ -107,18 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         config = fill_derived_defaults(settings)
         check_workdir(args.workdir)
         quiet_tensorflow(args.verbose)
-        from pipeline.runner import ModelNotBlessed, format_summary
-        from pipeline.workers import run_this_process
+        from pipeline.orchestrator import ModelNotBlessed, format_summary
+        from pipeline.workers import execute_share
 
-        stages = selection(args)
+        stages = select_stages(args.force, args.only, args.first, args.until)
         create_workdir(args.workdir)
         # Quoted as a shell would need it: `train.profile_batches="(2, 4)"` stays one argument.
         command = "python -m pipeline.run " + shlex.join(argv if argv is not None else sys.argv[1:])
-        manifest = run_this_process(config, args.workdir, stages, command)
+        manifest = execute_share(config, args.workdir, stages, command)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as interruption:  # before ModelNotBlessed: it exists once the runner is imported
+    except KeyboardInterrupt as interruption:  # before ModelNotBlessed: it exists once the orchestrator is imported
         print(f"{str(interruption) or 'interrupted'}: rerun the same command to resume (finished stages and epochs "
               "are kept)", file=sys.stderr)
         return 143 if isinstance(interruption, Terminated) else 130
@@ -162,103 +162,31 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise Terminated("terminated (SIGTERM)")
 
 
-def check_workdir(workdir: Path, named: str = "--workdir") -> None:
-    """Refuse a workdir that is a file, before any work (`named`: how the message names the argument)."""
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"{named} {workdir} is a file; give a folder (it is created if missing)")
+class _CallableModule(types.ModuleType):
+    """This module, callable: `from pipeline import run; run("smoke")` is `pipeline.api.run("smoke")`.
 
-
-def create_workdir(workdir: Path, named: str = "--workdir") -> None:
-    """Create the workdir if missing, once the command is known to be good."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"{named} {workdir}: cannot create it ({error.strerror}); give a folder you can "
-                        "write in") from None
-
-
-def selection(args: argparse.Namespace):
-    """The runner's Selection from --force/--only/--from/--until."""
-    from pipeline.runner import Selection
-
-    if args.only and args.until:
-        raise UserError(f"--only {args.only} runs one stage, so --until {args.until} has no meaning with it; "
-                        "use --from and --until for a range")
-    first = args.only or args.first or STAGES[0]
-    last = args.only or args.until or STAGES[-1]
-    if STAGES.index(last) < STAGES.index(first):
-        raise UserError(f"--until {last} comes before --from {first}; pick a range in pipeline order: "
-                        f"{' -> '.join(STAGES)}")
-    force = set(STAGES if args.force == "all" else [args.force] if args.force else [])
-    if args.only or args.first:  # asking for a stage by name means running it
-        force |= set(STAGES[STAGES.index(first): STAGES.index(last) + 1])
-    return Selection(first, last, frozenset(force))
-
-
-def quiet_tensorflow(verbose: bool) -> None:
-    """Keep TensorFlow's start-up lines (oneDNN, CUDA not found) and library warnings out of sight.
-
-    TensorFlow's C++ logging prints some lines while it loads, before it reads TF_CPP_MIN_LOG_LEVEL
-    from a process that set it itself, so stderr is pointed at /dev/null while it loads. It is not
-    imported here: only a stage that computes needs it (a fully cached run loads none, and takes a
-    fraction of its import time), so the redirection waits for whatever imports it first.
-    """
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # Set before the import: TensorFlow leaves its logger's level alone when the root logger has handlers.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    if "tensorflow" not in sys.modules and not any(isinstance(finder, _QuietImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _QuietImport("tensorflow"))
-
-
-class _QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Loads one package with stderr pointed at /dev/null, the first time anything imports it.
-
-    It finds the package as the other finders would and wraps only the loading; the module keeps its
-    own loader. Errors still surface: an import failure is a Python exception, raised after stderr is
-    back.
+    Why: `pipeline.run` is two public names at once, the command line `python -m pipeline.run` (this
+    module) and the API's function `run`, and both stay. A module is made callable by giving it a
+    ModuleType subclass with `__call__`, which it does to itself here, when it is first imported.
     """
 
-    def __init__(self, package: str):
-        self.package = package
-        self.loader: importlib.abc.Loader | None = None
-        self.searched = False
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run the pipeline and return its manifest: see `pipeline.api.run` for the arguments."""
+        from pipeline.api import run
 
-    def find_spec(self, name: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if name != self.package or self.searched:
-            return None
-        self.searched = True  # once; and the search below is answered by the other finders
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            self.loader, spec.loader = spec.loader, self
-        return spec
+        return run(*args, **kwargs)
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self.loader.create_module(spec)
+    @property
+    def __signature__(self) -> inspect.Signature:  # help() and inspect show pipeline.api.run's arguments
+        from pipeline.api import run
 
-    def exec_module(self, module: ModuleType) -> None:
-        module.__spec__.loader = module.__loader__ = self.loader
-        with _stderr_to_devnull():
-            self.loader.exec_module(module)
+        return inspect.signature(run)
+
+    def __reduce__(self) -> tuple:  # pickled by name, so it can be sent to a process pool
+        return importlib.import_module, (self.__name__,)
 
 
-@contextmanager
-def _stderr_to_devnull() -> Iterator[None]:
-    """File descriptor 2 points at /dev/null inside the block: C++ code writes there, not to sys.stderr."""
-    sys.stderr.flush()
-    saved_stderr, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(devnull)
-
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -111,7 +111,7 @@ def write_images(lineage: Lineage, workdir: Path, run_text: str | None = None, s
 
     Args:
         lineage: the workdir's lineage database.
-        workdir: the runner's workdir, where `runs/<id>/ingest/` is looked for if the lineage's path is gone.
+        workdir: the orchestrator's workdir, where `runs/<id>/ingest/` is looked for if the lineage's path is gone.
         run_text: a run id or a prefix of one; None: the newest run.
         split: train, val or test.
         count: how many images, from the start of the split (all of it if it is shorter).
@@ -185,7 +185,7 @@ def compare(lineage: Lineage, run_a: str, run_b: str, workdir: Path) -> str:
     Args:
         lineage: the workdir's lineage database.
         run_a, run_b: run ids, or prefixes that name one run each; differences are B - A.
-        workdir: the runner's workdir, where `runs/<id>/evaluate/` is looked for if the lineage's path is gone.
+        workdir: the orchestrator's workdir, where `runs/<id>/evaluate/` is looked for if the lineage's path is gone.
 
     Returns:
         The report, aligned for a terminal.
@@ -466,7 +466,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _ArgumentParser(prog="python -m pipeline.runs", description=__doc__.split("\n\n")[0],
                              epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("."),
-                        help="the runner's workdir (default: the current folder)")
+                        help="the orchestrator's workdir (default: the current folder)")
     parser.add_argument("command", nargs="?", choices=list(NUM_TARGETS), default="list",
                         help="what to do (default: list)")
     parser.add_argument("targets", nargs="*", metavar="target",

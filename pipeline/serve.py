@@ -18,7 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from components.errors import UserError
-from components.exported import BACKENDS
+from components.loaded_model import BACKENDS
 from pipeline.serving.app import ServeSettings, build_app
 
 logger = logging.getLogger("pipeline.serve")  # not __name__: that is __main__ under `python -m`

@@ -23,7 +23,8 @@ from pipeline.config import PipelineConfig
 from pipeline.fingerprint import digest
 from pipeline.lineage import newest_run
 from pipeline.registry import STAGES, RunPlaces
-from pipeline.runner import Selection, fingerprint_parts, load_function, resume_dir, run_pipeline, stage_arguments
+from pipeline.orchestrator import execute_pipeline, fingerprint_parts, load_function, resume_dir, stage_arguments
+from pipeline.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ HINT_SECONDS = 60.0  # how often a waiting worker says so
 STARTUP_SLACK = 600.0  # seconds the chief may have started before a worker
 
 
-def run_this_process(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
+def execute_share(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
                      command: str = "") -> dict[str, Any]:
     """This process's part of a run: all of it (one process, or the chief), or a worker's share of training.
 
@@ -40,14 +41,14 @@ def run_this_process(config: PipelineConfig, workdir: Path, selection: Selection
         The run's manifest; for a worker other than the chief, a summary of what it did.
     """
     if config.train.strategy != "multi_worker":
-        return run_pipeline(config, workdir, selection, command)
+        return execute_pipeline(config, workdir, selection, command)
     cluster = this_cluster()
     # Before any stage: the strategy must exist before TensorFlow runs its first operation.
     make_strategy(plan_training(config.train, cluster=cluster).strategy)
     log.info("multi_worker: %s %d of %d workers%s", cluster.task_type, cluster.task_index, cluster.num_workers,
              " (the chief)" if cluster.is_chief else "")
     if cluster.is_chief:
-        return run_pipeline(config, workdir, selection, command)
+        return execute_pipeline(config, workdir, selection, command)
     return join_training(config, workdir, selection, cluster)
 
 

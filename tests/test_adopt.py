@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from components.exported import load_exported
+from components.loaded_model import load_exported
 from tests.conftest import QUIET_ENV
 from tests.test_serve import start_server
 

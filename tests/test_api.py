@@ -11,7 +11,7 @@ import pytest
 
 import pipeline.run as cli
 from components.errors import UserError
-from components.exported import load_exported
+from components.loaded_model import load_exported
 from pipeline import load_model, run
 from pipeline.api import override_texts
 from pipeline.config import resolve, to_dict

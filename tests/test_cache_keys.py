@@ -180,9 +180,9 @@ def _overrides(folders: Path) -> list[str]:
 
 
 def _run(workdir: Path, overrides: list[str]) -> dict:
-    from pipeline.runner import run_pipeline
+    from pipeline.orchestrator import execute_pipeline
 
-    return run_pipeline(resolve("default", overrides), workdir)
+    return execute_pipeline(resolve("default", overrides), workdir)
 
 
 def _newest_manifest(workdir: Path) -> dict:

@@ -11,6 +11,7 @@ from components.errors import UserError
 from pipeline import run
 from pipeline.config import PRESETS, default_config, describe_keys, resolve, valid_keys
 from pipeline.registry import STAGE_NAMES, changed_settings, sections
+from pipeline.selection import select_stages
 from tests.conftest import REPO_DIR
 
 # Values of each key that cannot work. Every key is either here or in ANY_VALUE_WORKS: a new key
@@ -213,7 +214,7 @@ def test_force_takes_a_stage_name_only(argv, force, overrides):
     args = run.parse_args(argv)
     assert (args.force, args.overrides) == (force, overrides)
     expected = set(STAGE_NAMES) if force == "all" else {force} - {None}
-    assert run.selection(args).force == expected
+    assert select_stages(args.force, args.only, args.first, args.until).force == expected
 
 
 def test_force_with_an_unknown_stage_name_is_still_refused(capsys):

@@ -648,7 +648,7 @@ def test_a_stage_module_not_yet_written_stops_the_run_before_its_first_stage(rep
         (tmp_path / "accuracy_note.py").rename(repo_with_a_new_stage / "components" / "accuracy_note.py")
     assert process.returncode == 2, process.stderr
     assert process.stderr.splitlines() == [
-        "error: stage note in pipeline/registry.py's STAGES: function=components.accuracy_note:accuracy_note: "
+        "error: stage note in pipeline/registry.py's STAGES: target=components.accuracy_note:accuracy_note: "
         "no module named 'components.accuracy_note' (searched PYTHONPATH and the current folder); give "
         "MODULE:FUNCTION, where MODULE is an importable module (on PYTHONPATH) or a path to a .py file"]
     assert not (tmp_path / "work" / "runs").exists() and "stage ingest" not in process.stdout
@@ -674,17 +674,17 @@ def test_the_added_stage_runs_and_writes_its_note(repo_with_a_new_stage, tmp_pat
 ], ids=["missing module", "missing function"])
 def test_a_registry_entry_that_cannot_be_found_is_refused_before_any_stage(monkeypatch, capsys, tmp_path,
                                                                            function, says):
-    import pipeline.runner
+    import pipeline.orchestrator
     from pipeline.run import main
 
-    last = pipeline.runner.STAGES[-1]
-    monkeypatch.setattr(pipeline.runner, "STAGES", (*pipeline.runner.STAGES[:-1],
-                                                     dataclasses.replace(last, function=function)))
+    last = pipeline.orchestrator.STAGES[-1]
+    monkeypatch.setattr(pipeline.orchestrator, "STAGES", (*pipeline.orchestrator.STAGES[:-1],
+                                                     dataclasses.replace(last, target=function)))
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # main's SIGTERM handler stays out of pytest
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # and so does its quiet TensorFlow import
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     assert main(["--preset", "smoke", "--workdir", str(tmp_path / "work")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"error: stage {last.name} in pipeline/registry.py's STAGES: function={function}: ")
+    assert line.startswith(f"error: stage {last.name} in pipeline/registry.py's STAGES: target={function}: ")
     assert says in line
     assert not (tmp_path / "work" / "runs").exists()

@@ -1,7 +1,7 @@
 """One image reader for training and serving: ingest, predict, the API and the server see the same pixels.
 
 Each image is read through every path a user's photo can take: ingest's (the folder listing and
-`decode_chunks`, or a real ingest), predict's and the API's (`components.exported.to_pixels`, which
+`decode_chunks`, or a real ingest), predict's and the API's (`components.loaded_model.to_pixels`, which
 `LoadedModel.predict` and `pipeline.predict` call), and the server's (`{"b64": ...}` bodies).
 """
 
@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from components.config import DataConfig
 from components.errors import UserError
-from components.exported import InputSpec, to_pixels
+from components.loaded_model import InputSpec, to_pixels
 from components.image_folder import decode_chunks, list_image_folder
 from components.images import NOT_PNG_OR_JPEG
 from components.ingest import ingest

@@ -15,7 +15,7 @@ import onnxruntime
 import pytest
 from PIL import Image
 
-from components.exported import load_exported
+from components.loaded_model import load_exported
 from pipeline.predict import main
 from tests.conftest import QUIET_ENV, REPO_DIR, read_split
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pipeline.registry import RUN_VALUES, STAGE_NAMES, STAGES, sections
-from pipeline.runner import load_function
+from pipeline.orchestrator import load_function
 from tests.conftest import QUIET_ENV, REPO_DIR, PipelineRun
 
 

@@ -31,7 +31,7 @@ import requests
 import tritonclient.http as triton
 from PIL import Image
 
-from components.exported import InputSpec, LoadedModel, decode_image, load_exported
+from components.loaded_model import InputSpec, LoadedModel, decode_image, load_exported
 from pipeline.serving.batching import Batcher
 from pipeline.serving.errors import NotFound
 from pipeline.serving.models import ModelRepository
@@ -100,7 +100,7 @@ def images(smoke_run) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model(smoke_run) -> LoadedModel:
-    """The exported model as `components.exported` runs it (ONNX Runtime): the reference for every answer."""
+    """The exported model as `components.loaded_model` runs it (ONNX Runtime): the reference for every answer."""
     return load_exported(smoke_run.workdir / "saved_models" / "digits")
 
 

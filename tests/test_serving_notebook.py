@@ -9,7 +9,7 @@ import numpy as np
 from nbclient import NotebookClient
 from sklearn.datasets import load_digits
 
-from components.exported import load_exported
+from components.loaded_model import load_exported
 from tests.conftest import REPO_DIR
 
 NOTEBOOK = REPO_DIR / "notebooks" / "serving_client.ipynb"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from components.exported import LoadedModel, check_pixels
+from components.loaded_model import LoadedModel, check_pixels
 
 # A batch is closed early once it holds this many images; a request with more runs alone.
 MAX_BATCH_IMAGES = 256

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from components.artifacts import version_dirs
-from components.exported import LoadedModel, load_exported
+from components.loaded_model import LoadedModel, load_exported
 from pipeline.serving.errors import NotFound
 
 logger = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ class ModelRepository:
         """
         Args:
             saved_models_dir: holds `<model>/<version>/` folders (TF Serving's layout).
-            backend: `onnx` or `savedmodel` (see `components.exported`).
+            backend: `onnx` or `savedmodel` (see `components.loaded_model`).
             num_versions: how many of each model's newest versions to keep loaded; 0 keeps every version.
-            load: loads one version folder; `components.exported.load_exported` by default.
+            load: loads one version folder; `components.loaded_model.load_exported` by default.
         """
         self.saved_models_dir, self.backend, self.num_versions = saved_models_dir, backend, num_versions
         self._load = load or load_exported

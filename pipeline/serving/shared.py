@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from components.exported import LoadedModel
+from components.loaded_model import LoadedModel
 from pipeline.serving.batching import Batcher
 from pipeline.serving.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from pipeline.serving.models import ModelRepository

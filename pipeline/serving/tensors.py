@@ -1,6 +1,6 @@
 """JSON values as pixel arrays: nested numbers or TF Serving's `{"b64": "<PNG or JPEG>"}`, checked before use.
 
-Both protocols build a model's input here; the model's own check (`components.exported.check_pixels`)
+Both protocols build a model's input here; the model's own check (`components.loaded_model.check_pixels`)
 then refuses a wrong shape, NaN or values outside 0..255, so that check lives in one place.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from components.exported import InputSpec, decode_image
+from components.loaded_model import InputSpec, decode_image
 from components.images import BadImageError, read_header
 from pipeline.serving.errors import BadRequest
 

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from components.exported import InputSpec, LoadedModel
+from components.loaded_model import InputSpec, LoadedModel
 from pipeline.serving.errors import BadRequest
 from pipeline.serving.shared import (
     json_response,

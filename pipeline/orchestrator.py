@@ -1,4 +1,4 @@
-"""The runner: orders the stages, reuses cached executions, records lineage, writes the run folder.
+"""The orchestrator: orders the stages, reuses cached executions, records lineage, writes the run folder.
 
 This module holds wiring only: the stages, and what each receives, are listed once in
 `pipeline/registry.py`; what a run found out is what each artifact says of itself.
@@ -26,26 +26,11 @@ from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.fingerprint import code_fingerprint, digest, environment
 from pipeline.lineage import Lineage
-from pipeline.registry import STAGE_NAMES, STAGES, RunPlaces, Stage
+from pipeline.registry import STAGES, RunPlaces, Stage
 from pipeline.reproduction import reproduction_record
+from pipeline.selection import Selection
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which stages run: `first..last` (earlier ones must be cached), and which ignore the cache."""
-
-    first: str = STAGE_NAMES[0]
-    last: str = STAGE_NAMES[-1]
-    force: frozenset[str] = frozenset()
-
-    def position(self, stage: str) -> str:
-        """`before`, `inside` or `after` the selected range."""
-        index = STAGE_NAMES.index(stage)
-        if index < STAGE_NAMES.index(self.first):
-            return "before"
-        return "after" if index > STAGE_NAMES.index(self.last) else "inside"
 
 
 class ModelNotBlessed(Exception):
@@ -69,7 +54,7 @@ class RunContext:
     stages: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
+def execute_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
                  command: str = "") -> dict[str, Any]:
     """Run the selected stages in order under `workdir` and return the run's manifest.
 
@@ -117,7 +102,7 @@ def check_stage_functions(selection: Selection) -> None:
     for stage in STAGES:
         if selection.position(stage.name) != "after":
             try:
-                find_function(stage.function, "function")
+                find_function(stage.target, "target")
             except UserError as error:
                 raise UserError(f"stage {stage.name} in pipeline/registry.py's STAGES: {error}") from None
 
@@ -203,7 +188,7 @@ def resume_dir(cache: StageCache, stage: str, fingerprint: str) -> Path:
 
 def load_function(stage: Stage) -> Callable[..., Any]:
     """The stage's function, imported from its `module:function` name."""
-    module_name, _, function_name = stage.function.partition(":")
+    module_name, _, function_name = stage.target.partition(":")
     return getattr(importlib.import_module(module_name), function_name)
 
 
@@ -211,7 +196,7 @@ def fingerprint_parts(stage: Stage, config: PipelineConfig, artifacts: dict[str,
     """What a stage's result depends on: its code, config sections, inputs' content, outside state."""
     return {
         "stage": stage.name,
-        "code": code_fingerprint(stage.function.partition(":")[0]),
+        "code": code_fingerprint(stage.target.partition(":")[0]),
         "environment": environment(),
         "config": {section.name: dataclasses.asdict(config.sections[section.name])
                    for section in stage.config.values()},

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import confusion_matrix
 
-from components.loop import LoopSettings, TrainingLoop
-from components.training_logs import LearningRateLog
+from components.train_loop import LoopSettings, TrainingLoop
+from components.train_tensorboard import LearningRateLog
 from tests.conftest import REPO_DIR, run_python
 
 NUM_CLASSES, BATCH = 4, 16
@@ -128,7 +128,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from sklearn.datasets import load_digits
 from components.batches import BatchPlan, evaluation_batches, training_batches
 from components.config import ModelConfig
-from components.loop import LoopSettings, TrainingLoop
+from components.train_loop import LoopSettings, TrainingLoop
 from components.model import build_model, logits_of
 
 CONFIG = ModelConfig(**{key: tuple(value) if isinstance(value, list) else value

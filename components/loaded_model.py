@@ -19,7 +19,7 @@ from components.artifacts import METADATA_FILE, read_metadata, version_dirs
 from components.errors import UserError
 from components.images import BadImageError
 from components.images import decode_image as decode_image_file
-from components.inference import onnx_session
+from components.onnx_session import onnx_session
 from components.source_data import ImageFormat
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""components/exported.py: an export as its consumers load it, fed files, bytes and arrays."""
+"""components/loaded_model.py: an export as its consumers load it, fed files, bytes and arrays."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from components.errors import UserError
-from components.exported import InputSpec, check_pixels, decode_image, load_exported, ranked, version_dir_of
+from components.loaded_model import InputSpec, check_pixels, decode_image, load_exported, ranked, version_dir_of
 from tests.conftest import read_split
 
 GRAY = InputSpec("pixels", 8, 8, 1)

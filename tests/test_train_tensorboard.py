@@ -1,4 +1,4 @@
-"""What training shows: the learning rate in the history (the confusion matrix: tests/test_loop.py)."""
+"""What training shows: the learning rate in the history (the confusion matrix: tests/test_train_loop.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from components.training_logs import LearningRateLog
+from components.train_tensorboard import LearningRateLog
 
 
 def test_learning_rate_log_puts_the_current_rate_in_the_history():

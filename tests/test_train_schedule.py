@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from components import training
+from components import train_schedule
 from components.artifacts import Normalization, Schema
 from components.config import ModelConfig, TrainConfig
 from components.devices import Device, choose_xla, plan_training, scale_batch
 from components.train import train
-from components.training import KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from components.train_schedule import KeepBest, TimeBudget, WarmupCosine, planned_epochs
 from tests.conftest import make_images
 from tests.test_validate import write_splits
 

@@ -5,7 +5,7 @@ import onnxruntime
 import pytest
 
 from components.export import write_onnx
-from components.inference import SINGLE_THREAD_MAX_BATCH, onnx_session
+from components.onnx_session import SINGLE_THREAD_MAX_BATCH, onnx_session
 from tests.conftest import make_images
 from tests.test_export import SHAPE, tiny_model
 
