@@ -4,21 +4,37 @@ import inspect
 import shutil
 import subprocess
 import sys
+import types
+from pathlib import Path
 
 import pytest
 
-from pipeline.registry import RUN_VALUES, STAGE_NAMES, STAGES, sections
+from pipeline.config import default_config
 from pipeline.orchestrator import load_function
+from pipeline.registry import RUN_VALUES, STAGE_NAMES, STAGES, RunPlaces, Stage, sections
 from tests.conftest import QUIET_ENV, REPO_DIR, PipelineRun
 
 
+def resolved_names(stage: Stage, saved_models_dir: Path) -> set[str]:
+    """The parameters a stage's `resolves` hook fills, found by calling it as the orchestrator does: with the
+    default config, an empty saved-models folder and a stand-in for every earlier stage's artifact (the
+    hooks read no more of one than the trained weights' hash)."""
+    if stage.resolves is None:
+        return set()
+    stand_in = types.SimpleNamespace(weights_sha256="0" * 64)
+    return set(stage.resolves(default_config(), dict.fromkeys(STAGE_NAMES, stand_in), RunPlaces(saved_models_dir)))
+
+
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_NAMES)
-def test_each_stage_function_takes_exactly_what_the_registry_passes_by_name(stage):
+def test_each_stage_function_takes_exactly_what_the_registry_passes_by_name(stage, tmp_path):
     parameters = inspect.signature(load_function(stage)).parameters
-    passed = {*stage.config, *stage.inputs, *stage.run_values, "out_dir"}
+    resolved = resolved_names(stage, tmp_path / "saved_models")
+    named = {*stage.config, *stage.inputs, *stage.run_values, "out_dir"}
+    assert not resolved & named, f"{stage.name}'s resolves hook fills {resolved & named}, which it is passed already"
+    passed = named | resolved
     assert passed <= set(parameters), f"{stage.name} has no parameter for {passed - set(parameters)}"
     unfilled = {name for name, p in parameters.items() if p.default is inspect.Parameter.empty} - passed
-    assert not unfilled or stage.resolves is not None, f"nothing passes {stage.name} its {unfilled}"
+    assert not unfilled, f"nothing passes {stage.name} its {unfilled}"
     assert set(stage.run_values) <= set(RUN_VALUES)
     assert all(STAGE_NAMES.index(name) < STAGE_NAMES.index(stage.name) for name in stage.inputs.values())
 
