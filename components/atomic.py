@@ -7,12 +7,13 @@ carries the writer's process id, so a later process can tell an abandoned one fr
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -24,6 +25,11 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text_atomically(path: Path, text: str) -> None:
     write_atomically(path, lambda tmp_path: tmp_path.write_text(text))
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """`data` as indented JSON, renamed into place; values JSON does not know (paths) are written as text."""
+    write_text_atomically(path, json.dumps(data, indent=2, default=str))
 
 
 def new_hidden_dir(parent: Path, prefix: str) -> Path:

@@ -1,4 +1,7 @@
-"""The exception types the CLI prints as one line: a user's mistake (exit 2), a lost worker (exit 1)."""
+"""The exception types the CLI prints as one line: a user's mistake (exit 2), a lost worker (exit 1).
+
+`first_line` quotes another error inside such a line.
+"""
 
 
 class UserError(Exception):
@@ -11,3 +14,9 @@ class WorkerLost(Exception):
 
 class WorkersDisagree(UserError):
     """The workers of a multi-worker run would train different models: other code, data or checkpoint."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none), to quote in a one-line message."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from components.artifacts import METADATA_FILE, read_metadata, version_dirs
-from components.errors import UserError
+from components.errors import UserError, first_line
 from components.images import BadImageError
 from components.images import decode_image as decode_image_file
 from components.onnx_session import onnx_session
@@ -146,7 +146,7 @@ def _load(version_dir: Path, backend: str, batch_hint: int) -> LoadedModel:
     except UserError:
         raise
     except Exception as error:  # ONNX Runtime, TensorFlow and JSON each raise their own types for a broken file
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        reason = first_line(error)[:200]
         raise UserError(f"{version_dir}: cannot be loaded ({type(error).__name__}: {reason}); export it again "
                         "or remove the folder") from None
 

@@ -33,9 +33,9 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from components.artifacts import Splits
-from components.atomic import write_text_atomically
-from components.errors import UserError
+from components.artifacts import Splits, json_sha256
+from components.atomic import write_json_atomically
+from components.errors import UserError, first_line
 
 FORMAT = "tfrecord of tf.train.Example (image: raw bytes, label: int64)"
 LAYOUT_FILE = "splits.json"
@@ -186,11 +186,11 @@ def _chunks(splits: Splits, split: str, chunk_examples: int, limit: int | None
         shape = "x".join(str(n) for n in splits.image_shape)
         raise UserError(f"splits disagree on image shape or dtype: a record of the {split} split in "
                         f"{splits.splits_dir} holds no {shape} {splits.dtype} image as {LAYOUT_FILE} declares "
-                        f"({_first_line(error.message)}); every image must have the same size, channels and "
+                        f"({first_line(error)}); every image must have the same size, channels and "
                         "type: run ingest again") from None
     except tf.errors.DataLossError as error:
         raise UserError(f"a shard of the {split} split in {splits.splits_dir} is corrupt "
-                        f"({_first_line(error.message)}); run ingest again") from None
+                        f"({first_line(error)}); run ingest again") from None
 
 
 def read_images_at(splits: Splits, split: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -381,8 +381,8 @@ class SplitWriter:
             layout["splits"][split] = {"num_examples": sum(written.plan), "shards": names,
                                        "shard_examples": written.plan}
             content["content"][split] = {"pixels": written.pixel_sha256, "labels": written.labels_sha256}
-        write_text_atomically(self.splits_dir / LAYOUT_FILE, json.dumps(layout, indent=2))
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        write_json_atomically(self.splits_dir / LAYOUT_FILE, layout)
+        return json_sha256(content)
 
     def discard(self) -> None:
         """Remove every temporary file this writer made."""
@@ -477,8 +477,3 @@ def _copy_records(old_paths: list[Path], plan: list[int], new_paths: list[Path])
 
 def _array_sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0]
-

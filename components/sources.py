@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from components.config import DataConfig
-from components.errors import UserError
+from components.errors import UserError, first_line
 from components.source_data import ImageFolder, SourceData
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def read_tfds(name: str, data_dir: str, download: bool) -> SourceData:
         raise UserError(f"data.source=tfds:{name}: TFDS has no dataset of that name; "
                         f"check the spelling (e.g. tfds:mnist), or offline use {OFFLINE_SOURCES}") from None
     except Exception as error:  # a malformed name or a community source TFDS cannot load comes in many types
-        raise UserError(f"data.source=tfds:{name}: TFDS cannot load that name ({_first_line(error)}); give a "
+        raise UserError(f"data.source=tfds:{name}: TFDS cannot load that name ({first_line(error)}); give a "
                         f"dataset name such as tfds:mnist or tfds:emnist/letters") from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
@@ -156,7 +156,7 @@ def _download_and_prepare(builder, name: str) -> None:
     try:
         builder.download_and_prepare()
     except Exception as error:  # network and extraction failures come in many types
-        raise UserError(f"data.source=tfds:{name}: could not download or prepare it ({_first_line(error)}); "
+        raise UserError(f"data.source=tfds:{name}: could not download or prepare it ({first_line(error)}); "
                         f"offline, use {OFFLINE_SOURCES}") from None
 
 
@@ -237,7 +237,7 @@ def read_npz(path: Path) -> SourceData:
                                 f"an npz: file needs {', '.join(NPZ_KEYS)}")
             arrays = {key: _npz_array(data, key, path) for key in NPZ_KEYS}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: cannot read it as an .npz file ({_first_line(error)}); "
+        raise UserError(f"{path}: cannot read it as an .npz file ({first_line(error)}); "
                         "write it with numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)") from None
     for split in ("train", "test"):
         _check_npz_pair(arrays[f"x_{split}"], arrays[f"y_{split}"], split, path)
@@ -292,8 +292,3 @@ def _numbered_classes(train_labels: np.ndarray, test_labels: np.ndarray, source:
 
 def _with_channels(images: np.ndarray) -> np.ndarray:
     return images[..., np.newaxis] if images.ndim == 3 else images
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

@@ -26,6 +26,7 @@ from components.batches import (
 )
 from components.config import ModelConfig, TrainConfig
 from components.devices import TrainingPlan, choose_xla, make_strategy, prefetch_device, scale_batch
+from components.errors import first_line
 from components.train_loop import LoopSettings, TrainingLoop
 from components.model import NetworkSpec, build_model, forward_flops, logits_of
 from components.profiling import StepMarkedTensorBoard
@@ -292,7 +293,7 @@ def _save_model(model: keras.Model, out_dir: Path) -> Path:
     except NotImplementedError as error:
         (out_dir / "model.keras").unlink(missing_ok=True)
         log.info("train: Keras cannot save this network whole (%s); saved its weights in model.weights.h5",
-                 str(error).strip().splitlines()[0])
+                 first_line(error))
         model.save_weights(out_dir / "model.weights.h5")
         return out_dir / "model.weights.h5"
 

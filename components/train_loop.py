@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.errors import WorkerLost, WorkersDisagree
+from components.errors import WorkerLost, WorkersDisagree, first_line
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class TrainingLoop:
                 tf.errors.FailedPreconditionError, tf.errors.InternalError) as error:
             if self.settings.num_workers < 2:
                 raise
-            reason = str(error).strip().splitlines()[0]
+            reason = first_line(error)
             raise WorkerLost(f"a worker stopped during training ({type(error).__name__}: {reason}); start every "
                              "worker again with the same command: training resumes after the last finished "
                              "epoch") from None

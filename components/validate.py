@@ -8,14 +8,13 @@ an image of the declared shape and dtype. Labels come from `<split>-labels.npy`,
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from components.artifacts import SPLITS, Schema, Splits
-from components.atomic import write_text_atomically
+from components.atomic import write_json_atomically
 from components.config import ValidateConfig
 from components.errors import UserError
 from components.shards import image_chunks, split_labels
@@ -59,8 +58,8 @@ def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
     statistics["source"] = {"skipped_files": splits.num_skipped_files, "test_images_also_in_train": num_leaked}
     statistics["warnings"] = warnings
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "statistics.json", statistics)
-    _write_json(out_dir / "schema.json", schema)  # last: its presence means validate finished
+    write_json_atomically(out_dir / "statistics.json", statistics)
+    write_json_atomically(out_dir / "schema.json", schema)  # last: its presence means validate finished
     return Schema(out_dir / "schema.json", out_dir / "statistics.json", splits.image_shape, num_classes,
                   tuple(warnings), _summary(statistics, splits.image_shape, num_classes, splits.num_skipped_files))
 
@@ -147,10 +146,6 @@ def _summary(statistics: dict, image_shape: tuple[int, int, int], num_classes: i
     skipped = f", {num_skipped} bad files skipped" if num_skipped else ""
     num_warnings = len(statistics["warnings"])
     return f"{counts}, {shape}, {num_classes} classes{skipped}, {num_warnings} warning{'s' * (num_warnings != 1)}"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2))
 
 
 def _check_shapes(splits: Splits) -> None:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from components.atomic import write_atomically, write_text_atomically
+from components.atomic import write_atomically, write_json_atomically
 from components.errors import UserError
 from components.user_code import find_function
 from pipeline.cache import StageCache
@@ -69,7 +69,7 @@ def execute_pipeline(config: PipelineConfig, workdir: Path, selection: Selection
     check_stage_functions(selection)
     context = _new_context(workdir, config.export.model_name)
     context.run_dir.mkdir(parents=True)
-    _write_json(context.run_dir / "config.json", to_dict(config))
+    write_json_atomically(context.run_dir / "config.json", to_dict(config))
     reproduction = reproduction_record(config)
     context.command, context.reproduction = command, reproduction
     context.lineage.start_run(context.run_id, command, to_dict(config), reproduction)
@@ -85,7 +85,7 @@ def execute_pipeline(config: PipelineConfig, workdir: Path, selection: Selection
     finally:
         _link_tensorboard(context)
         manifest = _manifest(config, context, status, error, reproduction)
-        _write_json(context.run_dir / "manifest.json", manifest)
+        write_json_atomically(context.run_dir / "manifest.json", manifest)
         context.lineage.end_run(context.run_id, status, error, manifest["results"])
     if manifest["results"].get("blessed") is False and config.evaluate.fail_if_not_blessed:
         raise ModelNotBlessed(manifest["results"]["blessing_reason"])
@@ -299,10 +299,6 @@ def _link(link: Path, target: Path) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink():
         link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2, default=str))
 
 
 def format_summary(manifest: dict[str, Any]) -> str:
