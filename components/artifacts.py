@@ -45,7 +45,7 @@ class Artifact:
 class Splits(Artifact):
     """Ingest's output: per split, TFRecord shards and its labels, described by `splits.json`.
 
-    `components/shards.py` holds the format and its readers (`load_split`, `image_chunks`, ...).
+    `components/shards/` holds the format, its writer and its readers (`load_split`, `image_chunks`, ...).
     """
 
     splits_dir: Path

@@ -82,7 +82,7 @@ def streamed_training_batches(files: Sequence[Path], parse: Callable, image_shap
 
     Args:
         files: the split's shards, in order.
-        parse: maps a batch of serialized examples to (images, labels) (`components.shards.parse_examples`).
+        parse: maps a batch of serialized examples to (images, labels) (`components.shards.tf_reader.parse_examples`).
         image_shape: height, width, channels.
         plan: epochs, batch size, augmentation and this pipeline's share.
         shuffle_examples: records in the shuffle buffer.

@@ -16,7 +16,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precisio
 from components.artifacts import Baseline, Metrics, Splits, TrainedModel, model_kind
 from components.config import EvaluateConfig
 from components.model import load_trained
-from components.shards import parse_examples, split_files, split_labels
+from components.shards.layout import split_files, split_labels
+from components.shards.tf_reader import parse_examples
 
 log = logging.getLogger(__name__)
 

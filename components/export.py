@@ -41,7 +41,7 @@ from components.errors import UserError
 from components.onnx_session import onnx_session
 from components.model import OUTPUT_NAME, load_trained
 from components.model_card import ModelCard, write_model_card
-from components.shards import load_split
+from components.shards.tf_reader import load_split
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,9 @@ RESIZE_ADVICE_END = "to resize them all"  # how the reason of every file of anot
 MAX_LISTED_REASONS = 5  # in the message about bad files; each reason is said once, with its count
 EXAMPLES_PER_REASON = 3
 POOL_MIN_FILES = 8192  # fewer files decode faster in the process itself than the worker processes start
-CHUNK_BYTES = 4 * 2**20  # pixels decoded per task: a few chunks are in flight at once
+# Pixels one decoding task returns, the chunk a folder source is written in: 4 MiB, smaller than an
+# array source's chunk (`shards.layout.CHUNK_BYTES`), since up to two tasks per worker are in flight at once.
+DECODE_TASK_BYTES = 4 * 2**20
 MAX_CHUNK_FILES = 1024  # files per task at most, so small images still spread over the workers
 
 
@@ -89,7 +91,7 @@ def decode_chunks(files: ImageFiles, rows: np.ndarray, image_format: ImageFormat
         Chunks in the order of `rows`; an unreadable file is left out of its chunk and named in it.
     """
     pixels = image_format.height * image_format.width * image_format.channels
-    chunk_files = max(1, min(MAX_CHUNK_FILES, CHUNK_BYTES // pixels))
+    chunk_files = max(1, min(MAX_CHUNK_FILES, DECODE_TASK_BYTES // pixels))
     starts = range(0, len(rows), chunk_files)
     tasks = [(tuple(files.paths[row] for row in rows[start: start + chunk_files]), image_format) for start in starts]
     results = _ordered_map(_decode_files, tasks, use_pool=len(rows) >= POOL_MIN_FILES)

@@ -1,6 +1,6 @@
 """Ingest: read the source, carve stratified validation (and, if needed, test) splits, write them as shards.
 
-The splits are written as TFRecord shards (`components/shards.py`), chunk by chunk. Array sources
+The splits are written as TFRecord shards (`components/shards/writer.py`), chunk by chunk. Array sources
 (digits, idx, npz, tfds) are read into memory first, as their formats require, and the splits are
 gathered from them a chunk at a time; a `folder:` source is only listed, and each split's files
 are decoded a chunk at a time while it is written, so a folder far bigger than memory can be ingested.
@@ -20,7 +20,8 @@ from sklearn.model_selection import train_test_split
 from components.artifacts import Splits
 from components.config import DataConfig
 from components.errors import UserError
-from components.shards import SplitWriter
+from components.shards.layout import examples_per_chunk
+from components.shards.writer import SplitWriter
 from components.source_data import ImageFolder, SourceData
 from components.sources import read_source
 
@@ -75,9 +76,6 @@ def ingest(config: DataConfig, out_dir: Path) -> Splits:
     return Splits(out_dir, data_sha256, class_names, num_examples, image_shape, dtype, len(bad_files))
 
 
-CHUNK_BYTES = 16 * 2**20  # pixels gathered per chunk of an array source: bounds the extra memory of writing
-
-
 def _chunks(source: Source, part: str, indices: np.ndarray,
             bad_files: list[tuple[str, str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The rows `indices` of the source's `part` (train or test), as (images, labels) chunks in that order.
@@ -94,7 +92,7 @@ def _chunks(source: Source, part: str, indices: np.ndarray,
         return
     images, labels = (source.train_images, source.train_labels) if part == "train" else \
         (source.test_images, source.test_labels)
-    rows_per_chunk = max(1, CHUNK_BYTES // max(1, images[:1].nbytes))
+    rows_per_chunk = examples_per_chunk(images[:1].nbytes)
     for start in range(0, len(indices), rows_per_chunk):
         rows = indices[start: start + rows_per_chunk]
         yield images[rows], labels[rows]

@@ -14,7 +14,7 @@ import numpy as np
 
 from components.artifacts import Normalization, Splits
 from components.config import PreprocessConfig
-from components.shards import image_chunks
+from components.shards.tf_reader import image_chunks
 
 
 def preprocess(config: PreprocessConfig, splits: Splits, out_dir: Path) -> Normalization:

@@ -35,7 +35,8 @@ from components.artifacts import (
 from components.config import ReportConfig
 from components.findings import class_results, confusions, headline, verdict
 from components.onnx_session import onnx_session
-from components.shards import read_images_at, split_labels
+from components.shards.layout import split_labels
+from components.shards.record_reader import read_images_at
 from components.tensorboard_log import EventLog
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from components.errors import first_line
 from components.train_loop import LoopSettings, TrainingLoop
 from components.model import NetworkSpec, build_model, forward_flops, logits_of
 from components.profiling import StepMarkedTensorBoard
-from components.shards import load_split, parse_examples, split_files, split_nbytes
+from components.shards.layout import split_files, split_nbytes
+from components.shards.tf_reader import load_split, parse_examples
 from components.tensorboard_log import EventLog
 from components.train_schedule import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
 from components.train_tensorboard import ConfusionImages, LearningRateLog, log_labelled_images

@@ -1,6 +1,6 @@
 """Validate: check every split against one schema and write the schema and per-split statistics.
 
-Each split is read in one streaming pass (`components.shards.image_chunks`): statistics, the
+Each split is read in one streaming pass (`components.shards.tf_reader.image_chunks`): statistics, the
 per-image digests that find test images copied from train, and the check that every record holds
 an image of the declared shape and dtype. Labels come from `<split>-labels.npy`, without a pass.
 """
@@ -17,7 +17,8 @@ from components.artifacts import SPLITS, Schema, Splits
 from components.atomic import write_json_atomically
 from components.config import ValidateConfig
 from components.errors import UserError
-from components.shards import image_chunks, split_labels
+from components.shards.layout import split_labels
+from components.shards.tf_reader import image_chunks
 
 log = logging.getLogger(__name__)
 

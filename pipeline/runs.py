@@ -30,7 +30,8 @@ from PIL import Image
 from components.artifacts import METADATA_FILE, SPLITS, Splits, file_sha256
 from components.config import augmentation_for, model_name_from_source
 from components.errors import UserError
-from components.shards import LAYOUT_FILE, read_images_at, split_labels
+from components.shards.layout import LAYOUT_FILE, split_labels
+from components.shards.record_reader import read_images_at
 from pipeline.cache import StageCache
 from pipeline.config import default_config, to_dict
 from pipeline.lineage import Lineage

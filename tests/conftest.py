@@ -63,9 +63,10 @@ def smoke_run(tmp_path_factory) -> PipelineRun:
 
 
 def read_split(splits_dir: Path, split: str = "test", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A split ingest wrote into `splits_dir` (a run's `ingest/` folder), read through `components.shards`."""
+    """A split ingest wrote into `splits_dir` (a run's `ingest/` folder), read through `components.shards.tf_reader`."""
     from components.artifacts import Splits
-    from components.shards import load_split, read_layout
+    from components.shards.layout import read_layout
+    from components.shards.tf_reader import load_split
 
     layout = read_layout(splits_dir)
     num_examples = {name: entry["num_examples"] for name, entry in layout["splits"].items()}

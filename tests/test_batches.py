@@ -137,7 +137,8 @@ def _shards(tmp_path, count=64, shard_mb=None):
 
 def _streamed(splits, plan, shuffle_examples=16):
     from components.batches import streamed_training_batches
-    from components.shards import parse_examples, split_files
+    from components.shards.layout import split_files
+    from components.shards.tf_reader import parse_examples
 
     return _epochs(streamed_training_batches(split_files(splits, "train"), parse_examples((6, 6, 1), "uint8"),
                                              (6, 6, 1), plan, shuffle_examples))
@@ -146,7 +147,7 @@ def _streamed(splits, plan, shuffle_examples=16):
 @pytest.mark.parametrize("num_shards", [8, 7])  # by whole files; by record when the files do not divide
 def test_streamed_pipelines_share_each_epoch_evenly_and_each_image_once(tmp_path, num_shards):
     images, splits = _shards(tmp_path, shard_mb=64 * 36 / num_shards / 1e6 + 1e-9)
-    from components.shards import split_files
+    from components.shards.layout import split_files
 
     assert len(split_files(splits, "train")) == num_shards
     halves = [_streamed(splits, BatchPlan(5, 4, 8, 3, 2, pipeline=index, num_pipelines=2)) for index in (0, 1)]

@@ -12,7 +12,7 @@ from components.config import DataConfig, ValidateConfig
 from components.errors import UserError
 from components.images import decode_image
 from components.ingest import ingest
-from components.shards import load_split
+from components.shards.tf_reader import load_split
 from components.source_data import ImageFormat
 from components.validate import validate
 from tests.conftest import make_images, write_image_folder

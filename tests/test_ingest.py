@@ -9,7 +9,8 @@ import pytest
 from components.config import DataConfig
 from components.errors import UserError
 from components.ingest import ingest
-from components.shards import load_split, read_layout
+from components.shards.layout import read_layout
+from components.shards.tf_reader import load_split
 from tests.conftest import make_images, write_idx
 
 
@@ -89,10 +90,10 @@ def test_a_class_too_small_to_split_is_a_user_error(idx_dir, tmp_path):
 
 @pytest.mark.parametrize("out_dir_exists", [False, True])
 def test_a_failure_while_writing_leaves_nothing_that_looks_finished(idx_dir, tmp_path, monkeypatch, out_dir_exists):
-    import components.shards as shards_module
+    import components.shards.writer as writer_module
 
     written = []
-    real_write = shards_module._write_records
+    real_write = writer_module._write_records
 
     def fail_on_third(*args):
         if len(written) == 2:
@@ -100,7 +101,7 @@ def test_a_failure_while_writing_leaves_nothing_that_looks_finished(idx_dir, tmp
         written.append(real_write(*args))
         return written[-1]
 
-    monkeypatch.setattr(shards_module, "_write_records", fail_on_third)
+    monkeypatch.setattr(writer_module, "_write_records", fail_on_third)
     if out_dir_exists:
         (tmp_path / "out").mkdir()
     with pytest.raises(OSError, match="disk full"):
@@ -127,11 +128,25 @@ def test_train_and_test_images_of_other_shapes_are_refused(tmp_path):
 
 
 def test_chunks_written_in_any_size_give_the_same_splits(idx_dir, tmp_path, monkeypatch):
-    import components.ingest as ingest_module
+    import components.shards.layout as layout_module
+    from components.shards.writer import SplitWriter
 
     whole = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "whole")
-    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 100)  # 36-byte images: 2 per chunk
+    monkeypatch.setattr(layout_module, "CHUNK_BYTES", 100)  # 36-byte images: 2 per chunk, written and read
+    chunk_sizes = []
+    real_write_split = SplitWriter.write_split
+
+    def counted(chunks):
+        for images, labels in chunks:
+            chunk_sizes.append(len(labels))
+            yield images, labels
+
+    def write_split(writer, split, chunks, num_examples):
+        return real_write_split(writer, split, counted(chunks), num_examples)
+
+    monkeypatch.setattr(SplitWriter, "write_split", write_split)
     chunked = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "chunked")
+    assert max(chunk_sizes) == 2
     assert chunked.fingerprint == whole.fingerprint
     for split in ("train", "val", "test"):
         for got, expected in zip(load_split(chunked, split), load_split(whole, split)):

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,34 +15,34 @@ import pytest
 from components.config import DataConfig
 from components.errors import UserError
 from components.ingest import ingest
-from components.shards import (
-    FORMAT,
-    image_chunks,
-    iter_records,
-    load_split,
-    parse_examples,
-    read_images_at,
-    read_layout,
-    split_files,
-    split_labels,
-    split_nbytes,
-)
+from components.shards.layout import FORMAT, read_layout, split_files, split_labels, split_nbytes
+from components.shards.record_reader import iter_records, read_images_at
+from components.shards.tf_reader import image_chunks, load_split, parse_examples
 from components.sources import read_idx_dir
 from tests.conftest import QUIET_ENV, make_images, run_python, write_idx, write_image_folder
 
 SPLITS = ("train", "val", "test")
+# Images of 10,000 bytes, 0.01 MB: data.shard_mb's smallest value holds one, so shard sizes count images.
+IMAGE_SHAPE = (100, 100, 1)
+IMAGE_NBYTES = 10_000
 
 
 @pytest.fixture
-def small_shards(idx_dir, tmp_path):
-    """The idx fixture (6x6 images, 60 train and 30 test) ingested in shards of about 8 images."""
-    return ingest(with_shard_mb(DataConfig(source=f"idx:{idx_dir}"), 300e-6), tmp_path / "out")
+def large_idx_dir(tmp_path) -> Path:
+    """conftest's idx_dir (3 classes, 60 train and 30 test images, gzipped) with images of IMAGE_SHAPE."""
+    data_dir = tmp_path / "idx"
+    data_dir.mkdir()
+    for prefix, (images, labels) in (("train", make_images(20, shape=IMAGE_SHAPE)),
+                                     ("t10k", make_images(10, shape=IMAGE_SHAPE, seed=1))):
+        write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", images[..., 0])
+        write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return data_dir
 
 
-def with_shard_mb(config: DataConfig, shard_mb: float) -> DataConfig:
-    """`config` with a shard size below data.shard_mb's smallest allowed value: many shards of tiny data."""
-    object.__setattr__(config, "shard_mb", shard_mb)  # frozen, and checked only when built
-    return config
+@pytest.fixture
+def small_shards(large_idx_dir, tmp_path):
+    """The large idx fixture ingested in shards of 8 images (0.08 MB), as a user's config can ask."""
+    return ingest(DataConfig(source=f"idx:{large_idx_dir}", shard_mb=0.08), tmp_path / "out")
 
 
 def _parse_with_plain_tf_data(path_names: list[str]) -> tuple[list[bytes], list[int]]:
@@ -52,8 +53,8 @@ def _parse_with_plain_tf_data(path_names: list[str]) -> tuple[list[bytes], list[
     return [example["image"].numpy() for example in parsed], [int(example["label"]) for example in parsed]
 
 
-def test_records_parse_with_plain_tf_data_to_the_source_images_and_labels(idx_dir, small_shards):
-    source = read_idx_dir(idx_dir)
+def test_records_parse_with_plain_tf_data_to_the_source_images_and_labels(large_idx_dir, small_shards):
+    source = read_idx_dir(large_idx_dir)
     images, labels = _parse_with_plain_tf_data([str(path) for path in split_files(small_shards, "test")])
     assert images == [image.tobytes() for image in source.test_images]  # raw C-order bytes, the source's order
     assert labels == source.test_labels.tolist()
@@ -67,9 +68,9 @@ def test_records_parse_with_plain_tf_data_to_the_source_images_and_labels(idx_di
 def test_splits_json_describes_the_shards_and_is_the_contract(small_shards):
     layout = read_layout(small_shards.splits_dir)
     assert layout["format"] == FORMAT == "tfrecord of tf.train.Example (image: raw bytes, label: int64)"
-    assert layout["image_shape"] == [6, 6, 1] and layout["dtype"] == "uint8"
+    assert layout["image_shape"] == [100, 100, 1] and layout["dtype"] == "uint8"
     assert layout["class_names"] == ["0", "1", "2"]
-    assert (small_shards.image_shape, small_shards.dtype) == ((6, 6, 1), "uint8")
+    assert (small_shards.image_shape, small_shards.dtype) == ((100, 100, 1), "uint8")
     for split in SPLITS:
         entry = layout["splits"][split]
         assert entry["num_examples"] == small_shards.num_examples[split] == sum(entry["shard_examples"])
@@ -82,18 +83,19 @@ def test_splits_json_describes_the_shards_and_is_the_contract(small_shards):
 
 
 @pytest.mark.parametrize("shard_mb, expected", [(128.0, {"train": 1, "val": 1, "test": 1}),
-                                                (300e-6, {"train": 6, "val": 2, "test": 4}),
-                                                (36e-6, {"train": 45, "val": 15, "test": 30})])
-def test_shard_count_and_spread_follow_shard_mb(idx_dir, tmp_path, shard_mb, expected):
-    splits = ingest(with_shard_mb(DataConfig(source=f"idx:{idx_dir}", val_fraction=0.25), shard_mb), tmp_path / "o")
+                                                (0.08, {"train": 6, "val": 2, "test": 4}),
+                                                (0.01, {"train": 45, "val": 15, "test": 30})])
+def test_shard_count_and_spread_follow_shard_mb(large_idx_dir, tmp_path, shard_mb, expected):
+    splits = ingest(DataConfig(source=f"idx:{large_idx_dir}", val_fraction=0.25, shard_mb=shard_mb), tmp_path / "o")
     layout = read_layout(splits.splits_dir)["splits"]
     for split, count in expected.items():
         num_examples = splits.num_examples[split]
-        assert len(layout[split]["shards"]) == count == max(1, math.ceil(num_examples * 36 / (shard_mb * 1e6)))
+        assert len(layout[split]["shards"]) == count == \
+            max(1, math.ceil(num_examples * IMAGE_NBYTES / (shard_mb * 1e6)))
         assert layout[split]["shards"][-1] == f"{split}-{count - 1:05d}-of-{count:05d}.tfrecord"
         spread = layout[split]["shard_examples"]
         assert max(spread) - min(spread) <= 1 and spread == sorted(spread, reverse=True)
-        assert split_nbytes(splits, split) == num_examples * 36
+        assert split_nbytes(splits, split) == num_examples * IMAGE_NBYTES
 
 
 def test_data_shard_mb_is_checked_with_the_config():
@@ -110,7 +112,7 @@ def test_read_images_at_equals_load_split_rows_across_shard_boundaries(small_sha
         indices = np.concatenate([rng.integers(0, len(labels), 20), boundaries, [3, 3]])
         rng.shuffle(indices)
         np.testing.assert_array_equal(read_images_at(small_shards, split, indices), images[indices])
-    assert read_images_at(small_shards, "test", []).shape == (0, 6, 6, 1)
+    assert read_images_at(small_shards, "test", []).shape == (0, *IMAGE_SHAPE)
     with pytest.raises(IndexError, match="outside the test split"):
         read_images_at(small_shards, "test", [30])
 
@@ -125,23 +127,33 @@ def test_labels_file_matches_the_records_and_the_chunks(small_shards):
         np.testing.assert_array_equal(np.concatenate([chunk_labels for _, chunk_labels in chunks]), labels)
 
 
+def test_a_corrupt_shard_is_named_in_one_line(small_shards):
+    path = split_files(small_shards, "val")[0]
+    data = bytearray(path.read_bytes())
+    data[20] ^= 0xFF  # a pixel of the first record: its data CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"^a shard of the val split in .* is corrupt \([^\n]*corrupted record at 12"
+                                        r"[^\n]*\); run ingest again$"):
+        list(image_chunks(small_shards, "val"))
+
+
 def test_load_split_reads_only_the_first_examples_when_limited(small_shards):
     images, labels = load_split(small_shards, "train")
     first, first_labels = load_split(small_shards, "train", limit=11)
     np.testing.assert_array_equal(first, images[:11])
     np.testing.assert_array_equal(first_labels, labels[:11])
-    assert load_split(small_shards, "val", limit=1000)[0].shape == (6, 6, 6, 1)  # the whole split
+    assert load_split(small_shards, "val", limit=1000)[0].shape == (6, *IMAGE_SHAPE)  # the whole split
 
 
 def test_parse_examples_maps_a_batch_and_refuses_images_of_another_size(small_shards):
     import tensorflow as tf
 
     records = tf.data.TFRecordDataset([str(path) for path in split_files(small_shards, "test")]).batch(30)
-    images, labels = parse_examples((6, 6, 1), "uint8")(next(iter(records)))
-    assert images.dtype == tf.uint8 and images.shape == (30, 6, 6, 1) and labels.dtype == tf.int32
+    images, labels = parse_examples(IMAGE_SHAPE, "uint8")(next(iter(records)))
+    assert images.dtype == tf.uint8 and images.shape == (30, *IMAGE_SHAPE) and labels.dtype == tf.int32
     np.testing.assert_array_equal(images.numpy(), load_split(small_shards, "test")[0])
     with pytest.raises(tf.errors.InvalidArgumentError):
-        parse_examples((3, 6, 1), "uint8")(next(iter(records)))  # 30 records of 36 bytes are no 60 of 18
+        parse_examples((50, 100, 1), "uint8")(next(iter(records)))  # 30 records of 10,000 bytes are no 60 of 5,000
 
 
 def test_the_train_split_is_stored_in_a_seeded_shuffled_order(idx_dir, tmp_path):
@@ -152,17 +164,17 @@ def test_the_train_split_is_stored_in_a_seeded_shuffled_order(idx_dir, tmp_path)
     assert len(set(labels[:6].tolist())) == 3  # the three classes mixed early on, not in runs
 
 
-def test_fingerprint_changes_with_shard_layout_and_content_not_with_chunking(idx_dir, tmp_path):
-    base = ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "base").fingerprint
-    assert ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "again").fingerprint == base
-    resharded = ingest(DataConfig(source=f"idx:{idx_dir}", shard_mb=0.01), tmp_path / "one_shard")
-    assert resharded.fingerprint == base  # 0.01 MB still holds every split in one shard: the same files
-    assert ingest(with_shard_mb(DataConfig(source=f"idx:{idx_dir}"), 300e-6), tmp_path / "many").fingerprint != base
-    images, labels = make_images(20)
+def test_fingerprint_changes_with_shard_layout_and_content_not_with_chunking(large_idx_dir, tmp_path):
+    source = f"idx:{large_idx_dir}"
+    base = ingest(DataConfig(source=source), tmp_path / "base").fingerprint
+    assert ingest(DataConfig(source=source), tmp_path / "again").fingerprint == base
+    resharded = ingest(DataConfig(source=source, shard_mb=1.0), tmp_path / "one_shard")
+    assert resharded.fingerprint == base  # 1 MB still holds every split in one shard: the same files
+    assert ingest(DataConfig(source=source, shard_mb=0.08), tmp_path / "many").fingerprint != base
+    images, labels = make_images(20, shape=IMAGE_SHAPE)
     images[7, 2, 3, 0] ^= 1  # one pixel of one image
-    write_idx(idx_dir / "train-images-idx3-ubyte.gz", images[..., 0])
-    write_idx(idx_dir / "train-labels-idx1-ubyte.gz", labels)
-    assert ingest(DataConfig(source=f"idx:{idx_dir}"), tmp_path / "pixel").fingerprint != base
+    write_idx(large_idx_dir / "train-images-idx3-ubyte.gz", images[..., 0])
+    assert ingest(DataConfig(source=source), tmp_path / "pixel").fingerprint != base
 
 
 def test_a_failed_folder_ingest_leaves_nothing_that_looks_finished(tmp_path):
@@ -176,18 +188,18 @@ def test_a_failed_folder_ingest_leaves_nothing_that_looks_finished(tmp_path):
 
 
 def test_skipped_files_shrink_their_split_which_is_laid_out_again(tmp_path):
-    images, labels = make_images(20)
+    images, labels = make_images(20, shape=IMAGE_SHAPE)
     paths = write_image_folder(tmp_path / "d" / "train", images, labels)
-    write_image_folder(tmp_path / "d" / "test", *make_images(10, seed=1))
+    write_image_folder(tmp_path / "d" / "test", *make_images(10, shape=IMAGE_SHAPE, seed=1))
     for path in paths[:9]:
         path.write_bytes(b"")
-    config = DataConfig(source=f"folder:{tmp_path / 'd'}", on_bad_file="skip", val_fraction=0.25)
-    splits = ingest(with_shard_mb(config, 200e-6), tmp_path / "out")
+    config = DataConfig(source=f"folder:{tmp_path / 'd'}", on_bad_file="skip", val_fraction=0.25, shard_mb=0.05)
+    splits = ingest(config, tmp_path / "out")
     layout = read_layout(splits.splits_dir)["splits"]
     assert splits.num_skipped_files == 9 and splits.num_examples["train"] + splits.num_examples["val"] == 51
     for split in ("train", "val"):
         num_examples = splits.num_examples[split]
-        assert len(layout[split]["shards"]) == math.ceil(num_examples * 36 / 200)  # for what came, not was listed
+        assert len(layout[split]["shards"]) == math.ceil(num_examples / 5)  # 5 a shard, for what came, not was listed
         assert [sum(1 for _ in iter_records(path)) for path in split_files(splits, split)] == \
             layout[split]["shard_examples"]
         assert max(layout[split]["shard_examples"]) - min(layout[split]["shard_examples"]) <= 1
@@ -218,8 +230,9 @@ def test_reading_by_position_loads_no_tensorflow(small_shards):
 import json, sys
 from pathlib import Path
 from components.artifacts import Splits
-from components.shards import read_images_at, split_labels
-splits = Splits(Path(sys.argv[1]), "", ("0", "1", "2"), json.loads(sys.argv[2]), (6, 6, 1), "uint8")
+from components.shards.layout import split_labels
+from components.shards.record_reader import read_images_at
+splits = Splits(Path(sys.argv[1]), "", ("0", "1", "2"), json.loads(sys.argv[2]), (100, 100, 1), "uint8")
 images = read_images_at(splits, "test", [0, 29, 8])
 print(json.dumps({"images": images.tolist(), "labels": split_labels(splits, "test")[:3].tolist(),
                   "loaded": sorted(name for name in ("tensorflow", "keras") if name in sys.modules)}))

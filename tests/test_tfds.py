@@ -5,7 +5,7 @@ import pytest
 
 from components.config import DataConfig, ValidateConfig
 from components.ingest import ingest
-from components.shards import load_split
+from components.shards.tf_reader import load_split
 from components.validate import validate
 
 

@@ -10,7 +10,8 @@ import pytest
 from components.artifacts import Splits
 from components.config import ValidateConfig
 from components.errors import UserError
-from components.shards import SplitWriter, split_files
+from components.shards.layout import split_files
+from components.shards.writer import SplitWriter
 from components.validate import validate
 from tests.conftest import make_images
 
