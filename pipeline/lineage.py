@@ -20,9 +20,7 @@ from components.atomic import pid_alive
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
-    host TEXT, pid INTEGER, command TEXT, config TEXT, reproduction TEXT,
-    data_fingerprint TEXT, test_accuracy REAL, blessed INTEGER, exported_version TEXT,
-    error TEXT, results TEXT);
+    host TEXT, pid INTEGER, command TEXT, config TEXT, reproduction TEXT, error TEXT, results TEXT);
 CREATE TABLE IF NOT EXISTS executions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(run_id),
     stage TEXT NOT NULL, fingerprint TEXT NOT NULL, code_fingerprint TEXT, status TEXT NOT NULL,
@@ -39,6 +37,10 @@ CREATE INDEX IF NOT EXISTS artifacts_by_path ON artifacts(path);
 """
 # Columns added since the first schema; a database written before them gets them on opening.
 ADDED_COLUMNS = {"runs": ("error TEXT", "results TEXT")}
+# Columns into which the lineage once copied four results (column: result key, type). Databases written
+# then still have them; they are read only for a run recorded before `results` existed, which has nothing else.
+LEGACY_RESULT_COLUMNS = {"data_fingerprint": ("data_fingerprint", str), "test_accuracy": ("test_accuracy", float),
+                         "blessed": ("blessed", bool), "exported_version": ("version_dir", str)}
 
 
 class Lineage:
@@ -69,12 +71,13 @@ class Lineage:
                         json.dumps(config), json.dumps(reproduction)))
 
     def end_run(self, run_id: str, status: str, error: str | None, results: dict[str, Any]) -> None:
-        """Close a run with its status, its error (None on success) and what its artifacts reported."""
+        """Close a run with its status, its error (None on success) and what its artifacts reported.
+
+        The results are kept as given (JSON): their keys are the artifacts' (`facts()`), not the lineage's.
+        """
         with self._transaction() as db:
-            db.execute("UPDATE runs SET status = ?, ended = ?, error = ?, results = ?, data_fingerprint = ?, "
-                       "test_accuracy = ?, blessed = ?, exported_version = ? WHERE run_id = ?",
-                       (status, time.time(), error, json.dumps(results), results.get("data_fingerprint"),
-                        results.get("test_accuracy"), results.get("blessed"), results.get("version_dir"), run_id))
+            db.execute("UPDATE runs SET status = ?, ended = ?, error = ?, results = ? WHERE run_id = ?",
+                       (status, time.time(), error, json.dumps(results), run_id))
 
     def record_execution(self, run_id: str, stage: str, fingerprint: str, code_fingerprint: str, status: str,
                          cache_hit: bool, started: float, inputs: list[tuple[str, str, str]],
@@ -93,12 +96,8 @@ class Lineage:
                     db.execute("INSERT INTO events VALUES (?, ?, ?)", (cursor.lastrowid, artifact_id, event_type))
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first; a run still marked running whose process is gone shows as `killed`."""
-        rows = self._query("SELECT * FROM runs ORDER BY started DESC")
-        for row in rows:
-            if row["status"] == "running" and row["host"] == socket.gethostname() and not pid_alive(row["pid"]):
-                row["status"] = "killed"
-        return rows
+        """Every run, newest first, as `_run_from_row` gives it."""
+        return [_run_from_row(row) for row in self._query("SELECT * FROM runs ORDER BY started DESC")]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = [row for row in self.runs() if row["run_id"] == run_id]
@@ -145,7 +144,7 @@ def newest_run(db_path: Path) -> dict[str, Any] | None:
     """The newest run of a lineage database, read without writing to it (None if it cannot be read).
 
     For a process that must not write the workdir's lineage, such as a worker of a multi-worker run;
-    a run marked running whose process on this host is gone shows as `killed`, as in `Lineage.runs`.
+    the run is as `Lineage.runs` gives it.
     """
     try:
         with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
@@ -153,8 +152,22 @@ def newest_run(db_path: Path) -> dict[str, Any] | None:
             row = db.execute("SELECT * FROM runs ORDER BY started DESC LIMIT 1").fetchone()
     except sqlite3.Error:
         return None
-    run = dict(row) if row else None
-    if run and run["status"] == "running" and run["host"] == socket.gethostname() and not pid_alive(run["pid"]):
+    return _run_from_row(dict(row)) if row else None
+
+
+def _run_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of `runs` as its readers take it.
+
+    `results` parsed (a dict, empty if none were recorded), the LEGACY_RESULT_COLUMNS left out, and `status`
+    `killed` for a run marked running whose process on this host is gone.
+    """
+    run = {key: value for key, value in row.items() if key not in LEGACY_RESULT_COLUMNS}
+    if row.get("results") is not None:  # a database only read (`newest_run`) may predate the column
+        run["results"] = json.loads(row["results"])
+    else:  # still running, killed, or recorded before `results` existed (then the old columns say more)
+        run["results"] = {key: kind(row[column]) for column, (key, kind) in LEGACY_RESULT_COLUMNS.items()
+                          if row.get(column) is not None}
+    if run["status"] == "running" and run["host"] == socket.gethostname() and not pid_alive(run["pid"]):
         run["status"] = "killed"
     return run
 

@@ -56,8 +56,9 @@ def list_runs(lineage: Lineage) -> str:
              f"{'blessed':<8}{'exported':<10}reason"]
     for run in lineage.runs():
         config = json.loads(run["config"] or "{}")
-        accuracy = f"{run['test_accuracy']:.4f}" if run["test_accuracy"] is not None else "-"
-        blessed = {None: "-", 0: "no", 1: "yes"}[run["blessed"]]
+        results = run["results"]
+        accuracy = f"{results['test_accuracy']:.4f}" if results.get("test_accuracy") is not None else "-"
+        blessed = {None: "-", False: "no", True: "yes"}[results.get("blessed")]
         exported = _export_name(run) or "-"
         lines.append(f"{run['run_id']:<24}{run['status']:<11}{_time(run['started']):<21}"
                      f"{_shorten(config.get('data', {}).get('source', '-'), 25):<26}"
@@ -203,7 +204,8 @@ def compare(lineage: Lineage, run_a: str, run_b: str, workdir: Path) -> str:
 
 def _data_note(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """A warning when the runs were tested on different data: their numbers then differ for that reason too."""
-    if a["data_fingerprint"] and b["data_fingerprint"] and a["data_fingerprint"] != b["data_fingerprint"]:
+    data_a, data_b = (run["results"].get("data_fingerprint") for run in (a, b))
+    if data_a and data_b and data_a != data_b:
         return ["note: A and B were trained and tested on different data (their data fingerprints differ), so "
                 "differences in their results are not the model's alone"]
     return []
@@ -227,7 +229,7 @@ def config_differences(config_a: dict[str, Any], config_b: dict[str, Any]) -> li
 
 def run_metrics(run: dict[str, Any]) -> dict[str, Any]:
     """A run's recorded results, nested ones flattened, the export's as one `export` value (None: none)."""
-    results = _flatten(json.loads(run["results"] or "{}"))
+    results = _flatten(run["results"])
     rest = {key: value for key, value in results.items() if key not in EXPORT_RESULTS}
     rest["export"] = _export_name(run)
     first = {key: rest.pop(key) for key in FIRST_METRICS if key in rest}
@@ -373,7 +375,8 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 def _export_name(run: dict[str, Any]) -> str | None:
     """`model/version` of the run's export, or None."""
-    return "/".join(Path(run["exported_version"]).parts[-2:]) if run["exported_version"] else None
+    version_dir = run["results"].get("version_dir")
+    return "/".join(Path(version_dir).parts[-2:]) if version_dir else None
 
 
 def _shorten(text: str, width: int) -> str:
@@ -392,7 +395,7 @@ def _describe(run: dict[str, Any], workdir: Path) -> list[str]:
         f"run {run['run_id']}: {run['status']}, started {_time(run['started'])}"
         + (f"\nerror      {run['error']}" if run.get("error") else ""),
         f"command    {run['command']}",
-        f"data       sha256 {run['data_fingerprint'] or '-'}",
+        f"data       sha256 {run['results'].get('data_fingerprint') or '-'}",
         f"code       git {git.get('commit', '-')}{' (uncommitted changes)' if git.get('dirty') else ''}",
         *_wrapped("packages   ", ", ".join(f"{k} {v}" for k, v in reproduction.get("packages", {}).items() if v)),
         *result_lines(run),
@@ -410,12 +413,12 @@ def _describe(run: dict[str, Any], workdir: Path) -> list[str]:
 
 def result_lines(run: dict[str, Any]) -> list[str]:
     """`results:` and one line per recorded result: test accuracy and loss, the blessing and why, the export first."""
-    results = json.loads(run["results"] or "{}")
+    results = run["results"]
     if not results:
         return ["results    none recorded"]
     shown = {"test_accuracy": results.get("test_accuracy"), "test_loss": results.get("test_loss"),
              "blessed": results.get("blessing_reason") or results.get("blessed"),
-             "export": run["exported_version"] or ("-" if "blessed" in results else None)}
+             "export": results.get("version_dir") or ("-" if "blessed" in results else None)}
     skipped = {"blessing_reason", "data_fingerprint", *EXPORT_RESULTS}  # shown above, or in `data`
     shown |= {key: value for key, value in _flatten(results).items() if key not in skipped and key not in shown}
     width = max(len(key) for key in shown) + 2

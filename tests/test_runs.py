@@ -171,10 +171,11 @@ def test_the_list_shows_status_source_model_accuracy_and_export(runs):
 def test_runs_on_different_data_are_flagged_and_classes_without_test_images_are_not_compared():
     from pipeline.runs import _data_note, class_changes
 
-    run = {"data_fingerprint": "aaa"}
-    assert _data_note(run, {"data_fingerprint": "aaa"}) == []
-    assert _data_note(run, {"data_fingerprint": "bbb"})[0].startswith("note: A and B were trained and tested on "
-                                                                     "different data")
+    run = {"results": {"data_fingerprint": "aaa"}}
+    assert _data_note(run, {"results": {"data_fingerprint": "aaa"}}) == []
+    assert _data_note(run, {"results": {}}) == []  # a run that failed before ingest: nothing to compare
+    assert _data_note(run, {"results": {"data_fingerprint": "bbb"}})[0].startswith(
+        "note: A and B were trained and tested on different data")
     scores = {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10}
     metrics_a = {"per_class": {"cat": scores, "dog": scores}}
     metrics_b = {"per_class": {"cat": {**scores, "f1": 0.7}, "dog": {**scores, "f1": 0.0, "support": 0}}}
