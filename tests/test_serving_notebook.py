@@ -7,10 +7,9 @@ import re
 import nbformat
 import numpy as np
 from nbclient import NotebookClient
-from sklearn.datasets import load_digits
 
 from components.loaded_model import load_exported
-from tests.conftest import REPO_DIR
+from tests.conftest import REPO_DIR, read_split
 
 NOTEBOOK = REPO_DIR / "notebooks" / "serving_client.ipynb"
 
@@ -31,9 +30,9 @@ def test_serving_notebook_gets_the_exported_models_answers_over_both_protocols(s
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
 
-    digits = load_digits()
-    images = np.rint(digits.images[-8:] * (255 / 16)).astype(np.uint8)[..., np.newaxis]
+    images, labels = read_split(smoke_run.run_dirs[-1] / "ingest", limit=8)  # what `runs images` writes
     expected = load_exported(smoke_run.workdir / "saved_models" / "digits").probabilities(images).argmax(1).tolist()
+    assert re.search(rf"true labels\s+{re.escape(str(labels.tolist()))}", printed), printed
     assert "status: [('1', 'AVAILABLE')]" in printed
     assert "pixels DT_FLOAT [-1, 8, 8, 1]" in printed and "probabilities DT_FLOAT [-1, 10]" in printed
     for what in ("REST instances predicted", "REST b64 PNG predicted", "v2 predicted"):
