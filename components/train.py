@@ -25,14 +25,15 @@ from components.batches import (
     training_batches,
 )
 from components.config import ModelConfig, TrainConfig
-from components.devices import TrainingPlan, choose_xla, make_strategy, prefetch_device, scale_batch
 from components.errors import first_line
 from components.train_loop import LoopSettings, TrainingLoop
 from components.model import NetworkSpec, build_model, forward_flops, logits_of
 from components.profiling import StepMarkedTensorBoard
 from components.shards.layout import split_files, split_nbytes
 from components.shards.tf_reader import load_split, parse_examples
+from components.strategy import make_strategy
 from components.tensorboard_log import EventLog
+from components.train_plan import TrainingPlan, choose_xla, prefetch_device, scale_batch
 from components.train_schedule import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
 from components.train_tensorboard import ConfusionImages, LearningRateLog, log_labelled_images
 

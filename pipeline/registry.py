@@ -30,7 +30,7 @@ from components.config import (
     augmentation_for,
     model_name_from_source,
 )
-from components.devices import plan_training
+from components.train_plan import plan_training
 from components.user_code import find_function
 from pipeline.fingerprint import source_state
 

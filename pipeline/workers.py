@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.devices import Cluster, make_strategy, plan_training, this_cluster
+from components.cluster import Cluster, this_cluster
 from components.errors import UserError
+from components.strategy import make_strategy
+from components.train_plan import plan_training
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
 from pipeline.fingerprint import digest

@@ -210,7 +210,8 @@ def test_manifest_records_what_a_reproduction_needs(smoke_run):
     assert reproduction["seeds"] == {"data.seed": 0, "train.seed": 42}
     assert reproduction["packages"]["tensorflow"].startswith("2.21")
     assert reproduction["devices"][-1]["kind"] == "CPU"
-    from components.devices import choose_precision, local_devices
+    from components.devices import local_devices
+    from components.train_plan import choose_precision
 
     expected_precision = choose_precision("auto", local_devices())  # mixed_bfloat16 on CPUs with AVX512_BF16
     assert manifest["results"]["precision"] == expected_precision and len(manifest["results"]["data_fingerprint"]) == 64

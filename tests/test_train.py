@@ -7,8 +7,8 @@ import numpy as np
 
 from components.artifacts import Normalization, Schema
 from components.config import ModelConfig, TrainConfig
-from components.devices import plan_training
 from components.train import train
+from components.train_plan import plan_training
 from tests.conftest import make_images
 from tests.test_validate import write_splits
 

@@ -11,8 +11,8 @@ import pytest
 from components import train_schedule
 from components.artifacts import Normalization, Schema
 from components.config import ModelConfig, TrainConfig
-from components.devices import Device, choose_xla, plan_training, scale_batch
 from components.train import train
+from components.train_plan import plan_training
 from components.train_schedule import KeepBest, TimeBudget, WarmupCosine, planned_epochs
 from tests.conftest import make_images
 from tests.test_validate import write_splits
@@ -39,18 +39,6 @@ def test_the_schedule_warms_up_linearly_then_follows_a_cosine_to_zero():
 ])
 def test_epochs_sized_to_the_data(epochs, examples, expected):
     assert planned_epochs(epochs, examples) == expected
-
-
-def test_xla_only_on_gpus_unless_asked():
-    cpu, gpu = [Device("CPU")], [Device("GPU", (8, 0)), Device("CPU")]
-    assert choose_xla("auto", cpu) is False and choose_xla("auto", gpu) is True
-    assert choose_xla("on", cpu) is True and choose_xla("off", gpu) is False
-
-
-@pytest.mark.parametrize("replicas", [1, 2, 4, 8])
-def test_the_global_batch_grows_with_the_replicas_and_adams_rate_with_its_root(replicas):
-    global_batch, rate = scale_batch(64, 1e-3, replicas)
-    assert global_batch == 64 * replicas and rate == pytest.approx(1e-3 * math.sqrt(replicas))
 
 
 class _Model:
@@ -170,16 +158,6 @@ def test_mixed_float16_trains_with_loss_scaling(tmp_path, monkeypatch):
     config = TrainConfig(epochs=1, batch_size=4, precision="mixed_float16", log_images=0)
     train(config, TINY_MODEL, *_tiny_data(tmp_path), plan_training(config), tmp_path / "out", tmp_path / "tb")
     assert seen["optimizer"] == "LossScaleOptimizer"
-
-
-def test_batches_are_prefetched_to_a_single_gpu_only():
-    from components.devices import StrategyPlan, TrainingPlan, prefetch_device
-
-    def plan(kind, device_kind):
-        return TrainingPlan("float32", StrategyPlan(kind, device_kind), (Device(device_kind),), 1)
-
-    assert prefetch_device(plan("single", "GPU")) == "/GPU:0"
-    assert prefetch_device(plan("mirrored", "GPU")) is None and prefetch_device(plan("single", "CPU")) is None
 
 
 def test_a_model_fits_batches_prefetched_to_a_device():
