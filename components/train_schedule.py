@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -56,39 +57,48 @@ class TimeBudget(keras.callbacks.Callback):
     still scores the last (partial) epoch, so the best weights are chosen from everything trained.
     """
 
-    def __init__(self, seconds: float, schedule: WarmupCosine, most_steps: int):
+    def __init__(self, seconds: float, schedule: WarmupCosine, most_steps: int,
+                 clock: Callable[[], float] = time.perf_counter):
+        """
+        Args:
+            seconds: the budget, first execution's tracing and validation included.
+            schedule: the schedule whose last step is moved to where the budget ends.
+            most_steps: the step the schedule may not be moved past (the planned epochs' end).
+            clock: seconds from any fixed start; tests give a fake one to get exact decisions.
+        """
         super().__init__()
-        self.seconds, self.schedule, self.most_steps = seconds, schedule, most_steps
+        self.seconds, self.schedule, self.most_steps, self.clock = seconds, schedule, most_steps, clock
         self.spent_before = 0.0  # in earlier, interrupted sessions of the same training
         self.validation_seconds = 0.0
-        self.started = self.rate_since = self._test_started = 0.0
+        self.started = self._test_started = 0.0
+        self.rate_since: float | None = None  # None until the first execution has ended
         self.rate_steps = 0
         self.stopped = False
 
     def spent(self) -> float:
-        return self.spent_before + time.perf_counter() - self.started
+        return self.spent_before + self.clock() - self.started
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.started, self.rate_since = time.perf_counter(), 0.0
+        self.started, self.rate_since = self.clock(), None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         iterations = self.model.optimizer.iterations  # int() refuses it under MultiWorkerMirroredStrategy: .numpy()
         step = int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
-        if not self.rate_since:  # the first execution traced the step function: not a rate to plan by
-            self.rate_since, self.rate_steps = time.perf_counter(), step
+        if self.rate_since is None:  # the first execution traced the step function: not a rate to plan by
+            self.rate_since, self.rate_steps = self.clock(), step
             return
         left = self.seconds - self.spent() - self.validation_seconds
-        rate = (step - self.rate_steps) / max(time.perf_counter() - self.rate_since, 1e-9)
+        rate = (step - self.rate_steps) / max(self.clock() - self.rate_since, 1e-9)
         planned = min(self.most_steps, step + max(left, 0.0) * rate)
         self.schedule.total_steps.assign(max(planned, 1.0))
         if step >= planned or left <= 0:
             self.stopped = self.model.stop_training = True
 
     def on_test_begin(self, logs: dict | None = None) -> None:
-        self._test_started = time.perf_counter()
+        self._test_started = self.clock()
 
     def on_test_end(self, logs: dict | None = None) -> None:
-        self.validation_seconds = time.perf_counter() - self._test_started
+        self.validation_seconds = self.clock() - self._test_started
 
     def state(self) -> dict[str, np.ndarray]:
         return {"budget_spent": np.array(self.spent()), "budget_stopped": np.array(self.stopped),

@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 
-from components import train_schedule
 from components.artifacts import Normalization, Schema
 from components.config import ModelConfig, TrainConfig
 from components.train import train
@@ -82,11 +81,10 @@ def test_patience_zero_never_stops():
     assert not model.stop_training and keep.best_epoch == 0
 
 
-def test_the_budget_plans_the_schedule_for_the_steps_the_time_buys(monkeypatch):
+def test_the_budget_plans_the_schedule_for_the_steps_the_time_buys():
     clock = [0.0]
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
     model, schedule = _Model(), WarmupCosine(1.0, 0.1, 10_000)
-    budget = TimeBudget(seconds=10.0, schedule=schedule, most_steps=10_000)
+    budget = TimeBudget(seconds=10.0, schedule=schedule, most_steps=10_000, clock=lambda: clock[0])
     budget.set_model(model)
     budget.on_train_begin()
     clock[0], model.optimizer.iterations = 2.0, 10  # the first execution: tracing, not a rate
@@ -113,14 +111,27 @@ def _tiny_data(tmp_path):
             Normalization(tmp_path / "n.json", 60.0, 70.0))
 
 
-def test_a_time_budget_ends_training_within_it_and_keeps_the_best_epoch(tmp_path):
-    config = TrainConfig(epochs=100_000, batch_size=4, max_seconds=3.0, patience=0, log_images=0, precision="float32")
+def test_a_time_budget_ends_training_within_it_and_keeps_the_best_epoch(tmp_path, monkeypatch):
+    from components import train as train_module
+
+    budgets = []
+
+    def budget_on_a_step_clock(seconds, schedule, most_steps):
+        """A budget whose clock reads 0.25 s per training step done: a machine of known, steady speed."""
+        budget = TimeBudget(seconds, schedule, most_steps,
+                            clock=lambda: 0.25 * float(budget.model.optimizer.iterations.numpy()))
+        budgets.append(budget)
+        return budget
+
+    monkeypatch.setattr(train_module, "TimeBudget", budget_on_a_step_clock)
+    config = TrainConfig(epochs=100_000, batch_size=4, max_seconds=9.0, patience=0, log_images=0, precision="float32")
     trained = train(config, TINY_MODEL, *_tiny_data(tmp_path), plan_training(config), tmp_path / "out",
                     tmp_path / "tb")
     record = json.loads(trained.training_path.read_text())
     history = json.loads(trained.history_path.read_text())
-    assert record["stopped_by"] == "time budget" and 1 < record["epochs_run"] < 100_000
-    assert record["seconds"] <= 3.0 * 1.1 + 0.5  # the first execution's tracing is inside the budget too
+    # 9 s buy 36 steps of 0.25 s, the first execution's (tracing) included: 4 epochs of 36 images in batches of 4.
+    assert record["stopped_by"] == "time budget" and record["epochs_run"] == 4 == len(history["val_loss"])
+    assert budgets[0].spent() == 9.0 and float(budgets[0].schedule.total_steps) == 36
     assert record["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
 
 
