@@ -23,9 +23,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import tomli_w
 
-from components.config import ModelConfig, Section, augmentation_for, default_of, model_name_from_source
+from components.config import ModelConfig, Section, default_of
 from components.errors import UserError
-from pipeline.registry import sections
+from pipeline.registry import derived_defaults, sections
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -401,18 +401,22 @@ def _split_key(key: str) -> tuple[str, str]:
 
 
 def fill_derived_defaults(config: PipelineConfig) -> PipelineConfig:
-    """Defaults that come from another section: the model's name and the augmentation from the data."""
-    derived = {}
-    if not config.export.model_name:
-        derived["export.model_name"] = model_name_from_source(config.data.source)
-    if config.train.augment == "auto":
-        derived["train.augment"] = augmentation_for(config.data.source)
-    return _with_values(config, derived)
+    """Defaults that come from another section: the model's name and the augmentation from the data.
+
+    Only the keys left to the data, at their field's default (`""`, `auto`), are filled in.
+    """
+    left_to_data = {key: value for key, value in derived_defaults(config.data.source).items()
+                    if _value_of(config, key) == _default_of(key)}
+    return _with_values(config, left_to_data)
+
+
+def _value_of(config: PipelineConfig, key: str) -> Any:
+    section_name, _, field_name = key.partition(".")
+    return getattr(config.sections[section_name], field_name)
 
 
 def _default_of(key: str) -> Any:
-    section_name, _, field_name = key.partition(".")
-    return getattr(default_config().sections[section_name], field_name)
+    return _value_of(default_config(), key)
 
 
 def _literal(text: str) -> Any:

@@ -27,9 +27,8 @@ from components.config import (
     Section,
     TrainConfig,
     ValidateConfig,
-    augmentation_for,
-    model_name_from_source,
 )
+from components.source_defaults import augmentation_for, model_name_from_source
 from components.train_plan import plan_training
 from components.user_code import find_function
 from pipeline.fingerprint import source_state

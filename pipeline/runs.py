@@ -28,13 +28,13 @@ from typing import Any, NoReturn
 from PIL import Image
 
 from components.artifacts import METADATA_FILE, SPLITS, Splits, file_sha256
-from components.config import augmentation_for, model_name_from_source
 from components.errors import UserError
 from components.shards.layout import LAYOUT_FILE, split_labels
 from components.shards.record_reader import read_images_at
 from pipeline.cache import StageCache
 from pipeline.config import default_config, to_dict
 from pipeline.lineage import Lineage
+from pipeline.registry import derived_defaults
 from pipeline.run import print_output
 
 METRICS_FILE = "metrics.json"  # what the evaluate stage writes in its output folder (components/evaluate.py)
@@ -439,7 +439,7 @@ def config_lines(run: dict[str, Any], workdir: Path) -> list[str]:
     config = flat_config(run)
     defaults = _flatten(json.loads(json.dumps(to_dict(default_config()))))
     source = config.get("data.source", defaults["data.source"])
-    defaults |= {"export.model_name": model_name_from_source(source), "train.augment": augmentation_for(source)}
+    defaults |= derived_defaults(source)
     changed = {key: value for key, value in config.items() if key not in defaults or defaults[key] != value}
     config_json = workdir / "runs" / run["run_id"] / "config.json"
     again = f"python -m pipeline.run{'' if workdir == Path('.') else f' --workdir {workdir}'} --config {config_json}"

@@ -155,6 +155,18 @@ def test_the_model_is_named_after_its_data_unless_named(source, name, tmp_path):
     assert resolve("default", [f"data.source={source}", "export.model_name=mine"]).export.model_name == "mine"
 
 
+@pytest.mark.parametrize("source, augment", [
+    ("digits", "shift"), ("tfds:fashion_mnist", "shift+flip"), ("tfds:cifar10", "shift+flip"),
+    ("idx:{tmp}/fashion-mnist", "shift+flip"), ("folder:{tmp}/Pets", "shift"),  # a mirrored 3 is no digit
+])
+def test_the_augmentation_flips_only_data_a_flip_keeps_the_class_of_unless_set(source, augment, tmp_path):
+    for folder in ("fashion-mnist", "Pets"):
+        (tmp_path / folder).mkdir()
+    source = source.format(tmp=tmp_path)
+    assert resolve("default", [f"data.source={source}"]).train.augment == augment
+    assert resolve("default", [f"data.source={source}", "train.augment=none"]).train.augment == "none"
+
+
 def test_presets_apply_over_defaults_and_overrides_over_presets():
     smoke = resolve("smoke")
     assert smoke.train.epochs == PRESETS["smoke"]["train.epochs"] != default_config().train.epochs

@@ -231,6 +231,17 @@ def test_show_gives_the_results_and_the_changed_settings_one_per_line(runs):
     assert parts["stages"][0] == "stages:" and len(parts["stages"]) > 7
 
 
+def test_show_counts_what_the_data_source_implies_as_defaults(tmp_path):
+    from pipeline.config import resolve, to_dict
+    from pipeline.runs import config_lines
+
+    config = resolve("default", ["data.source=tfds:fashion_mnist", "train.epochs=3"])
+    assert (config.export.model_name, config.train.augment) == ("fashion_mnist", "shift+flip")  # as recorded
+    lines = config_lines({"run_id": "r1", "config": json.dumps(to_dict(config))}, tmp_path)
+    assert lines[0].startswith("config     settings: 2 differ from the defaults;")
+    assert lines[2:] == ['  data.source = "tfds:fashion_mnist"', "  train.epochs = 3"]
+
+
 def test_show_of_a_run_that_failed_at_ingest_has_its_error_and_no_results(runs):
     result = runs_cli(runs.workdir, "show", runs.failed)
     assert result.returncode == 0, result.stderr
