@@ -3,16 +3,19 @@
 TF Serving's REST API through `requests` and `http.client`, the Open Inference Protocol through Triton's own
 client (`tritonclient.http`), every answer checked against `load_exported(...).probabilities` on the same
 pixels; inputs a public endpoint gets (each must get a 4xx JSON error and leave the server serving);
-versions added and removed while it runs; dynamic batching; the SavedModel backend; a short load test.
+versions added and removed while it runs; dynamic batching; the SavedModel backend; concurrent clients on
+kept-alive connections (how fast it answers them is bench/serve_load.py's to measure).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import gzip
 import http.client
 import io
+import itertools
 import json
 import re
 import shutil
@@ -438,21 +441,30 @@ def test_at_most_the_given_number_of_bodies_are_parsed_off_the_loop_at_once():
     from pipeline.serving.shared import INLINE_PARSE_BYTES, off_the_loop
 
     lock, running, most = threading.Lock(), [0], [0]
+    # Each parse waits for a second one to be inside too (the barrier breaks, failing the test, if none
+    # comes), then for the test to have looked at the slots while the first two held them.
+    two_inside, first_two_inside, release = threading.Barrier(2, timeout=30), threading.Event(), threading.Event()
 
     def parse(body: bytes, tag: int) -> int:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.05)
+        two_inside.wait()
+        first_two_inside.set()
+        assert release.wait(timeout=30)
         with lock:
             running[0] -= 1
         return tag
 
-    async def parse_many() -> list[int]:
+    async def parse_many() -> tuple[bool, list[int]]:
         slots, big = asyncio.Semaphore(2), b"0" * (INLINE_PARSE_BYTES + 1)
-        return await asyncio.gather(*(off_the_loop(big, slots, parse, tag) for tag in range(6)))
+        parses = asyncio.gather(*(off_the_loop(big, slots, parse, tag) for tag in range(6)))
+        assert await asyncio.to_thread(first_two_inside.wait, 30), "two parses never ran at once"
+        held = slots.locked()  # the two parsing hold both slots: the other four wait on the loop
+        release.set()
+        return held, await parses
 
-    assert asyncio.run(parse_many()) == list(range(6))
+    assert asyncio.run(parse_many()) == (True, list(range(6)))
     assert most[0] == 2
 
 
@@ -498,43 +510,75 @@ def test_versions_exported_and_removed_while_serving_are_followed(smoke_run, tmp
     workdir = copy_saved_models(smoke_run, tmp_path)
     model_dir = workdir / "saved_models" / "digits"
     server = start_server(workdir, "--poll-seconds", "0.2")
-    failures: list[str] = []
-    answered: list[int] = []
-    stop = threading.Event()
-    hammer = threading.Thread(target=_predict_until, args=(server, images, stop, answered, failures))
+    hammer = _Hammer(server, images[0], model.probabilities(images[:1]))
     hammer.start()
     try:
+        hammer.wait_for_runs(["1"])
         shutil.copytree(model_dir / "1", model_dir / ".staging-2")  # as export publishes: staged, then renamed
         (model_dir / ".staging-2").rename(model_dir / "2")
         _wait_for_versions(server, ["2"])
-        v2 = requests.post(f"{server.url}/v2/models/digits/infer", json={"inputs": [
-            {"name": "pixels", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": images[0].ravel().tolist()}]})
-        assert v2.json()["model_version"] == "2"
+        hammer.wait_for_runs(["1", "2"])  # the hammer called through the switch, and never went back
         assert requests.get(f"{server.url}/v1/models/digits/versions/1").status_code == 404  # newest only
 
         shutil.rmtree(model_dir / "2")
         _wait_for_versions(server, ["1"])
+        hammer.wait_for_runs(["1", "2", "1"])
         answer = requests.post(f"{server.url}{PREDICT}", json={"instances": images.tolist()}).json()
         np.testing.assert_allclose(answer["predictions"], model.probabilities(images), atol=ATOL)
     finally:
-        stop.set()
+        hammer.stop.set()
         hammer.join()
         server.stop()
-    assert not failures, failures[:5]
-    assert len(answered) > 20  # the hammer did call through both switches
+    assert not hammer.failures, hammer.failures[:5]
     assert "serving digits versions [2] (was [1])" in server.log()
     assert "serving digits versions [1] (was [2])" in server.log()
 
 
-def _predict_until(server: Server, images: np.ndarray, stop: threading.Event, answered: list[int],
-                   failures: list[str]) -> None:
-    """Predict in a loop until `stop`, noting each status, and every answer that is not a 200."""
-    with requests.Session() as session:
-        while not stop.is_set():
-            response = session.post(f"{server.url}{PREDICT}", json={"instances": images[:1].tolist()})
-            answered.append(response.status_code)
-            if response.status_code != 200:
-                failures.append(f"{response.status_code} {response.text}")
+class _Hammer(threading.Thread):
+    """Infers one image, one request after another until `stop`, noting which version gave each right answer."""
+
+    def __init__(self, server: Server, image: np.ndarray, expected: np.ndarray):
+        super().__init__()
+        self.url = f"{server.url}{INFER}"
+        self.tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, *image.shape],
+                       "data": image.ravel().tolist()}
+        self.expected = expected
+        self.versions: list[str] = []  # in the order answered
+        self.failures: list[str] = []  # every answer that is not a 200 with the expected probabilities
+        self.answered = threading.Condition()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                version, failure = self._infer(session)
+                with self.answered:
+                    if failure:
+                        self.failures.append(failure)
+                    else:
+                        self.versions.append(version)
+                    self.answered.notify_all()
+
+    def _infer(self, session: requests.Session) -> tuple[str | None, str | None]:
+        """The version that gave the expected answer, or what was wrong instead."""
+        try:
+            response = session.post(self.url, json={"inputs": [self.tensor]}, timeout=30)
+        except requests.RequestException as error:
+            return None, repr(error)
+        answer = response.json() if response.status_code == 200 else {}
+        if answer and np.allclose(answer["outputs"][0]["data"], self.expected.ravel(), atol=ATOL):
+            return answer["model_version"], None
+        return None, f"{response.status_code} {response.text}"
+
+    def wait_for_runs(self, runs: list[str], timeout: float = 30) -> None:
+        """Until the versions that answered, repeats left out, are `runs` so far (["1", "2"]: 1s, then 2s)."""
+        def answered_runs() -> list[str]:
+            return [version for version, _ in itertools.groupby(self.versions)]
+
+        with self.answered:
+            if not self.answered.wait_for(lambda: answered_runs() == runs, timeout):
+                raise AssertionError(f"answered by versions {answered_runs()} in turn, not {runs}; failures: "
+                                     f"{self.failures[:5]}")
 
 
 def _wait_for_versions(server: Server, versions: list[str], timeout: float = 30) -> None:
@@ -746,13 +790,24 @@ def test_savedmodel_backend_serves_both_protocols(smoke_run, tmp_path, model, im
         server.stop()
 
 
-def test_short_load_test_has_no_errors(server):
-    result = subprocess.run([sys.executable, "bench/serve_load.py", "--url", server.url, "--clients", "8",
-                             "--seconds", "2", "--json"], cwd=REPO_DIR, env=QUIET_ENV, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    [measured] = json.loads(result.stdout)
-    assert measured["requests"] > 0 and measured["errors"] == 0, measured
+def test_clients_each_on_a_kept_alive_connection_get_every_answer_right(server, model, images):
+    """What bench/serve_load.py loads the server with (its speed is measured there): 8 clients at once,
+    each sending request after request on one connection."""
+    expected = model.probabilities(images)
+    all_connected = threading.Barrier(8, timeout=30)
+
+    def client(index: int) -> list[list[list[float]]]:
+        with requests.Session() as session:
+            session.get(f"{server.url}/v2/health/ready", timeout=30)  # its connection, open before the others send
+            all_connected.wait()
+            return [session.post(f"{server.url}{PREDICT}", json={"instances": [images[(index + n) % 6].tolist()]},
+                                 timeout=30).json()["predictions"] for n in range(5)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(client, range(8)))
+    for index, predictions in enumerate(answers):
+        np.testing.assert_allclose(np.concatenate(predictions), expected[[(index + n) % 6 for n in range(5)]],
+                                   atol=ATOL)
 
 
 def test_the_listening_socket_is_tcp_so_that_answers_are_not_held_back():
