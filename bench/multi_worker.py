@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,18 +22,11 @@ import time
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_DIR))
+from bench.local_cluster import local_cluster  # noqa: E402
+
 BATCH = 32  # per worker
 BASE = ("train.epochs=10", "train.log_images=0", "report.measure_latency=false")
-
-
-def _ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def _result(workdir: Path, wall: float) -> dict:
@@ -54,16 +46,13 @@ def one_process(overrides: list[str]) -> dict:
 
 
 def two_workers(overrides: list[str]) -> dict:
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _ports(2)]}
-    with tempfile.TemporaryDirectory() as workdir:
+    with local_cluster(2) as worker_envs, tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
         processes = [subprocess.Popen(
             [sys.executable, "-m", "pipeline.run", "--workdir", workdir, "train.strategy=multi_worker", *BASE,
              *overrides, f"train.batch_size={BATCH}"], cwd=REPO_DIR, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
-            for index in range(2)]
+            stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+            for env in worker_envs]
         if any(process.wait() for process in processes):
             raise RuntimeError("a worker failed")
         return _result(Path(workdir), time.perf_counter() - start)

@@ -5,18 +5,20 @@ Both run the same command with the same workdir, as they would on two machines s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from bench.local_cluster import local_cluster
 from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli
 
 pytestmark = pytest.mark.slow
@@ -26,27 +28,25 @@ SETTINGS = ("train.epochs=30", "train.batch_size=32", "train.log_images=0")
 SHARED = ("data.shard_mb=0.021", "train.in_memory_mb=0")  # 4 training shards, streamed: each worker reads two
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+@contextlib.contextmanager
+def _workers(workdir: Path, *overrides: str, worker_only: tuple[str, ...] = ()) -> Iterator[list[subprocess.Popen]]:
+    """Two `python -m pipeline.run` processes, worker 0 (the chief) and worker 1, on ports held for them.
 
-
-def _start_workers(workdir: Path, *overrides: str, worker_only: tuple[str, ...] = ()) -> list[subprocess.Popen]:
-    """Two `python -m pipeline.run` processes, worker 0 (the chief) and worker 1, on free local ports."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    processes = []
-    for index in range(2):
-        env = {**QUIET_ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        command = [sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), "train.strategy=multi_worker",
-                   *SETTINGS, *overrides, *(worker_only if index else ())]
-        processes.append(subprocess.Popen(command, cwd=REPO_DIR, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
-    return processes
+    A worker still running when the block ends is killed; then the ports are let go.
+    """
+    with local_cluster(2) as worker_envs:
+        processes = [subprocess.Popen(
+            [sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), "train.strategy=multi_worker",
+             *SETTINGS, *overrides, *(worker_only if index else ())],
+            cwd=REPO_DIR, env={**QUIET_ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for index, env in enumerate(worker_envs)]
+        try:
+            yield processes
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
 
 
 def _finish(processes: list[subprocess.Popen], timeout: float = 600) -> list[tuple[int, str, str]]:
@@ -57,6 +57,13 @@ def _finish(processes: list[subprocess.Popen], timeout: float = 600) -> list[tup
     return results
 
 
+def _run_workers(workdir: Path, *overrides: str, worker_only: tuple[str, ...] = (),
+                 timeout: float = 600) -> list[tuple[int, str, str]]:
+    """Both workers run to their end: each one's exit code, stdout and stderr."""
+    with _workers(workdir, *overrides, worker_only=worker_only) as processes:
+        return _finish(processes, timeout)
+
+
 def _weights(text: str) -> str:
     return re.findall(r"weights sha256 ([0-9a-f]{64})", text)[-1]
 
@@ -64,7 +71,7 @@ def _weights(text: str) -> str:
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("two_workers")
-    return workdir, _finish(_start_workers(workdir, *SHARED))
+    return workdir, _run_workers(workdir, *SHARED)
 
 
 def test_both_workers_exit_0_with_identical_weights(two_workers):
@@ -112,28 +119,28 @@ def _resume_state(workdir: Path) -> Path | None:
 def test_a_worker_killed_mid_training_resumes_from_the_last_finished_epoch(tmp_path):
     import numpy as np
 
-    processes = _start_workers(tmp_path, "train.epochs=12")
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        state = _resume_state(tmp_path)
-        if state is not None and int(np.load(state)["epoch"]) >= 1:  # two epochs finished
-            break
-        assert all(process.poll() is None for process in processes), "a worker ended before the kill"
-        time.sleep(0.5)
-    processes[1].send_signal(signal.SIGKILL)
-    try:  # the chief's next collective fails: it stops with one line, not a hang
-        processes[0].wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        processes[0].send_signal(signal.SIGKILL)
-    _, chief_err = processes[0].communicate()
-    processes[1].communicate()
+    with _workers(tmp_path, "train.epochs=12") as processes:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            state = _resume_state(tmp_path)
+            if state is not None and int(np.load(state)["epoch"]) >= 1:  # two epochs finished
+                break
+            assert all(process.poll() is None for process in processes), "a worker ended before the kill"
+            time.sleep(0.5)
+        processes[1].send_signal(signal.SIGKILL)
+        try:  # the chief's next collective fails: it stops with one line, not a hang
+            processes[0].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            processes[0].send_signal(signal.SIGKILL)
+        _, chief_err = processes[0].communicate()
+        processes[1].communicate()
     assert processes[0].returncode == 1, chief_err[-3000:]
     assert "error: a worker stopped during training" in chief_err and "Traceback" not in chief_err
     finished_epochs = int(np.load(_resume_state(tmp_path))["epoch"]) + 1
     assert not (tmp_path / "saved_models").exists()
 
-    (chief_code, chief_out, chief_err), (worker_code, worker_out, worker_err) = _finish(
-        _start_workers(tmp_path, "train.epochs=12"))
+    (chief_code, chief_out, chief_err), (worker_code, worker_out, worker_err) = _run_workers(
+        tmp_path, "train.epochs=12")
     assert chief_code == 0, chief_err[-3000:]
     assert worker_code == 0, worker_err[-3000:]
     for log in (chief_err, worker_err):
@@ -147,8 +154,8 @@ def test_a_worker_killed_mid_training_resumes_from_the_last_finished_epoch(tmp_p
 
 
 def test_under_a_time_budget_the_workers_stop_together_with_the_chiefs_schedule(tmp_path):
-    (chief_code, _, chief_err), (worker_code, worker_out, worker_err) = _finish(
-        _start_workers(tmp_path, "train.epochs=200", "train.max_seconds=6"))
+    (chief_code, _, chief_err), (worker_code, worker_out, worker_err) = _run_workers(
+        tmp_path, "train.epochs=200", "train.max_seconds=6")
     assert chief_code == 0, chief_err[-3000:]
     assert worker_code == 0, worker_err[-3000:]
     # The budget runs on each worker's own clock; the chief's plan and stop are what both follow.
@@ -162,8 +169,8 @@ def test_a_worker_stops_waiting_when_the_chiefs_run_fails_before_training(tmp_pa
 
     paths = write_image_folder(tmp_path / "images", *make_images(10))
     paths[3].write_bytes(b"not an image")
-    (chief_code, _, chief_err), (worker_code, _, worker_err) = _finish(
-        _start_workers(tmp_path / "work", f"data.source=folder:{tmp_path / 'images'}"), timeout=120)
+    (chief_code, _, chief_err), (worker_code, _, worker_err) = _run_workers(
+        tmp_path / "work", f"data.source=folder:{tmp_path / 'images'}", timeout=120)
     assert chief_code == 2 and "unreadable image file" in chief_err
     assert worker_code == 2
     assert "ended before training (failed:" in worker_err and "unreadable image file" in worker_err
@@ -171,8 +178,8 @@ def test_a_worker_stops_waiting_when_the_chiefs_run_fails_before_training(tmp_pa
 
 
 def test_workers_do_not_wait_for_training_the_chief_will_not_run(tmp_path):
-    (chief_code, _, chief_err), (worker_code, worker_out, worker_err) = _finish(
-        _start_workers(tmp_path, "--until", "preprocess"), timeout=300)
+    (chief_code, _, chief_err), (worker_code, worker_out, worker_err) = _run_workers(
+        tmp_path, "--until", "preprocess", timeout=300)
     assert chief_code == 0, chief_err[-3000:]
     assert worker_code == 0, worker_err[-3000:]
     assert "train is not among the selected stages: nothing to join" in worker_out
@@ -181,8 +188,8 @@ def test_workers_do_not_wait_for_training_the_chief_will_not_run(tmp_path):
 
 def test_workers_that_would_train_different_models_stop_with_one_line(tmp_path):
     # As if the worker's host resolved another precision (train.precision=auto on another CPU).
-    (chief_code, _, chief_err), (worker_code, _, worker_err) = _finish(
-        _start_workers(tmp_path, "train.precision=float32", worker_only=("train.precision=mixed_bfloat16",)))
+    (chief_code, _, chief_err), (worker_code, _, worker_err) = _run_workers(
+        tmp_path, "train.precision=float32", worker_only=("train.precision=mixed_bfloat16",))
     for code, err in ((chief_code, chief_err), (worker_code, worker_err)):
         assert code == 2, err[-3000:]
         assert "error: the workers do not start training alike (" in err and "Traceback" not in err
