@@ -25,9 +25,8 @@ def test_every_stage_succeeds_and_the_manifest_says_so(smoke_run):
     assert [s["name"] for s in manifest["stages"]] == STAGES
     assert all(s["status"] == "succeeded" for s in manifest["stages"])
     seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
-    # What took time was training; validate, the first stage to read the shards with tf.data, also pays
-    # for importing TensorFlow: about 3 s of this process's start-up that any stage run first would pay.
-    assert seconds["train"] == max(seconds[name] for name in STAGES if name != "validate") > 0.5
+    # Each stage is timed; how long each takes is for bench/ to measure, not for a test to assert.
+    assert all(isinstance(value, float) and value >= 0 for value in seconds.values()) and seconds["train"] > 0
     assert manifest["run_id"] == smoke_run.run_dirs[-1].name and manifest["error"] is None
     assert manifest["results"]["test_accuracy"] > 0.75  # 3 epochs on digits: 0.82 here; chance is 0.1
     assert manifest["results"]["data_fingerprint"] == manifest["artifacts"]["ingest"]["fingerprint"]

@@ -143,6 +143,8 @@ def test_editing_stage_code_or_a_helper_it_imports_reruns_from_there(tmp_path):
 
 
 def test_lineage_lists_runs_and_shows_what_produced_an_export(workdir):
+    rerun = run_pipeline_cli(workdir, "--preset", "smoke", "export.model_name=engine")  # a run of cache hits
+    assert set(statuses(rerun).values()) == {"cached"}
     listing = subprocess.run([sys.executable, "-m", "pipeline.runs", "--workdir", str(workdir)],
                              cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True, check=True).stdout
     with sqlite3.connect(workdir / "lineage.sqlite") as db:
@@ -150,8 +152,9 @@ def test_lineage_lists_runs_and_shows_what_produced_an_export(workdir):
         first_export = db.execute(
             "SELECT e.run_id FROM executions e WHERE e.stage = 'export' AND e.cache_hit = 0 ORDER BY e.id").fetchone()
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        hits = db.execute("SELECT COUNT(*) FROM executions WHERE cache_hit = 1").fetchone()[0]
-    assert hits > 0 and all(status == "succeeded" for _, status in runs)
+        hits = db.execute("SELECT stage FROM executions WHERE run_id = ? AND cache_hit = 1 ORDER BY id",
+                          (rerun.manifest["run_id"],)).fetchall()
+    assert [stage for (stage,) in hits] == STAGES and all(status == "succeeded" for _, status in runs)
     assert all(run_id in listing for run_id, _ in runs)
     version_dir = workdir / "saved_models" / "engine" / "1"
     for target, cwd in ((str(version_dir), REPO_DIR), ("saved_models/engine/1", workdir)):  # absolute, relative
