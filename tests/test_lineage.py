@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from pipeline.lineage import Lineage, newest_run
@@ -98,9 +99,8 @@ def test_the_runs_command_lists_shows_and_compares_first_schema_runs_by_their_co
     assert {"test_accuracy 0.7500 0.2500 -0.5000", "blessed yes no", "export digits/3 -"} <= set(compared)
 
 
-def _write_a_run(db_path: str, index: int, start_at: float) -> None:
-    while time.time() < start_at:  # all processes open the new file together
-        pass
+def _write_a_run(db_path: str, index: int, all_started: Barrier) -> None:
+    all_started.wait(timeout=60)  # all processes open the new file together, however slowly they started
     lineage = Lineage(Path(db_path))
     lineage.start_run(f"run{index}", "python -m pipeline.run", {}, {})
     for step in range(10):
@@ -113,8 +113,8 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
     context = multiprocessing.get_context("fork")
     for trial in range(5):
         db_path = tmp_path / f"lineage{trial}.sqlite"
-        start_at = time.time() + 0.3
-        processes = [context.Process(target=_write_a_run, args=(str(db_path), i, start_at)) for i in range(4)]
+        all_started = context.Barrier(4)
+        processes = [context.Process(target=_write_a_run, args=(str(db_path), i, all_started)) for i in range(4)]
         for process in processes:
             process.start()
         for process in processes:
