@@ -207,16 +207,38 @@ def test_two_runs_from_scratch_are_byte_identical(smoke_run, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
 
 
+# What train.precision=auto (the smoke preset's) must resolve to on a machine, as docs/training.md states it.
+AUTO_PRECISION = {
+    "no GPU; a CPU without native bfloat16": "float32",
+    "no GPU; a CPU with AVX512_BF16 or AMX": "mixed_bfloat16",
+    "GPUs, all of compute capability 7.0 or more": "mixed_float16",
+    "GPUs, one below compute capability 7.0 or of unknown capability": "float32",
+}
+
+
+def _described(devices: list[dict], cpu_flags: set[str]) -> str:
+    """A machine in AUTO_PRECISION's words: the GPUs a run recorded, and its CPU's flags."""
+    capabilities = [device["compute_capability"] for device in devices if device["kind"] == "GPU"]
+    if capabilities:
+        return ("GPUs, all of compute capability 7.0 or more" if all(c and tuple(c) >= (7, 0) for c in capabilities)
+                else "GPUs, one below compute capability 7.0 or of unknown capability")
+    native = cpu_flags & {"avx512_bf16", "amx_bf16"}
+    return "no GPU; a CPU with AVX512_BF16 or AMX" if native else "no GPU; a CPU without native bfloat16"
+
+
+def _cpu_flags() -> set[str]:
+    """The flags Linux lists for this machine's CPU (none where /proc/cpuinfo says nothing)."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return set(next((line.partition(":")[2].split() for line in lines if line.startswith("flags")), []))
+
+
 def test_manifest_records_what_a_reproduction_needs(smoke_run):
     manifest = smoke_run.manifest
     reproduction = manifest["reproduction"]
     assert reproduction["seeds"] == {"data.seed": 0, "train.seed": 42}
     assert reproduction["packages"]["tensorflow"].startswith("2.21")
     assert reproduction["devices"][-1]["kind"] == "CPU"
-    from components.devices import local_devices
-    from components.train_plan import choose_precision
-
-    expected_precision = choose_precision("auto", local_devices())  # mixed_bfloat16 on CPUs with AVX512_BF16
+    expected_precision = AUTO_PRECISION[_described(reproduction["devices"], _cpu_flags())]
     assert manifest["results"]["precision"] == expected_precision and len(manifest["results"]["data_fingerprint"]) == 64
     assert manifest["config"]["train"]["seed"] == 42
     head = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True, text=True)
