@@ -93,14 +93,26 @@ def test_tensorboard_runs_are_named_by_model_and_run_id(smoke_run):
     assert sorted(p.name for p in tensorboard_dir.iterdir() if p.is_dir()) == ["images", "test", "train", "validation"]
 
 
+# The smoke run's plan: 1,293 training images in batches of 32 are 40 steps an epoch, 120 in 3 epochs; the
+# learning rate warms up over 5 % of them (6 steps) to 3e-3, then falls along a cosine to 0 at step 120.
+# At the end of epochs 1, 2 and 3 (steps 40, 80, 120) it is 1.5e-3 * (1 + cos(pi * (step - 6) / 114)).
+SMOKE_LEARNING_RATES = [2.38835e-3, 8.22700e-4, 0.0]
+
+
+def test_training_follows_the_planned_learning_rates_and_learns(smoke_run):
+    history = json.loads((smoke_run.run_dirs[-1] / "train" / "history.json").read_text())
+    assert history["learning_rate"] == pytest.approx(SMOKE_LEARNING_RATES, rel=1e-4, abs=1e-9)
+    # Frozen weights would score about the same loss every epoch (only batch norm's statistics move).
+    assert history["loss"][0] > history["loss"][1] > history["loss"][2] < 0.8 * history["loss"][0]
+    assert history["val_loss"][0] > history["val_loss"][-1]
+
+
 def test_tensorboard_has_scalars_learning_rate_images_and_a_profile(smoke_run):
     tensorboard_dir = smoke_run.run_dirs[-1] / "tensorboard"
-    history = json.loads((smoke_run.run_dirs[-1] / "train" / "history.json").read_text())
     train_events = _events(tensorboard_dir / "train")
     assert len(train_events.Tensors("epoch_loss")) == 3
     rates = [float(tf_value(event)) for event in train_events.Tensors("epoch_learning_rate")]
-    assert rates == pytest.approx(history["learning_rate"]) and len(rates) == 3
-    assert rates[0] > rates[-1] > 0 or rates[-1] == pytest.approx(0, abs=1e-6)  # the cosine decays
+    assert rates == pytest.approx(SMOKE_LEARNING_RATES, rel=1e-4, abs=1e-9)
     image_events = _events(tensorboard_dir / "images")
     assert _png_steps(image_events, "training examples") == [0]
     assert _png_steps(image_events, "validation confusion matrix") == [0, 1, 2]  # after every epoch
