@@ -171,6 +171,37 @@ def test_mixed_float16_trains_with_loss_scaling(tmp_path, monkeypatch):
     assert seen["optimizer"] == "LossScaleOptimizer"
 
 
+def test_under_mixed_float16_the_step_scales_the_loss_and_applies_the_unscaled_gradients():
+    """One step of the loop with plain SGD, whose update is the learning rate times the gradient it is given: the
+    update must be that of the gradients of the loss itself. Were the loss not scaled, Keras's LossScaleOptimizer
+    would still divide the gradients by its scale (2**15) and the step would be that much too small."""
+    import tensorflow as tf
+
+    from components.train_loop import LoopSettings, TrainingLoop
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(8, 6)).astype(np.float32)
+    labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        with tf.GradientTape() as tape:
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True)(labels, model(features, training=True))
+        gradients = [gradient.numpy() for gradient in tape.gradient(loss, model.trainable_variables)]
+        before = model.get_weights()
+        loop = TrainingLoop(model, tf.distribute.get_strategy(), LoopSettings(8, 1, 1, 3, 0.0, jit_compile=False))
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer" and float(model.optimizer.dynamic_scale) == 2**15
+        history = loop.fit(lambda context: tf.data.Dataset.from_tensors((features, labels)).repeat(),
+                           tf.data.Dataset.from_tensors((features, labels)), 1, 0, [])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for old, new, gradient in zip(before, model.get_weights(), gradients, strict=True):
+        np.testing.assert_allclose((old - new) / 0.1, gradient, atol=1e-3 * np.abs(gradient).max())
+    assert history["loss"] == [pytest.approx(float(loss), rel=1e-3)]  # the loss itself, not the scaled one
+
+
 def test_a_model_fits_batches_prefetched_to_a_device():
     """The prefetch-to-device path, run on the CPU device (the only one here): Keras takes its batches."""
     import tensorflow as tf
