@@ -163,9 +163,22 @@ def test_every_image_is_inline_and_nothing_is_fetched(smoke_run):
     num_wrong = metrics["num_examples"] - round(metrics["test_accuracy"] * metrics["num_examples"])
     charts = 5  # confusion matrix, accuracy, loss, learning rate, class balance
     assert len(images) == charts + min(32, num_wrong) + len(metrics["per_class"])  # + mistakes, one per class
-    for attributes in images:
-        assert attributes["src"].startswith(PNG_URI) and attributes["alt"]
-        assert Image.open(io.BytesIO(base64.b64decode(attributes["src"][len(PNG_URI):]))).size[0] >= 8
+    assert all(attributes["src"].startswith(PNG_URI) and attributes["alt"] for attributes in images)
+    decoded = {attributes["alt"]: Image.open(io.BytesIO(base64.b64decode(attributes["src"][len(PNG_URI):])))
+               for attributes in images}
+    # Each test image shown as a mistake, and each class's sample, is that image's own pixels, at its own size.
+    test_images = read_split(run_dir / "ingest")[0]
+    train_images, train_labels = read_split(run_dir / "ingest", "train")
+    for index, name in enumerate(metrics["per_class"]):
+        first = train_images[np.argmax(train_labels == index)]
+        np.testing.assert_array_equal(np.asarray(decoded.pop(f"a training image of {name}")), first[..., 0])
+    for alt in [alt for alt in decoded if alt.startswith("test image ")]:
+        np.testing.assert_array_equal(np.asarray(decoded.pop(alt)), test_images[int(alt.split()[-1])][..., 0])
+    # The charts: matplotlib figures of 4.2 x 3.0 inches at 100 dpi for the training curves, all drawn on.
+    assert sorted(decoded) == ["accuracy per epoch", "confusion matrix", "images per class and split",
+                               "learning rate per epoch", "loss per epoch"]
+    assert {decoded[alt].size for alt in decoded if alt.endswith("per epoch")} == {(420, 300)}
+    assert all(decoded[alt].width >= 400 and not_blank(decoded[alt].convert("RGB")) > 0.01 for alt in decoded)
     assert not {tag for tag, _ in page.tags} & {"script", "link", "iframe", "object", "embed", "base"}
     text = (run_dir / "report.html").read_text()
     assert "http://" not in text and "https://" not in text and "url(" not in text and "@import" not in text
@@ -435,16 +448,43 @@ def test_the_report_renders_in_chromium_with_text_and_charts(smoke_run, tmp_path
 NASTY_NAMES = ("cost_$1_$", r"$\frac$", "$^$", "a & <b>", "x" * 40)
 
 
-def test_charts_draw_class_names_as_text_whatever_they_hold():
+def test_charts_draw_class_names_as_text_whatever_they_hold(monkeypatch):
+    """Every string a chart draws is recorded as the renderer draws it: each class name must be drawn as it is
+    (as plain text, not as a formula), as often as the chart shows it."""
+    from collections import Counter
+
+    from matplotlib.backends.backend_agg import RendererAgg
+    from PIL import ImageDraw
+
     from components import plots
 
+    drawn: list[tuple[str, object]] = []  # (text, how matplotlib parses it: False for plain text)
+    agg_text, pillow_text = RendererAgg.draw_text, ImageDraw.ImageDraw.text
+
+    def agg_records(self, gc, x, y, text, prop, angle, ismath=False, mtext=None):
+        drawn.append((text, ismath))
+        return agg_text(self, gc, x, y, text, prop, angle, ismath, mtext)
+
+    def pillow_records(self, xy, text, *args, **kwargs):
+        drawn.append((text, False))
+        return pillow_text(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(RendererAgg, "draw_text", agg_records)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", pillow_records)
     matrix = np.arange(25).reshape(5, 5)
     images = np.zeros((5, 8, 8, 1), np.uint8)
-    for png in (plots.confusion_heatmap(matrix, NASTY_NAMES, title=NASTY_NAMES[0]),
-                plots.class_balance({"train": [1, 2, 3, 4, 5]}, NASTY_NAMES),
-                plots.image_grid(images, list(NASTY_NAMES)),
-                plots.quick_confusion_image(matrix, NASTY_NAMES, NASTY_NAMES[1])):
-        assert png.startswith(b"\x89PNG")
+    names = Counter(NASTY_NAMES)
+    for draw, expected in (
+            (lambda: plots.confusion_heatmap(matrix, NASTY_NAMES, title=NASTY_NAMES[0]),
+             names + names + Counter([NASTY_NAMES[0]])),  # each name on both axes, the first also as the title
+            (lambda: plots.class_balance({"train": [1, 2, 3, 4, 5]}, NASTY_NAMES), names),
+            (lambda: plots.image_grid(images, list(NASTY_NAMES)), names),
+            (lambda: plots.quick_confusion_image(matrix, NASTY_NAMES, NASTY_NAMES[1]),  # rows: "<index> <name>"
+             Counter([f"{index} {name}" for index, name in enumerate(NASTY_NAMES)] + [NASTY_NAMES[1]]))):
+        drawn.clear()
+        assert draw().startswith(b"\x89PNG")
+        as_text = Counter(text for text, parsed in drawn if parsed is False)
+        assert not expected - as_text, f"not drawn as plain text: {list(expected - as_text)}; drawn: {drawn}"
 
 
 def test_percentages_never_claim_a_certainty_the_model_did_not_have():
