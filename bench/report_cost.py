@@ -75,13 +75,12 @@ def report_seconds(run_dir: Path, repeats: int) -> list[float]:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     cache = StageCache(run_dir.parents[1] / "cache")
     artifacts = {record["name"]: cache.lookup(record["name"], record["fingerprint"]) for record in manifest["stages"]}
-    settings = {"values": {"export.model_name": "bench"}, "changed": {}}
     times = []
     for _ in range(repeats + 1):
         with tempfile.TemporaryDirectory() as out_dir:
             start = time.perf_counter()
             report(ReportConfig(), artifacts["ingest"], artifacts["validate"], artifacts["train"],
-                   artifacts["evaluate"], artifacts["export"], settings, Path(out_dir) / "report",
+                   artifacts["evaluate"], artifacts["export"], {}, "bench", Path(out_dir) / "report",
                    Path(out_dir) / "tensorboard", "bench")
             times.append(time.perf_counter() - start)
     return times

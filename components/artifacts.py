@@ -7,15 +7,16 @@ stage's fields: `fingerprint` identifies its content (what a later stage's cache
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from components.blessing import Blessing
 from components.findings import worst_classes
+from components.hashing import file_sha256, json_sha256
+from components.saved_models import METADATA_FILE
 
 SPLITS = ("train", "val", "test")
 
@@ -66,8 +67,9 @@ class Splits(Artifact):
 
 
 @dataclass(frozen=True)
-class Schema(Artifact):
-    """Validate's output: what every split was checked against, and where the statistics are."""
+class SchemaAndStatistics(Artifact):
+    """Validate's output: the schema every split was checked against (`schema.json`) and the statistics
+    that describe the splits (`statistics.json`: class balance, pixel statistics)."""
 
     schema_path: Path
     statistics_path: Path
@@ -102,6 +104,29 @@ class Normalization(Artifact):
 
 
 @dataclass(frozen=True)
+class TrainingRecord:
+    """`training.json`: how training ended, the epoch kept, and how fast it went."""
+
+    epochs_planned: int
+    epochs_run: int
+    best_epoch: int  # the epoch whose weights were kept, counted from 1
+    stopped_by: str  # planned epochs | patience | time budget
+    seconds: float  # wall time of training, tracing and validation included
+    batch_size: int  # images per step, over all replicas
+    images_per_second: float  # of a steady epoch's training steps (tracing and validation left out)
+    train_flops_per_image: int  # about 3x the forward pass's (components/model.py forward_flops)
+    gflops_per_second: float
+    parameters: int  # of the whole model
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingRecord:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
 class TrainedModel(Artifact):
     """Train's output: the Keras model as trained (its own precision policy), its history and record."""
 
@@ -121,25 +146,25 @@ class TrainedModel(Artifact):
         network = self.network_path.read_text() if self.network_path else None
         return json_sha256([self.weights_sha256, self.precision, network])
 
-    def record(self) -> dict[str, Any]:
-        return json.loads(self.training_path.read_text())
+    def record(self) -> TrainingRecord:
+        """`training.json`."""
+        return TrainingRecord.read(self.training_path)
 
     def facts(self) -> dict[str, Any]:
         record = self.record()
         return {"network": self.network, "precision": self.precision, "replicas": self.replicas,
-                "strategy": self.strategy,
-                "workers": self.num_workers, "epochs_run": record["epochs_run"],
-                "best_epoch": record["best_epoch"], "stopped_by": record["stopped_by"],
-                "train_seconds": record["seconds"], "train_images_per_second": record["images_per_second"],
-                "train_gflops_per_second": record["gflops_per_second"]}
+                "strategy": self.strategy, "workers": self.num_workers, "epochs_run": record.epochs_run,
+                "best_epoch": record.best_epoch, "stopped_by": record.stopped_by,
+                "train_seconds": record.seconds, "train_images_per_second": record.images_per_second,
+                "train_gflops_per_second": record.gflops_per_second}
 
     def summary(self) -> list[str]:
         record = self.record()
         workers = f" of {self.num_workers} workers" if self.num_workers > 1 else ""
-        return [f"network      {self.network}, {record.get('parameters', 0):,} parameters",
+        return [f"network      {self.network}, {record.parameters:,} parameters",
                 f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}{workers}: "
-                f"{record['epochs_run']} epochs in {record['seconds']:.1f} s ({record['images_per_second']:,.0f} "
-                f"images/s), kept epoch {record['best_epoch']}, stopped by {record['stopped_by']}"]
+                f"{record.epochs_run} epochs in {record.seconds:.1f} s ({record.images_per_second:,.0f} "
+                f"images/s), kept epoch {record.best_epoch}, stopped by {record.stopped_by}"]
 
 
 @dataclass(frozen=True)
@@ -155,12 +180,16 @@ class Metrics(Artifact):
     predictions_path: Path  # predictions.npz: `probabilities` [N, classes] of the test split, in its order
 
     @property
-    def fingerprint(self) -> str:
-        return file_sha256(self.metrics_path, self.blessing_path)
+    def fingerprint(self) -> str:  # the predictions too: the report shows the mistakes they hold
+        return file_sha256(self.metrics_path, self.blessing_path, self.predictions_path)
 
     def facts(self) -> dict[str, Any]:
         return {"test_accuracy": self.test_accuracy, "test_loss": self.test_loss, "blessed": self.blessed,
                 "blessing_reason": self.blessing_reason}
+
+    def blessing(self) -> Blessing:
+        """`blessing.json`: the decision and what it rests on."""
+        return Blessing.from_json(json.loads(self.blessing_path.read_text()))
 
     def read(self) -> dict[str, Any]:
         """`metrics.json`: loss, accuracy, per-class results and the confusion matrix."""
@@ -205,81 +234,3 @@ class Report(Artifact):
 
     def run_files(self) -> dict[str, Path]:
         return {"report.html": self.report_path}
-
-
-METADATA_FILE = "metadata.json"  # in every exported version folder: run, data, metrics, input and classes
-
-
-def json_sha256(data: Any) -> str:
-    """sha256 of `data` as canonical JSON."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_sha256(*paths: Path) -> str:
-    """sha256 over the bytes of each file, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-        digest.update(b";")
-    return digest.hexdigest()
-
-
-def fingerprint_arrays(*arrays: np.ndarray | None) -> str:
-    """sha256 over the dtype, shape and bytes of each array (None counts as absent)."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        if array is None:
-            digest.update(b"none;")
-            continue
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(array.data)
-    return digest.hexdigest()
-
-
-def version_dirs(model_dir: Path) -> list[Path]:
-    """The exported version folders of one model (TF Serving layout), oldest number first.
-
-    Only folders with a `metadata.json` count: a numbered folder someone made by hand is no export.
-    """
-    return [path for path in numbered_entries(model_dir) if (path / METADATA_FILE).is_file()]
-
-
-def numbered_entries(model_dir: Path) -> list[Path]:
-    """Everything under `model_dir` whose name is a version number, oldest first."""
-    entries = [path for path in model_dir.iterdir() if path.name.isascii() and path.name.isdigit()] \
-        if model_dir.is_dir() else []  # isascii: "²".isdigit() is True, but it is no number
-    return sorted(entries, key=lambda path: int(path.name))
-
-
-def read_metadata(version_dir: Path) -> dict[str, Any]:
-    """An exported version's `metadata.json`."""
-    return json.loads((version_dir / METADATA_FILE).read_text())
-
-
-def model_kind(version_dir: Path) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """What an exported version takes and predicts: its image shape and its class names."""
-    metadata = read_metadata(version_dir)
-    return tuple(metadata["input"]["shape"][1:]), tuple(metadata["class_names"])
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """An exported version to compare a new model with, named by its content: a path can be reused."""
-
-    version_dir: Path
-    weights_sha256: str
-
-
-def find_baseline(model_dir: Path, trained: TrainedModel) -> Baseline | None:
-    """The newest exported version under `model_dir` that holds another model than this one, if any.
-
-    Versions holding this very model are passed over: once a run has exported its model, running the
-    same command again compares it with what it was compared with the first time (and so finds
-    evaluate cached), not with itself.
-    """
-    for version_dir in reversed(version_dirs(model_dir)):
-        weights = read_metadata(version_dir).get("weights_sha256", "")
-        if weights != trained.weights_sha256:
-            return Baseline(version_dir, weights)
-    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,11 @@ import tensorflow as tf
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
-from components.artifacts import Baseline, Metrics, Splits, TrainedModel, model_kind
+from components.artifacts import Metrics, Splits, TrainedModel
+from components.blessing import Blessing, ChanceTest
 from components.config import EvaluateConfig
 from components.model import load_trained
+from components.saved_models import Baseline, ModelKind, kind_of
 from components.shards.layout import split_files, split_labels
 from components.shards.tf_reader import parse_examples
 
@@ -43,7 +44,7 @@ def evaluate(config: EvaluateConfig, trained: TrainedModel, splits: Splits, out_
     labels = split_labels(splits, "test")
     # The float32 twin is what export publishes: the accuracy recorded is the shipped model's.
     model = load_trained(trained.network_path, trained.model_path)
-    probabilities = model.predict(test_pixels(splits, config.batch_size), verbose=0)
+    probabilities = model.predict(batches_of_test_split(splits, config.batch_size), verbose=0)
     metrics = classification_metrics(labels, probabilities, splits.class_names)
     blessing = _decide(config, metrics["test_accuracy"], probabilities.argmax(axis=1) == labels, splits, baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,13 +62,14 @@ def _decide(config: EvaluateConfig, accuracy: float, correct: np.ndarray, splits
             baseline: Baseline | None) -> Blessing:
     """The chance test and the baseline's score on the same test split (`correct`: per test image), then `bless`."""
     chance = chance_test(int(correct.sum()), len(correct), split_labels(splits, "train"), splits.class_names)
-    comparable = baseline is not None and _comparable(baseline.version_dir, splits.class_names, splits.image_shape)
+    kind = ModelKind(tuple(splits.image_shape), splits.class_names)
+    comparable = baseline is not None and _comparable(baseline.version_dir, kind)
     # A comparable baseline is scored whatever the decision, so the change from it is recorded (and reported).
     baseline_accuracy = _baseline_accuracy(baseline.version_dir, splits) if comparable else None
     return bless(config, accuracy, chance, baseline.version_dir if comparable else None, baseline_accuracy)
 
 
-def test_pixels(splits: Splits, batch_size: int) -> tf.data.Dataset:
+def batches_of_test_split(splits: Splits, batch_size: int) -> tf.data.Dataset:
     """The test split's images as float32 batches, streamed from its shards in stored order.
 
     Args:
@@ -85,22 +87,6 @@ def test_pixels(splits: Splits, batch_size: int) -> tf.data.Dataset:
             .batch(batch_size)
             .map(lambda serialized: tf.cast(parse(serialized)[0], tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
-
-
-@dataclass(frozen=True)
-class ChanceTest:
-    """Whether the test accuracy beats a model that learned nothing and always answers the commonest class.
-
-    Such a model is right on the commonest class's share of the images. The test is a one-sided binomial
-    test of the count of correct test predictions against that share (H0: accuracy = share), so a small
-    test split needs a larger margin over it than a large one.
-    """
-
-    commonest_class: str  # the commonest class of the training split (the first of equals)
-    commonest_share: float  # its share of the training images: the accuracy H0 assumes
-    num_correct: int  # test images classified correctly
-    num_examples: int  # test images
-    p_value: float  # P(num_correct or more right | accuracy = commonest_share)
 
 
 def chance_test(num_correct: int, num_examples: int, train_labels: np.ndarray,
@@ -121,24 +107,6 @@ def chance_test(num_correct: int, num_examples: int, train_labels: np.ndarray,
     share = float(counts[commonest] / counts.sum())
     p_value = binomtest(num_correct, num_examples, share, alternative="greater").pvalue
     return ChanceTest(class_names[commonest], share, num_correct, num_examples, float(p_value))
-
-
-@dataclass(frozen=True)
-class Blessing:
-    """Evaluate's decision whether the model may be published (exported), and what it rests on."""
-
-    blessed: bool
-    reason: str  # one line: the rule that decided, with its numbers
-    refused_by: str | None  # the setting that refused it (evaluate.min_accuracy, ...); None when blessed
-    test_accuracy: float
-    chance: ChanceTest
-    baseline: str | None  # the exported version compared with; None when there is none comparable
-    baseline_accuracy: float | None  # its accuracy on the same test split
-    rules: dict[str, float]  # the settings the decision applied: min_accuracy, max_p_value, max_regression
-
-    def to_json(self) -> dict:
-        """`blessing.json`."""
-        return dataclasses.asdict(self)
 
 
 def bless(config: EvaluateConfig, accuracy: float, chance: ChanceTest, baseline_dir: Path | None = None,
@@ -194,14 +162,13 @@ def _p_value_text(p_value: float, threshold: float) -> str:
     return f"p = {p_value:.6g}" if float(text) == threshold != p_value else f"p = {text}"
 
 
-def _comparable(baseline_dir: Path, class_names: tuple[str, ...], image_shape: tuple[int, ...]) -> bool:
-    """Whether the baseline takes these images and predicts these classes (export refuses otherwise)."""
-    theirs = model_kind(baseline_dir)
-    if theirs == (tuple(image_shape), class_names):
-        return True
-    log.warning("evaluate: baseline %s takes %s images of classes %s, not %s images of %s: not compared",
-                baseline_dir, list(theirs[0]), list(theirs[1]), list(image_shape), list(class_names))
-    return False
+def _comparable(baseline_dir: Path, kind: ModelKind) -> bool:
+    """Whether the baseline is of this kind of model (`ModelKind`: export refuses another kind under one name)."""
+    theirs = kind_of(baseline_dir)
+    if theirs != kind:
+        log.warning("evaluate: baseline %s takes %s, this model %s: not compared", baseline_dir, theirs.describe(),
+                    kind.describe())
+    return theirs == kind
 
 
 def _baseline_accuracy(baseline_dir: Path, splits: Splits) -> float:
@@ -209,7 +176,7 @@ def _baseline_accuracy(baseline_dir: Path, splits: Splits) -> float:
     labels = split_labels(splits, "test")
     serving = tf.saved_model.load(str(baseline_dir)).signatures["serving_default"]
     predicted = [serving(pixels=pixels)["probabilities"].numpy().argmax(axis=1)
-                 for pixels in test_pixels(splits, BASELINE_BATCH)]
+                 for pixels in batches_of_test_split(splits, BASELINE_BATCH)]
     return float(accuracy_score(labels, np.concatenate(predicted)))
 
 

@@ -23,24 +23,14 @@ import numpy as np
 import onnx
 import tensorflow as tf
 
-from components.artifacts import (
-    METADATA_FILE,
-    ExportedModel,
-    Metrics,
-    Schema,
-    Splits,
-    TrainedModel,
-    model_kind,
-    numbered_entries,
-    read_metadata,
-    version_dirs,
-)
+from components.artifacts import ExportedModel, Metrics, SchemaAndStatistics, Splits, TrainedModel
 from components.atomic import locked, make_readable_by_all, new_hidden_dir, remove_abandoned
 from components.config import ExportConfig
 from components.errors import UserError
-from components.onnx_session import onnx_session
 from components.model import OUTPUT_NAME, load_trained
 from components.model_card import ModelCard, write_model_card
+from components.onnx_session import onnx_session
+from components.saved_models import METADATA_FILE, ModelKind, kind_of, numbered_entries, read_metadata, version_dirs
 from components.shards.tf_reader import load_split
 
 log = logging.getLogger(__name__)
@@ -52,7 +42,7 @@ class ParityError(RuntimeError):
     """The exported formats disagree with the Keras model: a bug, not a user's mistake."""
 
 
-def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: Schema, metrics: Metrics,
+def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: SchemaAndStatistics, metrics: Metrics,
            saved_models_dir: Path, run_id: str, out_dir: Path, command: str = "",
            reproduction: dict[str, Any] | None = None) -> ExportedModel:
     """Write `saved_models_dir/<model_name>/<version>/` and return it.
@@ -75,7 +65,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         ParityError: Keras, SavedModel and ONNX Runtime disagree beyond `config.parity_atol`.
     """
     model_dir = saved_models_dir / config.model_name
-    check_same_kind(model_dir, schema.image_shape, splits.class_names)
+    check_same_kind(model_dir, ModelKind(tuple(schema.image_shape), splits.class_names))
     published = _already_published(model_dir, trained, splits, config)
     if published is not None:
         log.info("export: %s already holds this model; not published again", published.version_dir)
@@ -94,7 +84,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         card = _model_card(config, model, splits, schema, metrics, trained, max_diff, len(images), run_id,
                            command, reproduction)
         with locked(model_dir):  # another run may have published another kind of model meanwhile
-            check_same_kind(model_dir, schema.image_shape, splits.class_names)
+            check_same_kind(model_dir, ModelKind(tuple(schema.image_shape), splits.class_names))
             version_dir = _publish(staging_dir, model_dir,
                                    lambda version: write_model_card(staging_dir, card, version))
     except BaseException:
@@ -134,28 +124,17 @@ def _record(exported: ExportedModel, out_dir: Path) -> ExportedModel:
     return exported
 
 
-def check_same_kind(model_dir: Path, image_shape: tuple[int, int, int], class_names: tuple[str, ...]) -> None:
-    """Refuse to publish under a name whose newest version takes other images or predicts other classes.
-
-    A server that follows the newest version would otherwise switch, silently, to another kind of model.
-    """
+def check_same_kind(model_dir: Path, kind: ModelKind) -> None:
+    """Refuse to publish under a name whose newest version takes other images or predicts other classes
+    (see `ModelKind`)."""
     if model_dir.exists() and not model_dir.is_dir():
         raise UserError(f"{model_dir} is a file, not a model folder; move it, or set export.model_name to "
                         "another name")
     versions = version_dirs(model_dir)
-    if not versions:
-        return
-    theirs = model_kind(versions[-1])
-    if theirs == (tuple(image_shape), tuple(class_names)):
-        return
-    raise UserError(f"saved_models/{model_dir.name}/{versions[-1].name} takes {_kind(*theirs)}, this model "
-                    f"takes {_kind(tuple(image_shape), tuple(class_names))}; set export.model_name to another "
-                    "name to publish it beside that model")
-
-
-def _kind(image_shape: tuple[int, ...], class_names: tuple[str, ...]) -> str:
-    names = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
-    return f"{'x'.join(map(str, image_shape))} images of {len(class_names)} classes ({names})"
+    if versions and (theirs := kind_of(versions[-1])) != kind:
+        raise UserError(f"saved_models/{model_dir.name}/{versions[-1].name} takes {theirs.describe()}, this model "
+                        f"takes {kind.describe()}; set export.model_name to another name to publish it beside "
+                        "that model")
 
 
 def write_saved_model(model: keras.Model, image_shape: tuple[int, int, int], path: Path) -> None:
@@ -230,7 +209,7 @@ def compare(name: str, expected: np.ndarray, actual: Any, atol: float) -> float:
     return diff
 
 
-def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Schema, metrics: Metrics,
+def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: SchemaAndStatistics, metrics: Metrics,
                     trained: TrainedModel, parity_max_abs_diff: float, onnx_opset: int) -> None:
     metadata = {
         "run_id": run_id,
@@ -250,7 +229,7 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
     (version_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
 
 
-def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema: Schema, metrics: Metrics,
+def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema: SchemaAndStatistics, metrics: Metrics,
                 trained: TrainedModel, parity_max_abs_diff: float, num_parity_examples: int, run_id: str,
                 command: str, reproduction: dict[str, Any] | None) -> ModelCard:
     """What the model card says, gathered before the version number is known."""
@@ -269,7 +248,7 @@ def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema
         num_examples=dict(splits.num_examples),
         data_fingerprint=splits.fingerprint,
         metrics=json.loads(metrics.metrics_path.read_text()),
-        blessing=json.loads(metrics.blessing_path.read_text()),
+        blessing=metrics.blessing(),
         data_warnings=schema.warnings,
         command=command,
         reproduction=reproduction,

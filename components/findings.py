@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.blessing import Blessing
+
 
 @dataclass(frozen=True)
 class ClassResult:
@@ -95,35 +97,34 @@ def _listed(found: list[Confusion], joined_by: str) -> str:
     return f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else named[0]
 
 
-def verdict(accuracy: float, blessing: dict[str, Any], published_as: str | None) -> str:
+def verdict(accuracy: float, blessing: Blessing, published_as: str | None) -> str:
     """One sentence for someone deciding whether to use the model: may it be used, and why (not).
 
     Args:
         accuracy: the test accuracy.
-        blessing: evaluate's `blessing.json`.
+        blessing: evaluate's decision (`blessing.json`).
         published_as: the export in words (`digits version 3`); None when the run published none.
 
     Returns:
         "Ready to use: ..." or "Not published: ...", in plain words: no setting names, no statistics.
     """
     correct = f"{accuracy_percent(accuracy)} % of test images classified correctly"
-    if blessing["blessed"]:
+    if blessing.blessed:
         return f"Ready to use: {correct}. " + (f"Published as {published_as}." if published_as
                                                 else "Not published by this run.")
-    refused_by = blessing.get("refused_by")
+    refused_by = blessing.refused_by
     if refused_by == "evaluate.max_p_value":
-        chance = blessing["chance"]
-        always = (f"always answering “{chance['commonest_class']}” "
-                  f"(about {accuracy_percent(chance['commonest_share'])} %)")
-        if accuracy <= chance["commonest_share"]:
+        chance = blessing.chance
+        always = f"always answering “{chance.commonest_class}” (about {accuracy_percent(chance.commonest_share)} %)"
+        if accuracy <= chance.commonest_share:
             return f"Not published: {correct}, no better than {always}."
-        return (f"Not published: {correct}, not clearly better than {always}: on {chance['num_examples']:,} "
+        return (f"Not published: {correct}, not clearly better than {always}: on {chance.num_examples:,} "
                 "test images the difference may be luck.")
     if refused_by == "evaluate.min_accuracy":
-        return f"Not published: {correct}; the minimum set is {accuracy_percent(blessing['rules']['min_accuracy'])} %."
-    if refused_by == "evaluate.max_regression":
-        previous = Path(blessing["baseline"])
-        return (f"Not published: {correct}, {100 * (blessing['baseline_accuracy'] - accuracy):.1f} points below "
+        return f"Not published: {correct}; the minimum set is {accuracy_percent(blessing.rules['min_accuracy'])} %."
+    if refused_by == "evaluate.max_regression" and blessing.baseline and blessing.baseline_accuracy is not None:
+        previous = Path(blessing.baseline)
+        return (f"Not published: {correct}, {100 * (blessing.baseline_accuracy - accuracy):.1f} points below "
                 f"{previous.parent.name} version {previous.name} on the same test images.")
     return f"Not published: {correct}."
 

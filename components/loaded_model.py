@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from components.artifacts import METADATA_FILE, read_metadata, version_dirs
 from components.errors import UserError, first_line
 from components.images import BadImageError
 from components.images import decode_image as decode_image_file
 from components.onnx_session import onnx_session
+from components.saved_models import METADATA_FILE, read_metadata, version_dirs
 from components.source_data import ImageFormat
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 
+from components.blessing import Blessing
 from components.findings import class_results, confusions, headline, worst_classes
 
 MODEL_CARD_FILE = "model_card.md"  # in every exported version folder, beside metadata.json
@@ -42,7 +43,7 @@ class ModelCard:
     num_examples: dict[str, int]  # images per split
     data_fingerprint: str
     metrics: dict[str, Any]  # evaluate's metrics.json
-    blessing: dict[str, Any]  # evaluate's blessing.json
+    blessing: Blessing  # evaluate's decision (blessing.json)
     data_warnings: tuple[str, ...]  # validate's warnings: data problems that did not stop the run
     command: str  # the command line of the run; "" when export was called outside the orchestrator
     reproduction: dict[str, Any] | None  # pipeline/reproduction.py's record; None outside the orchestrator

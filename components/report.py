@@ -27,14 +27,16 @@ from components.artifacts import (
     ExportedModel,
     Metrics,
     Report,
-    Schema,
+    SchemaAndStatistics,
     Splits,
     TrainedModel,
-    read_metadata,
+    TrainingRecord,
 )
+from components.blessing import Blessing
 from components.config import ReportConfig
 from components.findings import class_results, confusions, headline, verdict
 from components.onnx_session import onnx_session
+from components.saved_models import read_metadata
 from components.shards.layout import split_labels
 from components.shards.record_reader import read_images_at
 from components.tensorboard_log import EventLog
@@ -46,9 +48,10 @@ TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("components", "templa
                                lstrip_blocks=True)
 
 
-def report(config: ReportConfig, splits: Splits, schema: Schema, trained: TrainedModel, metrics: Metrics,
-           exported: ExportedModel | None, settings: dict[str, dict[str, Any]], out_dir: Path,
-           tensorboard_dir: Path, run_id: str, command: str = "", reproduction: dict | None = None) -> Report:
+def report(config: ReportConfig, splits: Splits, schema: SchemaAndStatistics, trained: TrainedModel, metrics: Metrics,
+           exported: ExportedModel | None, changed_settings: dict[str, Any], model_name: str, out_dir: Path,
+           tensorboard_dir: Path, run_id: str, command: str = "", reproduction: dict | None = None,
+           config_values: dict[str, Any] | None = None) -> Report:
     """Write `report.html` from the run's artifacts, and the test results to TensorBoard.
 
     Args:
@@ -58,11 +61,13 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
         trained: train's output: history and training record.
         metrics: evaluate's output: metrics, blessing and the test predictions.
         exported: export's output, or None when the model was not exported (not blessed).
-        settings: every config value (`values`) and those that differ from the defaults (`changed`).
+        changed_settings: the `section.key` values that differ from their defaults, shown on the page.
+        model_name: `export.model_name`, the page's title when the model was not exported.
         out_dir: folder for `report.html`; created.
         tensorboard_dir: the run's TensorBoard folder: `test/` gets the test scalars and mistakes,
             the folder itself the HParams record.
         run_id, command, reproduction: the run that wrote the report, as the orchestrator records it.
+        config_values: every `section.key` value, for TensorBoard's HParams (only the changed ones if None).
 
     Returns:
         The report's path.
@@ -73,10 +78,10 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
         probabilities = predictions["probabilities"]
     mistakes = _mistakes(labels, probabilities, config.mistakes, splits.class_names)
     mistake_images = read_images_at(splits, "test", [mistake.index for mistake in mistakes])
-    record, model_name = trained.record(), _model_name(exported, settings)
-    blessing = json.loads(metrics.blessing_path.read_text())
+    record, title_name = trained.record(), _model_name(exported, model_name)
+    blessing = metrics.blessing()
     page = {
-        "title": f"{model_name}: test accuracy {results['test_accuracy']:.2%}",
+        "title": f"{title_name}: test accuracy {results['test_accuracy']:.2%}",
         "headline": _headline(results, blessing, exported),
         "decision": _decision(blessing),
         "classes": class_results(results),
@@ -90,13 +95,13 @@ def report(config: ReportConfig, splits: Splits, schema: Schema, trained: Traine
         "training": _training(trained, record),
         "data": _data(splits, schema),
         "model": _model(config, trained, record, exported, splits),
-        "reproduce": _reproduce(splits, settings, run_id, command, reproduction),
+        "reproduce": _reproduce(splits, changed_settings, run_id, command, reproduction),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.html"
     report_path.write_text(TEMPLATES.get_template("report.html.j2").render(**page))
-    _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(mistake_images, mistakes), settings["values"],
-                        f"{model_name}/{run_id}", record["best_epoch"] - 1)
+    _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(mistake_images, mistakes),
+                        config_values or changed_settings, f"{title_name}/{run_id}", record.best_epoch - 1)
     log.info("report: %d mistakes shown, %s", len(mistakes), "latency measured" if page["model"]["latency"]
              else "no latency measured")
     return Report(report_path)
@@ -142,19 +147,18 @@ def _mistakes_grid(images: np.ndarray, mistakes: list[Mistake]) -> bytes | None:
     return plots.image_grid(images, titles, title_color=plots.MISTAKE_COLOR)
 
 
-def _headline(results: dict, blessing: dict, exported: ExportedModel | None) -> dict[str, Any]:
+def _headline(results: dict, blessing: Blessing, exported: ExportedModel | None) -> dict[str, Any]:
     """The result in plain words first, then accuracy, the change from the previous export, the commonest mistake.
 
     The engineer's terms (blessing, baseline, p-value) stay out of it: they are in `_decision`, further down.
     """
     accuracy, total = results["test_accuracy"], results["num_examples"]
     change = None
-    if blessing.get("baseline_accuracy") is not None:
-        change = {"points": 100 * (accuracy - blessing["baseline_accuracy"]),
-                  "baseline_accuracy": blessing["baseline_accuracy"],
-                  "version": _version_name(Path(blessing["baseline"]))}
+    if blessing.baseline and blessing.baseline_accuracy is not None:
+        change = {"points": 100 * (accuracy - blessing.baseline_accuracy),
+                  "baseline_accuracy": blessing.baseline_accuracy, "version": _version_name(Path(blessing.baseline))}
     published = _version_name(exported.version_dir) if exported else None
-    return {"verdict": verdict(accuracy, blessing, published), "ready": blessing["blessed"], "accuracy": accuracy,
+    return {"verdict": verdict(accuracy, blessing, published), "ready": blessing.blessed, "accuracy": accuracy,
             "num_correct": round(accuracy * total), "num_examples": total, "change": change,
             "sentence": headline(results), "published": published}
 
@@ -164,21 +168,21 @@ def _version_name(version_dir: Path) -> str:
     return f"{version_dir.parent.name} version {version_dir.name}"
 
 
-def _decision(blessing: dict) -> dict[str, Any]:
+def _decision(blessing: Blessing) -> dict[str, Any]:
     """The blessing in the engineer's terms: the reason, the chance test, the baseline and the settings applied."""
-    return {"reason": blessing["reason"], "chance": blessing.get("chance"), "rules": blessing.get("rules"),
-            "baseline": "/".join(Path(blessing["baseline"]).parts[-2:]) if blessing.get("baseline") else None,
-            "baseline_accuracy": blessing.get("baseline_accuracy")}
+    return {"reason": blessing.reason, "chance": blessing.chance, "rules": blessing.rules,
+            "baseline": "/".join(Path(blessing.baseline).parts[-2:]) if blessing.baseline else None,
+            "baseline_accuracy": blessing.baseline_accuracy}
 
 
-def _training(trained: TrainedModel, record: dict[str, Any]) -> dict[str, Any]:
+def _training(trained: TrainedModel, record: TrainingRecord) -> dict[str, Any]:
     history = json.loads(trained.history_path.read_text())
-    charts = plots.training_curves(history, record["best_epoch"])
+    charts = plots.training_curves(history, record.best_epoch)
     return {"record": record, "charts": [_data_uri(png) for png in charts],
-            "kept_val_accuracy": history["val_accuracy"][record["best_epoch"] - 1]}
+            "kept_val_accuracy": history["val_accuracy"][record.best_epoch - 1]}
 
 
-def _data(splits: Splits, schema: Schema) -> dict[str, Any]:
+def _data(splits: Splits, schema: SchemaAndStatistics) -> dict[str, Any]:
     """Split sizes, class balance, validate's warnings and one training image per class."""
     statistics_by_split = json.loads(schema.statistics_path.read_text())
     counts = {split: statistics_by_split[split]["class_counts"] for split in ("train", "val", "test")}
@@ -192,10 +196,10 @@ def _data(splits: Splits, schema: Schema) -> dict[str, Any]:
             "balance_png": _data_uri(plots.class_balance(counts, splits.class_names)), "samples": samples}
 
 
-def _model(config: ReportConfig, trained: TrainedModel, record: dict[str, Any], exported: ExportedModel | None,
+def _model(config: ReportConfig, trained: TrainedModel, record: TrainingRecord, exported: ExportedModel | None,
            splits: Splits) -> dict[str, Any]:
     """Parameters, sizes on disk and ONNX Runtime latency of the exported model."""
-    facts: dict[str, Any] = {"parameters": record.get("parameters"), "precision": trained.precision,
+    facts: dict[str, Any] = {"parameters": record.parameters, "precision": trained.precision,
                              "export": None, "latency": None}
     if exported is None:
         return facts
@@ -237,15 +241,16 @@ def _median_seconds(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _reproduce(splits: Splits, settings: dict, run_id: str, command: str, reproduction: dict | None) -> dict:
+def _reproduce(splits: Splits, changed_settings: dict[str, Any], run_id: str, command: str,
+               reproduction: dict | None) -> dict:
     git = (reproduction or {}).get("git") or {}
     return {"run_id": run_id, "data_fingerprint": splits.data_sha256, "command": command or "-",
             "commit": git.get("commit", "not a git checkout"), "dirty": git.get("dirty", False),
-            "changed": settings["changed"]}
+            "changed": changed_settings}
 
 
-def _model_name(exported: ExportedModel | None, settings: dict) -> str:
-    return exported.version_dir.parent.name if exported else settings["values"]["export.model_name"]
+def _model_name(exported: ExportedModel | None, model_name: str) -> str:
+    return exported.version_dir.parent.name if exported else model_name
 
 
 def _data_uri(png: bytes) -> str:

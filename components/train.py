@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.artifacts import Normalization, Schema, Splits, TrainedModel, fingerprint_arrays
+from components.artifacts import Normalization, SchemaAndStatistics, Splits, TrainedModel, TrainingRecord
 from components.atomic import write_atomically
 from components.batches import (
     BatchPlan,
@@ -26,13 +26,14 @@ from components.batches import (
 )
 from components.config import ModelConfig, TrainConfig
 from components.errors import first_line
-from components.train_loop import LoopSettings, TrainingLoop
+from components.hashing import fingerprint_arrays
 from components.model import NetworkSpec, build_model, forward_flops, logits_of
 from components.profiling import StepMarkedTensorBoard
 from components.shards.layout import split_files, split_nbytes
 from components.shards.tf_reader import load_split, parse_examples
 from components.strategy import make_strategy
 from components.tensorboard_log import EventLog
+from components.train_loop import LoopSettings, TrainingLoop
 from components.train_plan import TrainingPlan, choose_xla, prefetch_device, scale_batch
 from components.train_schedule import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
 from components.train_tensorboard import ConfusionImages, LearningRateLog, log_labelled_images
@@ -40,7 +41,7 @@ from components.train_tensorboard import ConfusionImages, LearningRateLog, log_l
 log = logging.getLogger(__name__)
 
 
-def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: Schema,
+def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: SchemaAndStatistics,
           normalization: Normalization, plan: TrainingPlan, out_dir: Path, tensorboard_dir: Path,
           resume_dir: Path | None = None) -> TrainedModel:
     """Train the model and save it as `model.keras`, with `history.json` (per epoch) and `training.json`.
@@ -110,15 +111,14 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
                     history[key] = history.get(key, []) + values
         controls.keep_best.restore(model)
         record = controls.record(history, min(num_examples, steps * batch_size), time.perf_counter() - started,
-                                 epochs, batch_size, forward_flops(model))
-        record["parameters"] = model.count_params()
+                                 epochs, batch_size, forward_flops(model), model.count_params())
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return _save(model, network, history, record, plan, replicas, out_dir, controls)
 
 
-def _training_input(config: TrainConfig, splits: Splits, schema: Schema, plan: TrainingPlan, global_batch: int,
-                    replica_batches: int, epochs: int, first_epoch: int
+def _training_input(config: TrainConfig, splits: Splits, schema: SchemaAndStatistics, plan: TrainingPlan,
+                    global_batch: int, replica_batches: int, epochs: int, first_epoch: int
                     ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Per input pipeline, its batches: from memory when the split is small, streamed from its shards if not.
 
@@ -200,7 +200,7 @@ class _Controls:
         return self.keep_best.stopped or bool(self.budget and self.budget.stopped)
 
     def record(self, history: dict[str, list[float]], num_examples: int, seconds: float, epochs: int,
-               batch_size: int, flops_per_image: int) -> dict:
+               batch_size: int, flops_per_image: int, parameters: int) -> TrainingRecord:
         """What `training.json` says: how training ended, the epoch kept, and how fast it went.
 
         Throughput is that of a steady epoch's training steps (tracing and validation left out);
@@ -210,11 +210,11 @@ class _Controls:
                   "patience" if self.keep_best.stopped else "planned epochs")
         steady = self.timer.steady_seconds()
         images_per_second = num_examples / steady if steady else 0.0
-        return {"epochs_planned": epochs, "epochs_run": len(history.get("loss", [])),
-                "best_epoch": self.keep_best.best_epoch + 1, "stopped_by": reason, "seconds": round(seconds, 3),
-                "batch_size": batch_size, "images_per_second": round(images_per_second, 1),
-                "train_flops_per_image": 3 * flops_per_image,
-                "gflops_per_second": round(images_per_second * 3 * flops_per_image / 1e9, 2)}
+        return TrainingRecord(
+            epochs_planned=epochs, epochs_run=len(history.get("loss", [])), best_epoch=self.keep_best.best_epoch + 1,
+            stopped_by=reason, seconds=round(seconds, 3), batch_size=batch_size,
+            images_per_second=round(images_per_second, 1), train_flops_per_image=3 * flops_per_image,
+            gflops_per_second=round(images_per_second * 3 * flops_per_image / 1e9, 2), parameters=parameters)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -265,19 +265,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
             shutil.rmtree(self.resume_dir, ignore_errors=True)
 
 
-def _save(model: keras.Model, network: NetworkSpec, history: dict[str, list[float]], record: dict, plan: TrainingPlan,
-          replicas: int, out_dir: Path, controls: _Controls) -> TrainedModel:
+def _save(model: keras.Model, network: NetworkSpec, history: dict[str, list[float]], record: TrainingRecord,
+          plan: TrainingPlan, replicas: int, out_dir: Path, controls: _Controls) -> TrainedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = _save_model(model, out_dir)
     network.write(out_dir / "network.json")
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
+    (out_dir / "training.json").write_text(record.to_json())
     if controls.checkpoint:
         controls.checkpoint.clear()
     weights_sha256 = fingerprint_arrays(*model.get_weights())
     log.info("train: %d epochs in %s on %d replica(s), kept epoch %d (val_accuracy %.4f), stopped by %s; "
-             "weights sha256 %s", record["epochs_run"], plan.precision, replicas, record["best_epoch"],
-             history["val_accuracy"][record["best_epoch"] - 1], record["stopped_by"], weights_sha256)
+             "weights sha256 %s", record.epochs_run, plan.precision, replicas, record.best_epoch,
+             history["val_accuracy"][record.best_epoch - 1], record.stopped_by, weights_sha256)
     return TrainedModel(model_path, plan.precision, out_dir / "history.json", weights_sha256, replicas,
                         out_dir / "training.json", plan.strategy.kind, plan.strategy.num_workers,
                         out_dir / "network.json", network.name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.artifacts import SPLITS, Schema, Splits
+from components.artifacts import SPLITS, SchemaAndStatistics, Splits
 from components.atomic import write_json_atomically
 from components.config import ValidateConfig
 from components.errors import UserError
@@ -23,7 +23,7 @@ from components.shards.tf_reader import image_chunks
 log = logging.getLogger(__name__)
 
 
-def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
+def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> SchemaAndStatistics:
     """Check the splits and write `schema.json` and `statistics.json` into `out_dir`.
 
     Args:
@@ -61,7 +61,7 @@ def validate(config: ValidateConfig, splits: Splits, out_dir: Path) -> Schema:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomically(out_dir / "statistics.json", statistics)
     write_json_atomically(out_dir / "schema.json", schema)  # last: its presence means validate finished
-    return Schema(out_dir / "schema.json", out_dir / "statistics.json", splits.image_shape, num_classes,
+    return SchemaAndStatistics(out_dir / "schema.json", out_dir / "statistics.json", splits.image_shape, num_classes,
                   tuple(warnings), _summary(statistics, splits.image_shape, num_classes, splits.num_skipped_files))
 
 

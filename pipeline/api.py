@@ -17,8 +17,8 @@ import numpy as np
 from components.errors import UserError
 from components.loaded_model import load_exported
 from pipeline.config import resolve
-from pipeline.registry import STAGE_NAMES
 from pipeline.quiet import quiet_tensorflow
+from pipeline.registry import STAGE_NAMES
 from pipeline.selection import select_stages
 from pipeline.workdir import check_workdir, create_workdir
 

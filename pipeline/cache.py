@@ -4,6 +4,10 @@ A stage writes into a hidden temporary folder beside its final place; `artifact.
 last and the folder is renamed into place, so a folder under its fingerprint is always finished.
 A process killed midway leaves only a `.tmp-<pid>-*` folder, which no lookup reads and the next
 execution of that stage removes.
+
+An entry is never changed once committed: run folders link to it, and what a run recorded must stay
+as it was. A forced rerun (`--force`) of a fingerprint commits a new entry beside the earlier ones,
+`<fingerprint>-2`, `-3`, ...; a lookup finds the newest.
 """
 
 from __future__ import annotations
@@ -30,22 +34,31 @@ class StageCache:
         self.cache_dir = cache_dir
 
     def final_dir(self, stage: str, fingerprint: str) -> Path:
+        """The first entry of a fingerprint; also what its lock and its resume folder are named after."""
         return self.cache_dir / stage / fingerprint
 
-    def lookup(self, stage: str, fingerprint: str) -> Any | None:
-        """The artifact of a finished execution, or None if there is none that still holds what it held.
+    def entries(self, stage: str, fingerprint: str) -> list[Path]:
+        """Every committed entry of a fingerprint, oldest first: the first, then forced reruns' `-2`, `-3`, ..."""
+        first = self.final_dir(stage, fingerprint)
+        reruns = [path for path in first.parent.glob(f"{fingerprint}-*")
+                  if path.name.rpartition("-")[2].isdigit() and path.name.isascii()]
+        return [first] + sorted(reruns, key=lambda path: int(path.name.rpartition("-")[2]))
 
-        Its files must exist and its content fingerprint must be the one it was committed with: an
-        export folder removed and its number taken by another model is no hit.
-        """
-        final_dir = self.final_dir(stage, fingerprint)
-        try:
-            data = json.loads((final_dir / ARTIFACT_FILE).read_text())
-            artifact = _artifact(final_dir, data)
-            if all(path.exists() for path in _paths(artifact)) and artifact.fingerprint == data["fingerprint"]:
-                return artifact
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    def lookup(self, stage: str, fingerprint: str) -> Any | None:
+        """The artifact of the newest finished execution, or None if none still holds what it held."""
+        found = self._newest(stage, fingerprint)
+        return found[1] if found else None
+
+    def entry_dir(self, stage: str, fingerprint: str) -> Path | None:
+        """The folder of the entry `lookup` returns: what a run folder links to."""
+        found = self._newest(stage, fingerprint)
+        return found[0] if found else None
+
+    def _newest(self, stage: str, fingerprint: str) -> tuple[Path, Any] | None:
+        for entry_dir in reversed(self.entries(stage, fingerprint)):
+            artifact = _valid_artifact(entry_dir)
+            if artifact is not None:
+                return entry_dir, artifact
         return None
 
     @contextmanager
@@ -60,29 +73,30 @@ class StageCache:
 
     def new_work_dir(self, stage: str) -> Path:
         """A fresh temporary folder for an execution's outputs; abandoned ones of killed runs are removed."""
-        for prefix in ("tmp", "old"):
+        for prefix in ("tmp", "old"):  # `old`: what forced reruns of earlier versions set aside
             remove_abandoned(self.cache_dir / stage, prefix)
         return new_hidden_dir(self.cache_dir / stage, "tmp")
 
-    def commit(self, stage: str, fingerprint: str, work_dir: Path, artifact: Any, replace: bool = False) -> Any:
+    def commit(self, stage: str, fingerprint: str, work_dir: Path, artifact: Any, new_entry: bool = False) -> Any:
         """Move a finished execution into place and return its artifact with paths in the final folder.
 
-        With `replace` (a forced rerun) the new outputs take the place of old ones; otherwise, if
-        another process committed the same fingerprint first, its outputs are kept and returned.
+        With `new_entry` (a forced rerun) it becomes the fingerprint's newest entry, and the earlier
+        ones stay as they are; otherwise, if another process committed the same fingerprint first,
+        its outputs are kept and returned. Called under `claim` of the fingerprint.
         """
-        final_dir = self.final_dir(stage, fingerprint)
         (work_dir / ARTIFACT_FILE).write_text(json.dumps(
             {**_dump(artifact, work_dir), "fingerprint": artifact.fingerprint}, indent=2))
-        old_dir = final_dir.with_name(f".old-{os.getpid()}-{fingerprint}")
-        if replace and final_dir.exists():
-            os.rename(final_dir, old_dir)
+        existing = [path for path in self.entries(stage, fingerprint) if path.exists()]
+        final_dir = self.final_dir(stage, fingerprint)
+        if new_entry and existing:
+            number = int(existing[-1].name.rpartition("-")[2]) if existing[-1] != final_dir else 1
+            final_dir = final_dir.with_name(f"{fingerprint}-{number + 1}")
         try:
             os.rename(work_dir, final_dir)
         except OSError:
             if not final_dir.exists():
                 raise
             shutil.rmtree(work_dir, ignore_errors=True)
-        shutil.rmtree(old_dir, ignore_errors=True)
         return _load(final_dir)
 
     def discard(self, work_dir: Path) -> None:
@@ -99,6 +113,24 @@ def _dump(artifact: Any, work_dir: Path) -> dict[str, Any]:
             value = {"absolute": str(value)}
         fields[name] = value
     return {"type": f"{type(artifact).__module__}:{type(artifact).__qualname__}", "fields": fields}
+
+
+def read_entry(entry_dir: Path) -> Any | None:
+    """The artifact of one cache entry (a run folder's stage link points at one), if it is still whole."""
+    return _valid_artifact(entry_dir)
+
+
+def _valid_artifact(entry_dir: Path) -> Any | None:
+    """The entry's artifact, if its files exist and its content fingerprint is the one it was committed with
+    (an export folder removed and its number taken by another model is no hit)."""
+    try:
+        data = json.loads((entry_dir / ARTIFACT_FILE).read_text())
+        artifact = _artifact(entry_dir, data)
+        if all(path.exists() for path in _paths(artifact)) and artifact.fingerprint == data["fingerprint"]:
+            return artifact
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _load(final_dir: Path) -> Any:

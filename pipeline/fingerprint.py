@@ -16,7 +16,7 @@ import stat
 from functools import lru_cache
 from pathlib import Path
 
-from components.artifacts import json_sha256
+from components.hashing import json_sha256
 
 PROJECT_PACKAGES = ("components", "pipeline")
 # What these modules mean to a stage is its config section (hashed as data) or an exception class;

@@ -26,7 +26,7 @@ from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.fingerprint import code_fingerprint, digest, environment
 from pipeline.lineage import Lineage
-from pipeline.registry import STAGES, RunPlaces, Stage
+from pipeline.registry import STAGES, RunPlaces, Stage, flat_settings
 from pipeline.reproduction import reproduction_record
 from pipeline.selection import Selection
 
@@ -35,6 +35,32 @@ log = logging.getLogger(__name__)
 
 class ModelNotBlessed(Exception):
     """The run finished but its model was not blessed and `evaluate.fail_if_not_blessed` is set."""
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage of a run, as the manifest's `stages` lists it."""
+
+    name: str
+    status: str  # succeeded | cached | skipped | failed
+    seconds: float = 0.0  # spent computing it in this run (0 when cached or skipped)
+    reason: str | None = None  # why it was skipped
+    fingerprint: str | None = None  # its cache key (None when skipped)
+    inputs: dict[str, str | None] | None = None  # the fingerprint of each input artifact, by stage
+    outside: str | None = None  # digest of the outside state it watched and the values resolved for it
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's entry: the fields that apply to this stage (a skipped one has no fingerprint)."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """What a stage's result depends on (`fingerprint_parts`), its digest, and the values resolved for it."""
+
+    parts: dict[str, Any]
+    fingerprint: str
+    resolved: dict[str, Any]
 
 
 @dataclass
@@ -51,11 +77,11 @@ class RunContext:
     command: str = ""
     reproduction: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)
 
 
 def execute_pipeline(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
-                 command: str = "") -> dict[str, Any]:
+                     command: str = "") -> dict[str, Any]:
     """Run the selected stages in order under `workdir` and return the run's manifest.
 
     Writes `runs/<run_id>/config.json` first and `manifest.json` last (also when a stage fails, with
@@ -108,65 +134,65 @@ def check_stage_functions(selection: Selection) -> None:
 
 
 def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, selection: Selection) -> None:
-    record: dict[str, Any] = {"name": stage.name, "status": "failed", "seconds": 0.0}
-    context.stages.append(record)
     reason = _missing_input(stage, context) or (stage.skip_reason(context.artifacts) if stage.skip_reason else None)
     if reason:
-        record.update(status="skipped", reason=reason)
+        context.stages.append(StageRecord(stage.name, "skipped", reason=reason))
         log.info("stage %s: skipped (%s)", stage.name, reason)
         return
-    resolved = stage.resolves(config, context.artifacts, RunPlaces(context.saved_models_dir)) \
-        if stage.resolves else {}
-    keys = fingerprint_parts(stage, config, context.artifacts, resolved)
-    fingerprint = digest(keys)
-    record.update(fingerprint=fingerprint, inputs=keys["inputs"], outside=digest([keys["watched"], keys["resolved"]]))
-    started = time.time()
-    with context.cache.claim(stage.name, fingerprint):
-        artifact = None if stage.name in selection.force else context.cache.lookup(stage.name, fingerprint)
+    key = stage_key(stage, config, context.artifacts, RunPlaces(context.saved_models_dir))
+    record = StageRecord(stage.name, "failed", fingerprint=key.fingerprint, inputs=key.parts["inputs"],
+                         outside=digest([key.parts["watched"], key.parts["resolved"]]))
+    started, clock = time.time(), time.perf_counter()
+    forced = stage.name in selection.force
+    with context.cache.claim(stage.name, key.fingerprint):
+        artifact = None if forced else context.cache.lookup(stage.name, key.fingerprint)
         if artifact is None and selection.position(stage.name) == "before":
+            context.stages.append(record)
             raise UserError(f"stage {stage.name} has no cached result for this config; run without "
                             f"--only/--from first, or start earlier (e.g. --from {stage.name})")
         if artifact is None:
             try:
-                artifact = _execute(stage, config, context, fingerprint, resolved, record,
-                                    stage.name in selection.force)
+                artifact = _execute(stage, config, context, key, forced)
             except BaseException:
-                _record_lineage(stage, context, keys, record, started, produced=False)
+                record = dataclasses.replace(record, seconds=round(time.perf_counter() - clock, 3))
+                context.stages.append(record)
+                _record_lineage(stage, context, key, record, started, produced=False)
                 raise
+            record = dataclasses.replace(record, status="succeeded", seconds=round(time.perf_counter() - clock, 3))
         else:
-            record["status"] = "cached"
+            record = dataclasses.replace(record, status="cached")
             log.info("stage %s: cached", stage.name)
-    _link(context.run_dir / stage.name, context.cache.final_dir(stage.name, fingerprint))
+        _link(context.run_dir / stage.name, context.cache.entry_dir(stage.name, key.fingerprint))
+    context.stages.append(record)
     context.artifacts[stage.name] = artifact
     _copy_run_files(artifact, context)
-    _record_lineage(stage, context, keys, record, started)
+    _record_lineage(stage, context, key, record, started)
 
 
-def _execute(stage: Stage, config: PipelineConfig, context: RunContext, fingerprint: str, resolved: dict,
-             record: dict[str, Any], forced: bool) -> Any:
-    """Call the stage's function with its arguments by name, in a fresh folder, and commit its outputs."""
+def _execute(stage: Stage, config: PipelineConfig, context: RunContext, key: StageKey, forced: bool) -> Any:
+    """Call the stage's function with its arguments by name, in a fresh folder, and commit its outputs.
+
+    A forced execution is committed as a new entry beside the fingerprint's earlier ones, which the
+    run folders that used them keep.
+    """
     run_values = {
         "tensorboard_dir": context.tensorboard_dir,
         "saved_models_dir": context.saved_models_dir,
         "run_id": context.run_id,
         "command": context.command,
         "reproduction": context.reproduction,
-        "resume_dir": resume_dir(context.cache, stage.name, fingerprint),
+        "config_values": flat_settings(config.sections),
+        "resume_dir": resume_dir(context.cache, stage.name, key.fingerprint),
     }
-    arguments = stage_arguments(stage, config, context.artifacts, run_values, resolved)
+    arguments = stage_arguments(stage, config, context.artifacts, run_values, key.resolved)
     work_dir = context.cache.new_work_dir(stage.name)
     log.info("stage %s: started", stage.name)
-    start = time.perf_counter()
     try:
         artifact = load_function(stage)(**arguments, out_dir=work_dir)
-        artifact = context.cache.commit(stage.name, fingerprint, work_dir, artifact, replace=forced)
+        return context.cache.commit(stage.name, key.fingerprint, work_dir, artifact, new_entry=forced)
     except BaseException:
         context.cache.discard(work_dir)
         raise
-    finally:
-        record["seconds"] = round(time.perf_counter() - start, 3)
-    record["status"] = "succeeded"
-    return artifact
 
 
 def stage_arguments(stage: Stage, config: PipelineConfig, artifacts: dict[str, Any], run_values: dict[str, Any],
@@ -192,6 +218,13 @@ def load_function(stage: Stage) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), function_name)
 
 
+def stage_key(stage: Stage, config: PipelineConfig, artifacts: dict[str, Any], places: RunPlaces) -> StageKey:
+    """Resolve a stage's outside values and compute its cache key, from the artifacts of the stages before it."""
+    resolved = stage.resolves(config, artifacts, places) if stage.resolves else {}
+    parts = fingerprint_parts(stage, config, artifacts, resolved)
+    return StageKey(parts, digest(parts), resolved)
+
+
 def fingerprint_parts(stage: Stage, config: PipelineConfig, artifacts: dict[str, Any], resolved: dict) -> dict:
     """What a stage's result depends on: its code, config sections, inputs' content, outside state."""
     return {
@@ -211,14 +244,14 @@ def _hashable(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def _record_lineage(stage: Stage, context: RunContext, keys: dict, record: dict, started: float,
+def _record_lineage(stage: Stage, context: RunContext, key: StageKey, record: StageRecord, started: float,
                     produced: bool = True) -> None:
     def described(name: str) -> tuple[str, str, str]:
         return name, str(_artifact_path(context.artifacts[name])), context.artifacts[name].fingerprint
 
     context.lineage.record_execution(
-        context.run_id, stage.name, record["fingerprint"], keys["code"],
-        record["status"], record["status"] == "cached", started,
+        context.run_id, stage.name, record.fingerprint, key.parts["code"],
+        record.status, record.status == "cached", started,
         [described(name) for name in stage.inputs.values() if name in context.artifacts],
         [described(stage.name)] if produced else [])
 
@@ -280,7 +313,7 @@ def _manifest(config: PipelineConfig, context: RunContext, status: str, error: s
         "status": status,
         "error": error,
         "run_dir": str(context.run_dir),
-        "stages": context.stages,
+        "stages": [record.to_json() for record in context.stages],
         "results": results,
         "summary": [line for artifact in context.artifacts.values() for line in artifact.summary()],
         "files": {name: str(path) for name, path in context.files.items()},

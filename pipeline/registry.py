@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from components.artifacts import file_sha256, find_baseline
 from components.config import (
     DataConfig,
     EvaluateConfig,
@@ -28,6 +27,8 @@ from components.config import (
     TrainConfig,
     ValidateConfig,
 )
+from components.hashing import file_sha256
+from components.saved_models import find_baseline
 from components.source_defaults import augmentation_for, model_name_from_source
 from components.train_plan import plan_training
 from components.user_code import find_function
@@ -37,7 +38,8 @@ from pipeline.fingerprint import source_state
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "components" / "templates"
 
 # What the orchestrator offers a stage besides config and artifacts, by parameter name.
-RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id", "command", "reproduction")
+RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id", "command", "reproduction",
+              "config_values")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "components.evaluate:evaluate", {"config": EvaluateConfig},
           {"trained": "train", "splits": "ingest"},
           resolves=lambda config, artifacts, places: {"baseline": find_baseline(
-              places.saved_models_dir / config.export.model_name, artifacts["train"])}),
+              places.saved_models_dir / config.export.model_name, artifacts["train"].weights_sha256)}),
     Stage("export", "components.export:export", {"config": ExportConfig},
           {"trained": "train", "splits": "ingest", "schema": "validate", "metrics": "evaluate"},
           run_values=("saved_models_dir", "run_id", "command", "reproduction"),
@@ -86,9 +88,9 @@ STAGES: tuple[Stage, ...] = (
           else artifacts["evaluate"].blessing_reason),
     Stage("report", "components.report:report", {"config": ReportConfig},
           {"splits": "ingest", "schema": "validate", "trained": "train", "metrics": "evaluate", "exported": "export"},
-          run_values=("tensorboard_dir", "run_id", "command", "reproduction"), optional=("exported",),
-          watches=lambda config: file_sha256(TEMPLATES_DIR / "report.html.j2"),
-          resolves=lambda config, artifacts, places: {"settings": report_settings(config)}),
+          run_values=("tensorboard_dir", "run_id", "command", "reproduction", "config_values"),
+          optional=("exported",), watches=lambda config: file_sha256(TEMPLATES_DIR / "report.html.j2"),
+          resolves=lambda config, artifacts, places: report_settings(config)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -133,9 +135,11 @@ def derived_defaults(source: str) -> dict[str, Any]:
     return {"export.model_name": model_name_from_source(source), "train.augment": augmentation_for(source)}
 
 
-def report_settings(config: Any) -> dict[str, dict[str, Any]]:
-    """What the report shows of the config: every value (TensorBoard's HParams) and those changed."""
-    return {"values": flat_settings(config.sections), "changed": changed_settings(config.sections)}
+def report_settings(config: Any) -> dict[str, Any]:
+    """What report.html shows of the config, and so what its cache key covers: the settings changed, and the
+    model's name. Every value goes to TensorBoard's HParams as the run value `config_values`, unkeyed: a
+    setting added with its default (a new stage's, say) leaves earlier reports cached."""
+    return {"changed_settings": changed_settings(config.sections), "model_name": config.export.model_name}
 
 
 def stage(name: str) -> Stage:

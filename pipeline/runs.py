@@ -27,11 +27,13 @@ from typing import Any, NoReturn
 
 from PIL import Image
 
-from components.artifacts import METADATA_FILE, SPLITS, Splits, file_sha256
+from components.artifacts import SPLITS, Splits
 from components.errors import UserError
+from components.hashing import file_sha256
+from components.saved_models import METADATA_FILE
 from components.shards.layout import LAYOUT_FILE, split_labels
 from components.shards.record_reader import read_images_at
-from pipeline.cache import StageCache
+from pipeline.cache import read_entry
 from pipeline.config import default_config, to_dict
 from pipeline.lineage import Lineage
 from pipeline.registry import derived_defaults
@@ -152,9 +154,8 @@ def ingested_splits(run: dict[str, Any], workdir: Path) -> Splits:
     outputs = [Path(artifact["path"]) for execution in run.get("executions", []) if execution["stage"] == "ingest"
                for artifact in execution["artifacts"] if artifact["type"] == "output"]
     for splits_dir in outputs + [workdir / "runs" / run["run_id"] / "ingest"]:
-        if (splits_dir / LAYOUT_FILE).is_file():  # a cache folder is named by its execution's fingerprint
-            final_dir = splits_dir.resolve()
-            splits = StageCache(final_dir.parents[1]).lookup("ingest", final_dir.name)
+        if (splits_dir / LAYOUT_FILE).is_file():
+            splits = read_entry(splits_dir.resolve())
             if splits is not None:
                 return splits
     raise UserError(f"run {run['run_id']} ({run['status']}) has no ingest output left (in its lineage or in "

@@ -22,10 +22,9 @@ from components.strategy import make_strategy
 from components.train_plan import plan_training
 from pipeline.cache import StageCache
 from pipeline.config import PipelineConfig
-from pipeline.fingerprint import digest
 from pipeline.lineage import newest_run
+from pipeline.orchestrator import execute_pipeline, load_function, resume_dir, stage_arguments, stage_key
 from pipeline.registry import STAGES, RunPlaces
-from pipeline.orchestrator import execute_pipeline, fingerprint_parts, load_function, resume_dir, stage_arguments
 from pipeline.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ STARTUP_SLACK = 600.0  # seconds the chief may have started before a worker
 
 
 def execute_share(config: PipelineConfig, workdir: Path, selection: Selection = Selection(),
-                     command: str = "") -> dict[str, Any]:
+                  command: str = "") -> dict[str, Any]:
     """This process's part of a run: all of it (one process, or the chief), or a worker's share of training.
 
     Returns:
@@ -67,17 +66,16 @@ def join_training(config: PipelineConfig, workdir: Path, selection: Selection, c
     started = time.time()
     artifacts: dict[str, Any] = {}
     for stage in STAGES:
-        resolved = stage.resolves(config, artifacts, RunPlaces(workdir / "saved_models")) if stage.resolves else {}
-        fingerprint = digest(fingerprint_parts(stage, config, artifacts, resolved))
+        key = stage_key(stage, config, artifacts, RunPlaces(workdir / "saved_models"))
         if stage.name != "train":
-            artifacts[stage.name] = _wait_for(cache, lineage_path, stage.name, fingerprint, started)
+            artifacts[stage.name] = _wait_for(cache, lineage_path, stage.name, key.fingerprint, started)
             continue
-        if cache.lookup("train", fingerprint) is not None and "train" not in selection.force:
+        if cache.lookup("train", key.fingerprint) is not None and "train" not in selection.force:
             return _summary(cluster, "train is cached: the chief uses it, there is no training to join")
         with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
             run_values = {"tensorboard_dir": Path(scratch) / "tensorboard",
-                          "resume_dir": resume_dir(cache, "train", fingerprint)}
-            trained = load_function(stage)(**stage_arguments(stage, config, artifacts, run_values, resolved),
+                          "resume_dir": resume_dir(cache, "train", key.fingerprint)}
+            trained = load_function(stage)(**stage_arguments(stage, config, artifacts, run_values, key.resolved),
                                            out_dir=Path(scratch) / "train")
         return _summary(cluster, f"trained with the chief: weights sha256 {trained.weights_sha256}",
                         trained.weights_sha256)

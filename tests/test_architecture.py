@@ -6,16 +6,21 @@ and this suite check the same thing. Imports inside functions count as imports e
 
 from __future__ import annotations
 
+import configparser
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import grimp
 
 from tests.conftest import QUIET_ENV, REPO_DIR
 
 PROJECT_PACKAGES = ("components", "pipeline")
-# The CLI checks a command and prints --help with these alone (setup.cfg's tensorflow-free contract).
-TENSORFLOW_FREE_MODULES = ("pipeline.registry", "pipeline.config", "components.config", "components.errors")
+# The CLI checks a command and prints --help with these alone: setup.cfg's tensorflow-free contract, read from it.
+_SETUP = configparser.ConfigParser()
+_SETUP.read(REPO_DIR / "setup.cfg")
+TENSORFLOW_FREE_MODULES = tuple(_SETUP["importlinter:contract:tensorflow-free"]["source_modules"].split())
 TENSORFLOW_PACKAGES = ("tensorflow", "keras")
 
 
@@ -85,3 +90,19 @@ def _tensorflow_import_chains(imports: list[tuple[int, str]]) -> list[str]:
             outside = next(i for i, module in enumerate(chain) if module.partition(".")[0] not in PROJECT_PACKAGES)
             chains.append(" -> ".join(["__main__", *chain[: outside + 1]]))
     return sorted(set(chains))
+
+
+def test_the_readmes_layout_names_every_module_and_only_modules_that_exist():
+    readme = (REPO_DIR / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"[a-z_]+\.py|[a-z_]+/", layout))
+    modules = {path.name for package in PROJECT_PACKAGES for path in (REPO_DIR / package).glob("*.py")
+               if path.name != "__init__.py"}
+    folders = {f"{path.name}/" for package in PROJECT_PACKAGES for path in (REPO_DIR / package).iterdir()
+               if path.is_dir() and path.name != "__pycache__"}
+    assert modules - named == set(), "modules the README's Layout does not place"
+    assert folders - named == set(), "folders the README's Layout does not place"
+    top_folders = {"components/", "pipeline/", "bench/", "examples/", "notebooks/", "tests/", "docs/", "saved_models/"}
+    stale = {name for name in named - modules - folders - top_folders
+             if not any(Path(REPO_DIR, folder, name).exists() for folder in ("bench", "pipeline/serving"))}
+    assert stale == set(), "names in the README's Layout that are no file of the project"

@@ -90,6 +90,24 @@ def test_touching_the_source_files_reruns_ingest_but_not_what_the_same_content_f
         "train": "cached", "evaluate": "cached", "export": "cached", "report": "cached"}
 
 
+def test_a_forced_stage_writes_a_new_cache_entry_and_earlier_runs_keep_theirs(workdir):
+    base = ("--preset", "smoke", "export.model_name=engine")
+    earlier_link = Path(run_pipeline_cli(workdir, *base).manifest["run_dir"]) / "validate"
+    earlier_entry = earlier_link.resolve()
+    earlier_state = {path.name: (path.stat().st_ino, path.read_bytes()) for path in earlier_entry.iterdir()}
+    forced = run_pipeline_cli(workdir, *base, "--force", "validate")
+    assert statuses(forced)["validate"] == "succeeded"
+    forced_entry = (Path(forced.manifest["run_dir"]) / "validate").resolve()
+    assert forced_entry != earlier_entry and forced_entry.parent == earlier_entry.parent
+    assert forced_entry.name.startswith(earlier_entry.name.partition("-")[0] + "-")  # <fingerprint>-<n>
+    # The earlier run's folder still links to the very files it used, unchanged.
+    assert earlier_link.resolve() == earlier_entry
+    assert {path.name: (path.stat().st_ino, path.read_bytes()) for path in earlier_entry.iterdir()} == earlier_state
+    later = run_pipeline_cli(workdir, *base)  # the newest entry is the one a lookup finds
+    assert statuses(later)["validate"] == "cached"
+    assert (Path(later.manifest["run_dir"]) / "validate").resolve() == forced_entry
+
+
 @pytest.mark.slow
 def test_force_only_from_until(workdir):
     base = ("--preset", "smoke", "export.model_name=engine")

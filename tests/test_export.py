@@ -6,10 +6,12 @@ import numpy as np
 import onnxruntime
 import pytest
 
+from components.blessing import Blessing, ChanceTest
 from components.config import ModelConfig
 from components.errors import UserError
 from components.export import ParityError, check_parity, check_same_kind, compare, write_onnx, write_saved_model
 from components.model import NetworkSpec, build_model
+from components.saved_models import ModelKind
 from tests.conftest import make_images
 
 SHAPE = (6, 6, 1)
@@ -94,19 +96,19 @@ def test_a_name_is_kept_for_one_kind_of_model(tmp_path, shape, class_names, reas
     model_dir = tmp_path / "saved_models" / "digits"
     write_version(model_dir, 1, shape, class_names)
     write_version(model_dir, 2, SHAPE, ("a", "b", "c"))
-    check_same_kind(model_dir, SHAPE, ("a", "b", "c"))  # the newest version decides: same kind
+    check_same_kind(model_dir, ModelKind(SHAPE, ("a", "b", "c")))  # the newest version decides: same kind
     write_version(model_dir, 3, shape, class_names)
     with pytest.raises(UserError) as caught:
-        check_same_kind(model_dir, SHAPE, ("a", "b", "c"))
+        check_same_kind(model_dir, ModelKind(SHAPE, ("a", "b", "c")))
     message = str(caught.value)
     assert message.startswith(f"saved_models/digits/3 takes {reason}")
     assert "set export.model_name to another name" in message
-    check_same_kind(tmp_path / "saved_models" / "new", SHAPE, ("a", "b", "c"))  # nothing there yet
+    check_same_kind(tmp_path / "saved_models" / "new", ModelKind(SHAPE, ("a", "b", "c")))  # nothing there yet
 
 
 def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_path, monkeypatch):
     import components.export as export_module
-    from components.artifacts import Metrics, Schema, TrainedModel
+    from components.artifacts import Metrics, SchemaAndStatistics, TrainedModel
     from components.config import ExportConfig
     from tests.test_validate import write_splits
 
@@ -117,9 +119,11 @@ def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_
                            tmp_path / "training.json", network_path=tmp_path / "network.json")
     (tmp_path / "data").mkdir()
     splits = write_splits(tmp_path / "data", make_images(4))
-    schema = Schema(tmp_path / "schema.json", tmp_path / "statistics.json", SHAPE, 3)
-    for name in ("m.json", "b.json"):  # read for the model card before the lock is taken
-        (tmp_path / name).write_text("{}")
+    schema = SchemaAndStatistics(tmp_path / "schema.json", tmp_path / "statistics.json", SHAPE, 3)
+    # read for the model card before the lock is taken
+    (tmp_path / "m.json").write_text("{}")
+    blessing = Blessing(True, "blessed", None, 0.9, ChanceTest("cat", 0.5, 4, 4, 0.06), None, None, {})
+    (tmp_path / "b.json").write_text(json.dumps(blessing.to_json()))
     metrics = Metrics(tmp_path / "m.json", tmp_path / "b.json", 0.5, 0.9, True, "blessed", tmp_path / "p.npz")
     model_dir = tmp_path / "saved_models" / "shared"
     real_check = export_module.check_parity
@@ -138,4 +142,4 @@ def test_another_kind_published_while_exporting_is_caught_before_the_rename(tmp_
 def test_a_file_where_the_model_folder_belongs_is_refused_before_any_export(tmp_path):
     (tmp_path / "digits").write_text("")
     with pytest.raises(UserError, match="digits is a file, not a model folder; move it, or set export.model_name"):
-        check_same_kind(tmp_path / "digits", SHAPE, ("a", "b", "c"))
+        check_same_kind(tmp_path / "digits", ModelKind(SHAPE, ("a", "b", "c")))

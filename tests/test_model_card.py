@@ -9,6 +9,7 @@ import jinja2
 import pytest
 from markdown_it import MarkdownIt  # Markdown parser of `rich`, which Keras depends on
 
+from components.blessing import Blessing, ChanceTest
 from components.model_card import MODEL_CARD_FILE, ModelCard, render_model_card, write_model_card
 
 NAMES = ("cat", "dog", "bird|fish", "*star*", "_under_")  # Markdown's table bar and emphasis marks included
@@ -45,8 +46,9 @@ CARD = ModelCard(
     exported_with={"tensorflow": "2.21.0", "keras": "3.15.1"}, trained_precision="mixed_bfloat16",
     parity_max_abs_diff=2.5e-7, num_parity_examples=59, num_examples={"train": 12345, "val": 1372, "test": 59},
     data_fingerprint="d" * 64, metrics=METRICS,
-    blessing={"blessed": True, "test_accuracy": 49 / 59, "baseline": None, "baseline_accuracy": None,
-              "reason": "blessed: test accuracy 0.8305, no comparable baseline"},
+    blessing=Blessing(True, "blessed: test accuracy 0.8305, no comparable baseline", None, 49 / 59,
+                      ChanceTest("cat", 0.5, 49, 59, 1e-6), None, None,
+                      {"min_accuracy": 0.5, "max_p_value": 0.01, "max_regression": 0.01}),
     data_warnings=WARNINGS, command=COMMAND, reproduction=REPRODUCTION,
 )
 
@@ -173,24 +175,24 @@ def test_a_clean_checkout_and_a_command_with_backticks():
         f"{COMMIT}, clean work tree"
 
 
-def test_outside_the_runner_the_card_says_what_was_not_recorded():
+def test_outside_the_pipeline_the_card_says_what_was_not_recorded():
     text = render_model_card(dataclasses.replace(CARD, command="", reproduction=None), 1)
     reproduce = section(text, "## How to reproduce")
     assert "The command was not recorded" in reproduce and "```" not in reproduce
-    assert "not recorded: export was called outside the pipeline runner" in reproduce
+    assert "not recorded: export was called outside the pipeline (python -m pipeline.run)" in reproduce
 
 
 def test_a_baseline_is_compared_by_name_accuracy_and_difference():
-    blessing = {"blessed": True, "test_accuracy": 49 / 59, "baseline": "/srv/saved_models/pets/3",
-                "baseline_accuracy": 0.8, "reason": "blessed: test accuracy 0.8305 vs baseline 0.8000 (pets/3)"}
+    blessing = dataclasses.replace(CARD.blessing, baseline="/srv/saved_models/pets/3", baseline_accuracy=0.8,
+                                   reason="blessed: test accuracy 0.8305 vs baseline 0.8000 (pets/3)")
     metrics = {row["Metric"]: row["Value"]
                for row in tables(render_model_card(dataclasses.replace(CARD, blessing=blessing), 4))["Metric"]}
     assert metrics["Baseline"] == "pets/3: test accuracy 0.8000 on the same images (+0.0305 for this model)"
-    assert metrics["Blessing"] == blessing["reason"]
+    assert metrics["Blessing"] == blessing.reason
 
 
-@pytest.mark.parametrize("field, missing", [("metrics", "test_loss"), ("blessing", "reason"),
-                                            ("reproduction", "python"), ("num_examples", "val")])
+@pytest.mark.parametrize("field, missing", [("metrics", "test_loss"), ("reproduction", "python"),
+                                            ("num_examples", "val")])
 def test_a_missing_field_is_an_error_not_a_blank(field, missing):
     incomplete = {key: value for key, value in getattr(CARD, field).items() if key != missing}
     with pytest.raises(jinja2.UndefinedError, match=missing):

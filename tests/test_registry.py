@@ -51,7 +51,8 @@ NEW_MODULE = '''
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.artifacts import Artifact, Metrics, file_sha256
+from components.artifacts import Artifact, Metrics
+from components.hashing import file_sha256
 from components.config import AccuracyNoteConfig
 
 

@@ -22,6 +22,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from components.blessing import Blessing, ChanceTest
 from components.findings import class_results, confusions, headline, worst_classes
 from components.report import most_confident_mistakes
 from pipeline.cache import StageCache
@@ -131,8 +132,16 @@ def test_the_headline_states_the_result_in_plain_words_and_the_commonest_mistake
     np.fill_diagonal(matrix, 0)
     names = list(metrics["per_class"])
     leaders = sorted(f"{names[true]} for {names[said]}" for true, said in zip(*np.nonzero(matrix == matrix.max())))
-    assert len(leaders) > 1  # the smoke run's two commonest mistakes happened equally often
-    assert f"Mistakes {leaders[0]} and {leaders[1]} most often, {matrix.max()} times each" in headline_text
+    # Which mistakes lead depends on the trained weights (this CPU's precision, say): each form of the sentence
+    # is checked on fixed matrices (test_findings_rank_classes_and_mistakes, test_equally_frequent_mistakes_*);
+    # here, that the smoke run's own leaders are in its headline.
+    assert matrix.max() > 1, "the smoke run's model should repeat a mistake; the headline forms for no repeated " \
+                             "mistake are tested on fixed matrices"
+    if len(leaders) == 1:
+        assert f"Mistakes {leaders[0]} most often ({matrix.max()} of " in headline_text
+    else:
+        assert f" most often, {matrix.max()} times each; " in headline_text
+        assert headline_text.count(" for ") >= min(len(leaders), 3)
     assert "no earlier version of this model to compare with" in headline_text  # the smoke run's export is the first
 
 
@@ -143,7 +152,7 @@ def test_the_engineers_terms_are_in_the_details_not_the_headline(artifacts, tmp_
     trained = dataclasses.replace(artifacts["train"], precision="mixed_bfloat16")
     made = report(ReportConfig(mistakes=0, measure_latency=False), artifacts["ingest"], artifacts["validate"],
                   trained, artifacts["evaluate"], artifacts["export"],
-                  {"values": {"export.model_name": "digits"}, "changed": {}}, tmp_path / "out",
+                  {}, "digits", tmp_path / "out",
                   tmp_path / "tensorboard", "run-x")
     text = made.report_path.read_text()
     headline_text = _headline_text(text)
@@ -234,8 +243,7 @@ def test_a_model_that_was_not_exported_gets_a_report_that_says_why(artifacts, tm
                                    rules={"min_accuracy": 0.99, "max_p_value": 0.01, "max_regression": 0.01})
     metrics = dataclasses.replace(artifacts["evaluate"], blessing_path=blessing_path, blessed=False)
     made = report(ReportConfig(mistakes=3), artifacts["ingest"], artifacts["validate"], artifacts["train"], metrics,
-                  None, {"values": {"export.model_name": "digits"}, "changed": {}}, tmp_path / "out",
-                  tmp_path / "tensorboard", "run-x")
+                  None, {}, "digits", tmp_path / "out", tmp_path / "tensorboard", "run-x")
     text = made.report_path.read_text()
     accuracy = artifacts["evaluate"].test_accuracy
     assert _headline_text(text).startswith(f"Not published: {100 * accuracy:.1f} % of test images classified "
@@ -255,7 +263,7 @@ def test_the_change_against_the_previous_export_is_shown_in_points(artifacts, tm
                                    baseline_accuracy=accuracy - 0.0125)
     metrics = dataclasses.replace(artifacts["evaluate"], blessing_path=blessing_path)
     made = report(ReportConfig(measure_latency=False), artifacts["ingest"], artifacts["validate"], artifacts["train"],
-                  metrics, artifacts["export"], {"values": {}, "changed": {}}, tmp_path / "out",
+                  metrics, artifacts["export"], {}, "digits", tmp_path / "out",
                   tmp_path / "tensorboard", "run-x")
     text = made.report_path.read_text()
     headline_text = _headline_text(text)
@@ -334,25 +342,29 @@ def test_equally_frequent_mistakes_are_named_together():
                               "2 times each; 10 of 40 test images are misclassified in all.")
 
 
-CHANCE = {"commonest_class": "owl", "commonest_share": 0.5, "num_correct": 21, "num_examples": 40, "p_value": 0.44}
 RULES = {"min_accuracy": 0.95, "max_p_value": 0.01, "max_regression": 0.01}
+BLESSED = Blessing(True, "blessed: ...", None, 0.925, ChanceTest("owl", 0.5, 37, 40, 1e-6), None, None, RULES)
+
+
+def refused(by: str, **fields) -> Blessing:
+    return dataclasses.replace(BLESSED, blessed=False, reason="not blessed: ...", refused_by=by, **fields)
+
 
 
 @pytest.mark.parametrize("accuracy, blessing, published_as, expected", [
-    (0.925, {"blessed": True}, "pets version 3",
+    (0.925, BLESSED, "pets version 3",
      "Ready to use: 92.5 % of test images classified correctly. Published as pets version 3."),
-    (0.99996, {"blessed": True}, None,
+    (0.99996, BLESSED, None,
      "Ready to use: 99.9 % of test images classified correctly. Not published by this run."),
-    (0.525, {"blessed": False, "refused_by": "evaluate.max_p_value", "chance": CHANCE}, None,
+    (0.525, refused("evaluate.max_p_value", chance=ChanceTest("owl", 0.5, 21, 40, 0.44)), None,
      "Not published: 52.5 % of test images classified correctly, not clearly better than always answering “owl” "
      "(about 50.0 %): on 40 test images the difference may be luck."),
-    (0.3, {"blessed": False, "refused_by": "evaluate.max_p_value", "chance": CHANCE}, None,
+    (0.3, refused("evaluate.max_p_value", chance=ChanceTest("owl", 0.5, 12, 40, 0.99)), None,
      "Not published: 30.0 % of test images classified correctly, no better than always answering “owl” "
      "(about 50.0 %)."),
-    (0.925, {"blessed": False, "refused_by": "evaluate.min_accuracy", "rules": RULES}, None,
+    (0.925, refused("evaluate.min_accuracy"), None,
      "Not published: 92.5 % of test images classified correctly; the minimum set is 95.0 %."),
-    (0.9, {"blessed": False, "refused_by": "evaluate.max_regression", "baseline": "/srv/saved_models/pets/4",
-           "baseline_accuracy": 0.925}, None,
+    (0.9, refused("evaluate.max_regression", baseline="/srv/saved_models/pets/4", baseline_accuracy=0.925), None,
      "Not published: 90.0 % of test images classified correctly, 2.5 points below pets version 4 on the same "
      "test images."),
 ])
@@ -404,13 +416,27 @@ def test_the_settings_listed_as_changed_are_those_a_person_changed():
     from pipeline.config import resolve
     from pipeline.registry import report_settings
 
-    assert report_settings(resolve("default"))["changed"] == {}  # the model's name and augmentation: derived
-    assert report_settings(resolve("default", ["train.epochs=3"]))["changed"] == {"train.epochs": 3}
-    assert report_settings(resolve("default", ["export.model_name=mine"]))["changed"] == {"export.model_name": "mine"}
-    assert report_settings(resolve("default", ["train.augment=none"]))["changed"] == {"train.augment": "none"}
+    def changed(*overrides: str) -> dict:
+        return report_settings(resolve("default", list(overrides)))["changed_settings"]
+
+    assert changed() == {}  # the model's name and augmentation: derived
+    assert changed("train.epochs=3") == {"train.epochs": 3}
+    assert changed("export.model_name=mine") == {"export.model_name": "mine"}
+    assert changed("train.augment=none") == {"train.augment": "none"}
     for source in ("tfds:fashion_mnist", "idx:/usr/share/datasets/fashion-mnist"):
         # a data source is the one change: what it implies for the name and augmentation is not another
-        assert report_settings(resolve("default", [f"data.source={source}"]))["changed"] == {"data.source": source}
+        assert changed(f"data.source={source}") == {"data.source": source}
+
+
+def test_the_reports_key_covers_what_it_shows_and_not_every_setting():
+    from pipeline.config import resolve
+    from pipeline.registry import report_settings, stage
+
+    report = stage("report")
+    assert "config_values" in report.run_values  # HParams' every value: passed, never keyed
+    assert report_settings(resolve("default")) == {"changed_settings": {}, "model_name": "digits"}
+    shown = report_settings(resolve("default", ["evaluate.batch_size=64"]))
+    assert shown == {"changed_settings": {"evaluate.batch_size": 64}, "model_name": "digits"}
 
 
 def _chromium() -> str:

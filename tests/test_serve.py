@@ -668,7 +668,7 @@ def test_a_version_that_failed_is_retried_once_a_file_in_a_subfolder_changes(tmp
 
 
 def test_an_odd_model_folder_does_not_stop_the_others_being_served(tmp_path, monkeypatch):
-    from components.artifacts import version_dirs
+    from components.saved_models import version_dirs
     from pipeline.serving import models
 
     def odd_version_dirs(model_dir: Path) -> list[Path]:

@@ -5,7 +5,7 @@ import json
 import keras
 import numpy as np
 
-from components.artifacts import Normalization, Schema
+from components.artifacts import Normalization, SchemaAndStatistics
 from components.config import ModelConfig, TrainConfig
 from components.train import train
 from components.train_plan import plan_training
@@ -19,7 +19,7 @@ TINY_TRAIN = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2, log_images=
 def _train_once(tmp_path, name):
     (tmp_path / name).mkdir()
     splits = write_splits(tmp_path / name, make_images(12), val=make_images(4, seed=1))
-    schema = Schema(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
+    schema = SchemaAndStatistics(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
     normalization = Normalization(tmp_path / "n.json", 60.0, 70.0)
     return train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, plan_training(TINY_TRAIN),
                  tmp_path / name / "train", tmp_path / name / "tensorboard")
@@ -48,7 +48,7 @@ def test_resuming_after_the_last_epoch_trains_no_more_and_keeps_the_result(tmp_p
     monkeypatch.setattr(train_module.EpochCheckpoint, "clear", lambda self: None)  # as if killed before clean-up
     (tmp_path / "data").mkdir()
     splits = write_splits(tmp_path / "data", make_images(12), val=make_images(4, seed=1))
-    schema = Schema(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
+    schema = SchemaAndStatistics(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
     normalization = Normalization(tmp_path / "n.json", 60.0, 70.0)
     runs = [train(TINY_TRAIN, TINY_MODEL, splits, schema, normalization, plan_training(TINY_TRAIN), tmp_path / name,
                   tmp_path / f"tb-{name}", resume_dir=tmp_path / "resume") for name in ("first", "again")]

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from components.artifacts import Normalization, Schema
+from components.artifacts import Normalization, SchemaAndStatistics
 from components.config import ModelConfig, TrainConfig
 from components.train import train
 from components.train_plan import plan_training
@@ -107,7 +107,7 @@ def test_the_budget_plans_the_schedule_for_the_steps_the_time_buys():
 def _tiny_data(tmp_path):
     (tmp_path / "data").mkdir(exist_ok=True)
     splits = write_splits(tmp_path / "data", make_images(12), val=make_images(4, seed=1))
-    return (splits, Schema(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3),
+    return (splits, SchemaAndStatistics(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3),
             Normalization(tmp_path / "n.json", 60.0, 70.0))
 
 

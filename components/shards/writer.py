@@ -18,8 +18,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from components.artifacts import json_sha256
 from components.atomic import write_json_atomically
+from components.hashing import json_sha256
 from components.shards.example import serialize_example
 from components.shards.layout import BYTES_PER_MB, FORMAT, LAYOUT_FILE, image_nbytes, labels_path, shard_name
 from components.shards.record_reader import iter_records

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from components.artifacts import version_dirs
 from components.loaded_model import LoadedModel, load_exported
+from components.saved_models import version_dirs
 from pipeline.serving.errors import NotFound
 
 logger = logging.getLogger(__name__)
