@@ -18,34 +18,50 @@ QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_D
 
 @dataclass(frozen=True)
 class PipelineRun:
-    """A finished runner subprocess and what it left in its workdir."""
+    """A finished orchestrator subprocess and what it left in its workdir.
+
+    `run_dir` is the run folder it made, read when it finished: later runs in the same workdir (other
+    tests') do not change what `run_dir` and `manifest` mean.
+    """
 
     workdir: Path
     returncode: int
     stdout: str
     stderr: str
+    run_dir: Path | None = None  # None: the command made no run folder
 
     @property
     def run_dirs(self) -> list[Path]:
-        """Oldest first, by when each run wrote its config (run ids of one second sort at random)."""
-        if not (self.workdir / "runs").exists():
-            return []
-        return sorted((self.workdir / "runs").iterdir(),
-                      key=lambda run_dir: (run_dir / "config.json").stat().st_mtime_ns)
+        """Every run folder in the workdir now, oldest first."""
+        return run_dirs_of(self.workdir)
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.run_dirs[-1] / "manifest.json").read_text())
+        return json.loads((self.run_dir / "manifest.json").read_text())
+
+
+def run_dirs_of(workdir: Path) -> list[Path]:
+    """Oldest first, by when each run wrote its config (run ids of one second sort at random)."""
+    if not (workdir / "runs").exists():
+        return []
+    return sorted((workdir / "runs").iterdir(), key=lambda run_dir: (run_dir / "config.json").stat().st_mtime_ns)
+
+
+def finished_run(workdir: Path, process: subprocess.CompletedProcess, runs_before: list[Path]) -> PipelineRun:
+    """What an orchestrator process left: its run folder is the one that was not there before it."""
+    made = [run_dir for run_dir in run_dirs_of(workdir) if run_dir not in runs_before]
+    return PipelineRun(workdir, process.returncode, process.stdout, process.stderr, made[-1] if made else None)
 
 
 def run_pipeline_cli(workdir: Path, *args: str, timeout: int = 600) -> PipelineRun:
     """`python -m pipeline.run --workdir workdir *args` in a subprocess."""
+    runs_before = run_dirs_of(workdir)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), *args],
         cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True, timeout=timeout,
         preexec_fn=lambda: os.umask(0o022),  # the usual umask, whatever the test runner's is
     )
-    return PipelineRun(workdir, result.returncode, result.stdout, result.stderr)
+    return finished_run(workdir, result, runs_before)
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:

@@ -104,7 +104,7 @@ def test_a_regression_from_the_baseline_is_refused_after_the_chance_test(tmp_pat
 
 
 def test_the_commonest_class_is_taken_from_the_training_split_not_the_test_split(smoke_run):
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     blessing = json.loads((run_dir / "evaluate" / "blessing.json").read_text())
     train_counts = np.bincount(read_split(run_dir / "ingest", "train")[1], minlength=10)
     test_labels = read_split(run_dir / "ingest", "test")[1]
@@ -119,7 +119,7 @@ def test_the_commonest_class_is_taken_from_the_training_split_not_the_test_split
 
 def test_a_learnable_smoke_run_is_blessed_and_says_it_beat_chance(smoke_run):
     results = smoke_run.manifest["results"]
-    blessing = json.loads((smoke_run.run_dirs[-1] / "evaluate" / "blessing.json").read_text())
+    blessing = json.loads((smoke_run.run_dir / "evaluate" / "blessing.json").read_text())
     assert {"blessed", "reason", "test_accuracy", "baseline", "baseline_accuracy"} <= set(blessing)  # as before
     assert results["blessed"] is True and blessing["blessed"] is True and blessing["refused_by"] is None
     assert results["blessing_reason"] == blessing["reason"]
@@ -151,4 +151,4 @@ def test_a_model_trained_on_random_labels_is_not_published(tmp_path):
     assert "on 30 test images (p = " in reason and ">= evaluate.max_p_value 0.01)" in reason
     assert reason in run.stdout
     assert not (tmp_path / "work" / "saved_models").exists()
-    assert "Not published: " in (run.run_dirs[-1] / "report.html").read_text()
+    assert "Not published: " in (run.run_dir / "report.html").read_text()

@@ -261,7 +261,7 @@ def rerun_from_config_json(smoke_run, tmp_path_factory) -> tuple[dict, dict]:
     first = run_pipeline_cli(workdir, "--preset", "smoke", "train.profile_batches=(2, 3)")  # smoke_run's command
     assert first.returncode == 0, first.stderr
     first_manifest = first.manifest  # read now: `manifest` is the newest run's
-    again = run_pipeline_cli(workdir, "--config", str(first.run_dirs[-1] / "config.json"))
+    again = run_pipeline_cli(workdir, "--config", str(first.run_dir / "config.json"))
     assert again.returncode == 0, again.stderr
     return first_manifest, again.manifest
 

@@ -27,14 +27,14 @@ def test_every_stage_succeeds_and_the_manifest_says_so(smoke_run):
     seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
     # Each stage is timed; how long each takes is for bench/ to measure, not for a test to assert.
     assert all(isinstance(value, float) and value >= 0 for value in seconds.values()) and seconds["train"] > 0
-    assert manifest["run_id"] == smoke_run.run_dirs[-1].name and manifest["error"] is None
+    assert manifest["run_id"] == smoke_run.run_dir.name and manifest["error"] is None
     assert manifest["results"]["test_accuracy"] > 0.75  # 3 epochs on digits: 0.82 here; chance is 0.1
     assert manifest["results"]["data_fingerprint"] == manifest["artifacts"]["ingest"]["fingerprint"]
     assert manifest["results"]["version_dir"].endswith("saved_models/digits/1")  # named after its data
 
 
 def test_config_json_is_the_resolved_config(smoke_run):
-    written = json.loads((smoke_run.run_dirs[-1] / "config.json").read_text())
+    written = json.loads((smoke_run.run_dir / "config.json").read_text())
     expected = json.loads(json.dumps(to_dict(resolve("smoke", ["train.profile_batches=(2, 3)"]))))
     assert written == expected
 
@@ -87,7 +87,7 @@ def _png_steps(events, tag: str) -> list[int]:
 
 
 def test_tensorboard_runs_are_named_by_model_and_run_id(smoke_run):
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     tensorboard_dir = smoke_run.workdir / "tensorboard" / "digits" / run_dir.name
     assert (run_dir / "tensorboard").resolve() == tensorboard_dir.resolve()
     assert sorted(p.name for p in tensorboard_dir.iterdir() if p.is_dir()) == ["images", "test", "train", "validation"]
@@ -100,7 +100,7 @@ SMOKE_LEARNING_RATES = [2.38835e-3, 8.22700e-4, 0.0]
 
 
 def test_training_follows_the_planned_learning_rates_and_learns(smoke_run):
-    history = json.loads((smoke_run.run_dirs[-1] / "train" / "history.json").read_text())
+    history = json.loads((smoke_run.run_dir / "train" / "history.json").read_text())
     assert history["learning_rate"] == pytest.approx(SMOKE_LEARNING_RATES, rel=1e-4, abs=1e-9)
     # Frozen weights would score about the same loss every epoch (only batch norm's statistics move).
     assert history["loss"][0] > history["loss"][1] > history["loss"][2] < 0.8 * history["loss"][0]
@@ -108,7 +108,7 @@ def test_training_follows_the_planned_learning_rates_and_learns(smoke_run):
 
 
 def test_tensorboard_has_scalars_learning_rate_images_and_a_profile(smoke_run):
-    tensorboard_dir = smoke_run.run_dirs[-1] / "tensorboard"
+    tensorboard_dir = smoke_run.run_dir / "tensorboard"
     train_events = _events(tensorboard_dir / "train")
     assert len(train_events.Tensors("epoch_loss")) == 3
     rates = [float(tf_value(event)) for event in train_events.Tensors("epoch_learning_rate")]
@@ -122,7 +122,7 @@ def test_tensorboard_has_scalars_learning_rate_images_and_a_profile(smoke_run):
 def test_the_profile_of_train_profile_batches_times_each_step_in_the_overview(smoke_run):
     from tests.test_profiling import _overview, _steps
 
-    step_table, messages = _overview(smoke_run.run_dirs[-1] / "tensorboard")
+    step_table, messages = _overview(smoke_run.run_dir / "tensorboard")
     steps = _steps(step_table)
     assert [name for name, _ in steps] == ["train 1", "train 2"]  # batches 2 and 3: steps taken before them
     assert all(milliseconds > 0 for _, milliseconds in steps)
@@ -138,16 +138,16 @@ def tf_value(event) -> float:
 def test_tensorboard_has_the_test_results_mistakes_and_hparams(smoke_run):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    tensorboard_dir = smoke_run.run_dirs[-1] / "tensorboard"
+    tensorboard_dir = smoke_run.run_dir / "tensorboard"
     results = smoke_run.manifest["results"]
     test_events = _events(tensorboard_dir / "test")
     assert [event.value for event in test_events.Scalars("test_accuracy")] == [pytest.approx(results["test_accuracy"])]
-    kept = json.loads((smoke_run.run_dirs[-1] / "train" / "training.json").read_text())["best_epoch"]
+    kept = json.loads((smoke_run.run_dir / "train" / "training.json").read_text())["best_epoch"]
     assert _png_steps(test_events, "misclassified test images") == [kept - 1]  # the weights tested: the kept epoch's
     assert [event.step for event in test_events.Scalars("test_loss")] == [kept - 1]
     session = _events(tensorboard_dir).SummaryMetadata("_hparams_/session_start_info").plugin_data.content
     hparams = plugin_data_pb2.HParamsPluginData.FromString(session).session_start_info.hparams
-    config = json.loads((smoke_run.run_dirs[-1] / "config.json").read_text())
+    config = json.loads((smoke_run.run_dir / "config.json").read_text())
     flat = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
     assert set(hparams) == set(flat)
     assert hparams["train.epochs"].number_value == 3 and hparams["data.source"].string_value == "digits"
@@ -187,7 +187,7 @@ print(json.dumps({"probabilities": probabilities.tolist(),
 def consumers(smoke_run, tmp_path_factory):
     version_dir = smoke_run.manifest["results"]["version_dir"]
     test_split = str(tmp_path_factory.mktemp("consumers") / "test.npz")  # plain arrays: consumers know no TFRecord
-    images, labels = read_split(smoke_run.run_dirs[-1] / "ingest")
+    images, labels = read_split(smoke_run.run_dir / "ingest")
     np.savez(test_split, images=images, labels=labels)
     results = {}
     for name, code in (("saved_model", SAVED_MODEL_CONSUMER), ("onnx", ONNX_CONSUMER)):
@@ -250,6 +250,7 @@ def test_missing_data_is_one_clear_line_exit_2_and_a_failed_manifest(tmp_path):
     assert listing[1].split()[1] == "failed" and listing[1].endswith(run.manifest["error"])
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_runs_by_name_with_hparams_and_renders_in_chromium(smoke_run, tmp_path):
     from tests.test_report import not_blank, screenshot
 
@@ -262,7 +263,7 @@ def test_tensorboard_serves_runs_by_name_with_hparams_and_renders_in_chromium(sm
                             "startIndex": 0, "sliceSize": 100})
         image = screenshot(f"{url}/#hparams", tmp_path / "hparams.png", 1200, 800, wait_ms=15000)
     assert all(plugins[name]["enabled"] for name in ("scalars", "images", "profile", "hparams")), plugins
-    run_id = smoke_run.run_dirs[-1].name
+    run_id = smoke_run.run_dir.name
     assert {f"digits/{run_id}/{part}" for part in ("train", "validation", "images", "test")} <= set(runs)
     assert "train.learning_rate" in {info["name"] for info in experiment["hparamInfos"]}
     metrics = {(info["name"].get("group", ""), info["name"]["tag"]) for info in experiment["metricInfos"]}
@@ -310,6 +311,7 @@ def _get_json(url: str, body: dict | None = None):
         return json.load(reply)
 
 
+@pytest.mark.slow
 def test_a_rerun_that_changes_nothing_in_the_model_does_not_publish_it_again(smoke_run, tmp_path):
     workdir = tmp_path / "work"
     shutil.copytree(smoke_run.workdir, workdir, symlinks=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.registry import STAGE_NAMES
-from tests.conftest import QUIET_ENV, REPO_DIR, PipelineRun, run_pipeline_cli
+from tests.conftest import QUIET_ENV, REPO_DIR, finished_run, run_dirs_of, run_pipeline_cli
 
 STAGES = list(STAGE_NAMES)
 # Seconds to import each (TensorFlow about 4 here): a run that only finds cached results needs none of them.
@@ -56,14 +56,16 @@ def test_rerunning_a_finished_command_reuses_every_stage(workdir):
 
 
 def test_a_fully_cached_rerun_loads_no_tensorflow(workdir):
+    runs_before = run_dirs_of(workdir)
     result = subprocess.run([sys.executable, "-c", RUN_AND_REPORT_IMPORTS, "--workdir", str(workdir), "--preset",
                              "smoke", "export.model_name=engine"], cwd=REPO_DIR, env=QUIET_ENV, capture_output=True,
                             text=True, timeout=600)
-    assert set(statuses(PipelineRun(workdir, result.returncode, result.stdout, result.stderr)).values()) == {"cached"}
+    assert set(statuses(finished_run(workdir, result, runs_before)).values()) == {"cached"}
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["loaded"] == [], "".join(report["tensorflow_imported_at"]) or report["loaded"]
 
 
+@pytest.mark.slow
 def test_changing_epochs_reruns_train_and_what_follows_only(workdir):
     run = run_pipeline_cli(workdir, "--preset", "smoke", "export.model_name=engine_epochs", "train.epochs=2")
     assert statuses(run) == {"ingest": "cached", "validate": "cached", "preprocess": "cached",
@@ -71,6 +73,7 @@ def test_changing_epochs_reruns_train_and_what_follows_only(workdir):
                              "report": "succeeded"}
 
 
+@pytest.mark.slow
 def test_changing_how_the_splits_are_made_reruns_everything_that_reads_them(workdir):
     run = run_pipeline_cli(workdir, "--preset", "smoke", "export.model_name=engine_split", "data.test_fraction=0.5")
     assert set(statuses(run).values()) == {"succeeded"}
@@ -79,6 +82,7 @@ def test_changing_how_the_splits_are_made_reruns_everything_that_reads_them(work
     assert metrics["num_examples"] == 899 and "test 899" in run.stdout
 
 
+@pytest.mark.slow
 def test_touching_the_source_files_reruns_ingest_but_not_what_the_same_content_feeds(workdir, idx_dir):
     # evaluate.max_p_value=1: three epochs on 48 images need not beat chance, and the export's caching is tested too.
     args = ("--preset", "smoke", f"data.source=idx:{idx_dir}", "data.val_fraction=0.2", "export.model_name=engine_t",
@@ -135,11 +139,12 @@ def test_editing_stage_code_or_a_helper_it_imports_reruns_from_there(tmp_path):
     workdir = tmp_path / "work"
 
     def run() -> dict[str, str]:
+        runs_before = run_dirs_of(workdir)
         process = subprocess.run([sys.executable, "-m", "pipeline.run", "--preset", "smoke", "--workdir",
                                   str(workdir), "train.epochs=1"], cwd=repo, capture_output=True, text=True,
                                  env={**QUIET_ENV, "PYTHONPATH": str(repo)}, timeout=600)
         assert process.returncode == 0, process.stderr
-        manifest = PipelineRun(workdir, process.returncode, process.stdout, process.stderr).manifest  # the newest
+        manifest = finished_run(workdir, process, runs_before).manifest
         return {stage["name"]: stage["status"] for stage in manifest["stages"]}
 
     cached_until_train = {"ingest": "cached", "validate": "cached", "preprocess": "cached"}
@@ -184,6 +189,7 @@ def test_lineage_lists_runs_and_shows_what_produced_an_export(workdir):
     assert 'export.model_name = "engine"' in shown and "tensorflow 2.21" in shown
 
 
+@pytest.mark.slow
 def test_an_unblessed_model_is_kept_but_not_exported(tmp_path):
     run = run_pipeline_cli(tmp_path, "--preset", "smoke", "evaluate.min_accuracy=0.999")
     assert run.returncode == 0, run.stderr
@@ -193,15 +199,16 @@ def test_an_unblessed_model_is_kept_but_not_exported(tmp_path):
     assert reason.startswith("not blessed: test accuracy") and "evaluate.min_accuracy 0.999" in reason
     assert reason in run.stdout
     assert not (tmp_path / "saved_models").exists()
-    assert (run.run_dirs[-1] / "train" / "model.keras").exists()
+    assert (run.run_dir / "train" / "model.keras").exists()
     assert statuses(run)["report"] == "succeeded"  # a model that was not exported gets a report too
-    assert f"not exported: {html.escape(reason)}" in (run.run_dirs[-1] / "report.html").read_text()
+    assert f"not exported: {html.escape(reason)}" in (run.run_dir / "report.html").read_text()
     failing = run_pipeline_cli(tmp_path, "--preset", "smoke", "evaluate.min_accuracy=0.999",
                                "evaluate.fail_if_not_blessed=true")
     assert failing.returncode == 1
     assert failing.stderr.strip().splitlines()[-1].startswith("error: not blessed:")
 
 
+@pytest.mark.slow
 def test_a_regression_from_the_newest_export_is_not_blessed(tmp_path):
     good = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=3")
     assert statuses(good)["export"] == "succeeded"
@@ -216,7 +223,7 @@ def test_a_regression_from_the_newest_export_is_not_blessed(tmp_path):
 def test_two_runs_from_scratch_are_byte_identical(smoke_run, tmp_path):
     again = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.profile_batches=(2, 3)")
     assert again.returncode == 0, again.stderr
-    first_dir, second_dir = smoke_run.run_dirs[-1], again.run_dirs[-1]
+    first_dir, second_dir = smoke_run.run_dir, again.run_dir
     metrics = [(run_dir / "evaluate" / "metrics.json").read_bytes() for run_dir in (first_dir, second_dir)]
     assert metrics[0] == metrics[1]
     import keras
@@ -327,11 +334,11 @@ def test_after_an_export_a_rerun_is_cached_and_reports_the_change_from_the_previ
     assert exported.manifest["results"]["version_dir"].endswith("digits/2")
     again = run_pipeline_cli(tmp_path, *second)
     assert set(statuses(again).values()) == {"cached"}  # compared with digits/1 again, not with itself
-    report = (again.run_dirs[-1] / "report.html").read_text()
+    report = (again.run_dir / "report.html").read_text()
     assert "digits version 1 got" in report and " points</div>" in report
     # A model that is not blessed is still compared with the newest export of another model.
     unblessed = run_pipeline_cli(tmp_path, "--preset", "smoke", "train.epochs=2", "evaluate.min_accuracy=0.999")
     assert unblessed.manifest["results"]["blessed"] is False
     blessing = json.loads(Path(unblessed.manifest["artifacts"]["evaluate"]["blessing_path"]).read_text())
     assert blessing["baseline"].endswith("digits/2") and blessing["baseline_accuracy"] is not None
-    assert "digits version 2 got" in (unblessed.run_dirs[-1] / "report.html").read_text()
+    assert "digits version 2 got" in (unblessed.run_dir / "report.html").read_text()

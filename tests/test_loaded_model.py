@@ -122,7 +122,7 @@ def test_only_8_bit_png_and_jpeg_are_read_and_exif_orientation_is_applied(tmp_pa
 
 
 def test_both_backends_and_onnx_runtime_itself_agree_on_files_and_arrays(smoke_run, tmp_path):
-    images = read_split(smoke_run.run_dirs[-1] / "ingest", limit=12)[0]
+    images = read_split(smoke_run.run_dir / "ingest", limit=12)[0]
     onnx, saved = load_exported(smoke_run.workdir / "saved_models" / "digits"), None
     session = ort.InferenceSession(str(onnx.version_dir / "model.onnx"))
     direct = session.run(["probabilities"], {"pixels": images.astype(np.float32)})[0]

@@ -95,7 +95,7 @@ def test_the_shadow_packages_keep_the_project_out(without_the_project, tmp_path)
 @pytest.mark.parametrize("layout", ["a folder per class", "runs images"])
 def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, without_the_project, tmp_path,
                                                         layout):
-    images, labels = read_split(smoke_run.run_dirs[-1] / "ingest", limit=8)
+    images, labels = read_split(smoke_run.run_dir / "ingest", limit=8)
     class_names = smoke_run.manifest["artifacts"]["ingest"]["class_names"]
     if layout == "runs images":  # `<index>-<class>.png`, as the README writes them for predict
         written = subprocess.run([sys.executable, "-m", "pipeline.runs", "--workdir", str(smoke_run.workdir),
@@ -119,6 +119,7 @@ def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, 
     assert re.findall(r"true\s+(\S+)", printed) == [class_names[label] for label in labels]
 
 
+@pytest.mark.slow
 def test_quickstart_runs_the_pipeline_reads_its_results_and_classifies(smoke_run, monkeypatch, tmp_path):
     workdir = tmp_path / "work"  # a copy of the smoke run's workdir: the notebook's run finds every stage cached
     shutil.copytree(smoke_run.workdir, workdir, symlinks=True)

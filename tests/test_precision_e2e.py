@@ -22,7 +22,7 @@ def test_mixed_precision_runs_end_to_end_with_parity(tmp_path, policy):
     metadata = json.loads((Path(manifest["results"]["version_dir"]) / "metadata.json").read_text())
     assert metadata["trained_precision"] == policy and metadata["exported_precision"] == "float32"
     # The accuracy recorded is the shipped float32 model's, measured again here on the test split.
-    images, labels = read_split(run.run_dirs[-1] / "ingest")
+    images, labels = read_split(run.run_dir / "ingest")
     session = onnxruntime.InferenceSession(manifest["results"]["onnx_path"], providers=["CPUExecutionProvider"])
     predicted = session.run(["probabilities"], {"pixels": images.astype(np.float32)})[0].argmax(1)
     assert metadata["metrics"]["test_accuracy"] == float((predicted == labels).mean())

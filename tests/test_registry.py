@@ -12,7 +12,7 @@ import pytest
 from pipeline.config import default_config
 from pipeline.orchestrator import load_function
 from pipeline.registry import RUN_VALUES, STAGE_NAMES, STAGES, RunPlaces, Stage, sections
-from tests.conftest import QUIET_ENV, REPO_DIR, PipelineRun
+from tests.conftest import QUIET_ENV, REPO_DIR, finished_run, run_dirs_of
 
 
 def resolved_names(stage: Stage, saved_models_dir: Path) -> set[str]:
@@ -107,10 +107,11 @@ def repo_with_a_new_stage(tmp_path_factory):
 
 
 def run_in(repo, workdir, *args):
+    runs_before = run_dirs_of(workdir)
     process = subprocess.run([sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), *args], cwd=repo,
                              env={**QUIET_ENV, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr
-    manifest = PipelineRun(workdir, process.returncode, process.stdout, process.stderr).manifest  # the newest
+    manifest = finished_run(workdir, process, runs_before).manifest
     return process, manifest, {stage["name"]: stage["status"] for stage in manifest["stages"]}
 
 

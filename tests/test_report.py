@@ -79,7 +79,7 @@ def _metrics(run_dir: Path) -> dict:
 
 
 def test_every_run_writes_report_html_and_the_summary_names_it(smoke_run):
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     report_path = run_dir / "report.html"
     assert report_path.read_bytes() == (run_dir / "report" / "report.html").read_bytes()
     assert f"report.html  {report_path}" in smoke_run.stdout.splitlines()
@@ -87,14 +87,14 @@ def test_every_run_writes_report_html_and_the_summary_names_it(smoke_run):
 
 
 def test_the_summary_names_the_three_worst_classes_by_f1(smoke_run):
-    per_class = _metrics(smoke_run.run_dirs[-1])["per_class"]
+    per_class = _metrics(smoke_run.run_dir)["per_class"]
     worst = sorted(per_class, key=lambda name: (per_class[name]["f1"], per_class[name]["recall"], name))[:3]
     expected = "worst classes " + ", ".join(f"{name} (F1 {per_class[name]['f1']:.2f})" for name in worst)
     assert expected in smoke_run.stdout.splitlines()
 
 
 def test_per_class_rows_equal_metrics_json_worst_first(smoke_run):
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     per_class = _metrics(run_dir)["per_class"]
     rows = _page(run_dir).rows
     assert set(rows) == set(per_class)  # every class, once
@@ -117,7 +117,7 @@ JARGON = ("bless", "baseline", "bfloat16", "float32", "fingerprint", "evaluate."
 
 
 def test_the_headline_states_the_result_in_plain_words_and_the_commonest_mistake(smoke_run):
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     metrics = _metrics(run_dir)
     text = (run_dir / "report.html").read_text()
     headline_text = _headline_text(text)
@@ -165,7 +165,7 @@ def test_the_engineers_terms_are_in_the_details_not_the_headline(artifacts, tmp_
 
 
 def test_every_image_is_inline_and_nothing_is_fetched(smoke_run):
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     page = _page(run_dir)
     images = [attributes for tag, attributes in page.tags if tag == "img"]
     metrics = _metrics(run_dir)
@@ -194,7 +194,7 @@ def test_every_image_is_inline_and_nothing_is_fetched(smoke_run):
 
 
 def test_the_mistakes_shown_are_the_most_confident_ones_in_order(smoke_run):
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     labels = read_split(run_dir / "ingest")[1]
     probabilities = np.load(run_dir / "evaluate" / "predictions.npz")["probabilities"]
     shown = [int(attributes["data-index"]) for tag, attributes in _page(run_dir).tags if tag == "figure"
@@ -206,7 +206,7 @@ def test_the_mistakes_shown_are_the_most_confident_ones_in_order(smoke_run):
 
 
 def test_reproduce_names_the_run_data_commit_command_and_changed_settings(smoke_run):
-    text = (smoke_run.run_dirs[-1] / "report.html").read_text()
+    text = (smoke_run.run_dir / "report.html").read_text()
     manifest = smoke_run.manifest
     assert manifest["run_id"] in text and manifest["results"]["data_fingerprint"] in text
     assert manifest["reproduction"]["git"]["commit"] in text
@@ -274,11 +274,11 @@ def test_the_change_against_the_previous_export_is_shown_in_points(artifacts, tm
 
 
 def test_latency_and_sizes_are_measured_on_the_export(smoke_run):
-    text = (smoke_run.run_dirs[-1] / "report.html").read_text()
+    text = (smoke_run.run_dir / "report.html").read_text()
     onnx_kib = Path(smoke_run.manifest["results"]["onnx_path"]).stat().st_size / 1024
     assert f"<td>{onnx_kib:,.1f} KiB</td>" in text
     assert "latency, 1 image (ONNX Runtime, median)" in text and "latency, 256 images" in text
-    parameters = json.loads((smoke_run.run_dirs[-1] / "train" / "training.json").read_text())["parameters"]
+    parameters = json.loads((smoke_run.run_dir / "train" / "training.json").read_text())["parameters"]
     assert parameters > 1000 and f"<td>{parameters:,}</td>" in text
 
 
@@ -462,9 +462,10 @@ def not_blank(image: Image.Image) -> float:
     return float((pixels.min(axis=2) < 230).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [412, 1000])  # a phone, a laptop
 def test_the_report_renders_in_chromium_with_text_and_charts(smoke_run, tmp_path, width):
-    image = screenshot((smoke_run.run_dirs[-1] / "report.html").as_uri(), tmp_path / "report.png", width, 2400)
+    image = screenshot((smoke_run.run_dir / "report.html").as_uri(), tmp_path / "report.png", width, 2400)
     pixels = np.asarray(image)
     assert image.size == (width, 2400)
     assert 0.03 < not_blank(image) < 0.9

@@ -82,11 +82,13 @@ def row(lines: list[str], name: str) -> list[str]:
     return found.split()
 
 
+@pytest.mark.slow
 def test_only_the_differing_config_key_is_listed_with_both_values(runs, a_vs_b):
     seed_a = json.loads((runs.workdir / "runs" / runs.a / "config.json").read_text())["train"]["seed"]
     assert section(a_vs_b, "config differences") == ["config differences (A -> B):", f"  train.seed: {seed_a} -> 7"]
 
 
+@pytest.mark.slow
 def test_accuracies_are_each_runs_manifest_value_with_the_difference(runs, a_vs_b):
     accuracy_a = runs.manifest(runs.a)["results"]["test_accuracy"]
     accuracy_b = runs.manifest(runs.b)["results"]["test_accuracy"]
@@ -94,6 +96,7 @@ def test_accuracies_are_each_runs_manifest_value_with_the_difference(runs, a_vs_
         "test_accuracy", f"{accuracy_a:.4f}", f"{accuracy_b:.4f}", f"{accuracy_b - accuracy_a:+.4f}"]
 
 
+@pytest.mark.slow
 def test_metrics_include_training_results_and_the_export(runs, a_vs_b):
     metrics = section(a_vs_b, "metrics")
     epochs_a, epochs_b = (runs.manifest(run_id)["results"]["epochs_run"] for run_id in (runs.a, runs.b))
@@ -102,6 +105,7 @@ def test_metrics_include_training_results_and_the_export(runs, a_vs_b):
     assert row(metrics, "blessed")[1] == "yes"
 
 
+@pytest.mark.slow
 def test_every_class_has_the_f1_of_its_metrics_json_worst_change_first(runs, a_vs_b):
     metrics_a, metrics_b = runs.metrics(runs.a), runs.metrics(runs.b)
     lines = section(a_vs_b, "per class")
@@ -116,6 +120,7 @@ def test_every_class_has_the_f1_of_its_metrics_json_worst_change_first(runs, a_v
     assert [line.split()[0] for line in lines[2:]] == [name for _, name in sorted(changes)]
 
 
+@pytest.mark.slow
 def test_a_run_compared_with_itself_has_no_differences(runs):
     result = runs_cli(runs.workdir, "compare", runs.a, runs.a)
     assert result.returncode == 0, result.stderr
@@ -124,6 +129,7 @@ def test_a_run_compared_with_itself_has_no_differences(runs):
         == {"+0.0000"}
 
 
+@pytest.mark.slow
 def test_an_unknown_run_id_exits_2_with_one_line_naming_it_and_the_list_command(runs):
     result = runs_cli(runs.workdir, "compare", runs.a, "20000101-000000-nosuch")
     assert (result.returncode, result.stdout) == (2, "")
@@ -132,6 +138,7 @@ def test_an_unknown_run_id_exits_2_with_one_line_naming_it_and_the_list_command(
     assert f"python -m pipeline.runs --workdir {runs.workdir}" in line
 
 
+@pytest.mark.slow
 def test_a_unique_prefix_names_its_run_and_a_shared_one_names_the_candidates(runs):
     result = runs_cli(runs.workdir, "compare", runs.a[:-1], runs.b[:-1])
     assert result.returncode == 0, result.stderr
@@ -144,6 +151,7 @@ def test_a_unique_prefix_names_its_run_and_a_shared_one_names_the_candidates(run
     assert runs.a in line and runs.b in line
 
 
+@pytest.mark.slow
 def test_a_run_that_failed_before_evaluate_is_compared_without_per_class(runs):
     result = runs_cli(runs.workdir, "compare", runs.a, runs.failed)
     assert result.returncode == 0, result.stderr
@@ -152,6 +160,7 @@ def test_a_run_that_failed_before_evaluate_is_compared_without_per_class(runs):
     assert row(section(result.stdout, "metrics"), "test_accuracy")[2] == "-"
 
 
+@pytest.mark.slow
 def test_metrics_json_is_found_through_the_lineage_else_in_the_run_folder(runs, tmp_path):
     run = Lineage(runs.workdir / "lineage.sqlite").run(runs.a)
     assert evaluate_metrics(run, tmp_path) == runs.metrics(runs.a)  # tmp_path has no runs/: the lineage's path
@@ -159,6 +168,7 @@ def test_metrics_json_is_found_through_the_lineage_else_in_the_run_folder(runs, 
     assert evaluate_metrics({**run, "executions": []}, tmp_path) is None
 
 
+@pytest.mark.slow
 def test_the_list_shows_status_source_model_accuracy_and_export(runs):
     result = runs_cli(runs.workdir)
     assert result.returncode == 0, result.stderr
@@ -206,6 +216,7 @@ def shown_results(lines: list[str]) -> dict[str, str]:
     return shown
 
 
+@pytest.mark.slow
 def test_show_gives_the_results_and_the_changed_settings_one_per_line(runs):
     result = runs_cli(runs.workdir, "show", runs.b)
     assert result.returncode == 0, result.stderr
@@ -242,6 +253,7 @@ def test_show_counts_what_the_data_source_implies_as_defaults(tmp_path):
     assert lines[2:] == ['  data.source = "tfds:fashion_mnist"', "  train.epochs = 3"]
 
 
+@pytest.mark.slow
 def test_show_of_a_run_that_failed_at_ingest_has_its_error_and_no_results(runs):
     result = runs_cli(runs.workdir, "show", runs.failed)
     assert result.returncode == 0, result.stderr
@@ -254,7 +266,7 @@ def test_images_writes_the_splits_pixels_as_png_files_that_predict_classifies(sm
     out_dir = tmp_path / "sample_images"
     result = runs_cli(smoke_run.workdir, "images", "--out", str(out_dir))
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    run_dir = smoke_run.run_dirs[-1]
+    run_dir = smoke_run.run_dir
     images, labels = read_split(run_dir / "ingest", "test", limit=8)
     paths = [out_dir / f"{index}-{label}.png" for index, label in enumerate(labels)]  # digits: class names 0-9
     assert result.stdout.splitlines() == [f"wrote 8 test images of run {run_dir.name} to {out_dir}:", *map(str, paths)]
@@ -270,6 +282,7 @@ def test_images_writes_the_splits_pixels_as_png_files_that_predict_classifies(sm
     assert [line.split()[0] for line in predicted.stdout.splitlines()] == ["path", *map(str, paths)]
 
 
+@pytest.mark.slow
 def test_images_of_a_named_run_and_split_with_class_names_made_file_safe(runs, tmp_path, capsys):
     assert exit_code(["--workdir", str(runs.workdir), "images", runs.a[:-2], "--split", "train", "--count", "3",
                       "--out", str(tmp_path / "new" / "folder")]) == 0
@@ -290,6 +303,7 @@ def test_images_of_a_named_run_and_split_with_class_names_made_file_safe(runs, t
     (["images", "--count", "x"], "error: argument --count: invalid int value: 'x' (see python -m pipeline.runs"),
     (["show", "{failed}", "--count", "3"], "error: --count belongs to the images command, not to show"),
 ])
+@pytest.mark.slow
 def test_bad_images_arguments_are_one_line_and_exit_2(args, message, runs, tmp_path, capsys):
     names = {"file": tmp_path / "a_file", "workdir": runs.workdir, "failed": runs.failed}
     names["file"].write_text("")
@@ -321,6 +335,7 @@ def to_closed_pipe(*command: str) -> subprocess.CompletedProcess:
         os.close(write_end)
 
 
+@pytest.mark.slow
 def test_runs_exits_quietly_on_a_closed_pipe(runs):
     for command in ("list", "show", "compare"):
         result = to_closed_pipe("pipeline.runs", "--workdir", str(runs.workdir), command,

@@ -98,7 +98,7 @@ def copy_saved_models(smoke_run, workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def images(smoke_run) -> np.ndarray:
     """Six test images, uint8 [6, 8, 8, 1]."""
-    return read_split(smoke_run.run_dirs[-1] / "ingest", limit=6)[0]
+    return read_split(smoke_run.run_dir / "ingest", limit=6)[0]
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_serving_notebook_gets_the_exported_models_answers_over_both_protocols(s
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
 
-    images, labels = read_split(smoke_run.run_dirs[-1] / "ingest", limit=8)  # what `runs images` writes
+    images, labels = read_split(smoke_run.run_dir / "ingest", limit=8)  # what `runs images` writes
     expected = load_exported(smoke_run.workdir / "saved_models" / "digits").probabilities(images).argmax(1).tolist()
     assert re.search(rf"true labels\s+{re.escape(str(labels.tolist()))}", printed), printed
     assert "status: [('1', 'AVAILABLE')]" in printed
