@@ -134,39 +134,43 @@ def check_stage_functions(selection: Selection) -> None:
 
 
 def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, selection: Selection) -> None:
+    """Skip, find cached or execute one stage; its record is the last of `context.stages` throughout, so a
+    failure anywhere leaves it in the manifest as failed, with what was known by then."""
+    context.stages.append(StageRecord(stage.name, "failed"))
     reason = _missing_input(stage, context) or (stage.skip_reason(context.artifacts) if stage.skip_reason else None)
     if reason:
-        context.stages.append(StageRecord(stage.name, "skipped", reason=reason))
+        _update(context, status="skipped", reason=reason)
         log.info("stage %s: skipped (%s)", stage.name, reason)
         return
     key = stage_key(stage, config, context.artifacts, RunPlaces(context.saved_models_dir))
-    record = StageRecord(stage.name, "failed", fingerprint=key.fingerprint, inputs=key.parts["inputs"],
-                         outside=digest([key.parts["watched"], key.parts["resolved"]]))
+    _update(context, fingerprint=key.fingerprint, inputs=key.parts["inputs"],
+            outside=digest([key.parts["watched"], key.parts["resolved"]]))
     started, clock = time.time(), time.perf_counter()
-    forced = stage.name in selection.force
     with context.cache.claim(stage.name, key.fingerprint):
-        artifact = None if forced else context.cache.lookup(stage.name, key.fingerprint)
+        artifact = None if stage.name in selection.force else context.cache.lookup(stage.name, key.fingerprint)
         if artifact is None and selection.position(stage.name) == "before":
-            context.stages.append(record)
             raise UserError(f"stage {stage.name} has no cached result for this config; run without "
                             f"--only/--from first, or start earlier (e.g. --from {stage.name})")
         if artifact is None:
             try:
-                artifact = _execute(stage, config, context, key, forced)
+                artifact = _execute(stage, config, context, key, stage.name in selection.force)
             except BaseException:
-                record = dataclasses.replace(record, seconds=round(time.perf_counter() - clock, 3))
-                context.stages.append(record)
-                _record_lineage(stage, context, key, record, started, produced=False)
+                _update(context, seconds=round(time.perf_counter() - clock, 3))
+                _record_lineage(stage, context, key, started, produced=False)
                 raise
-            record = dataclasses.replace(record, status="succeeded", seconds=round(time.perf_counter() - clock, 3))
+            _update(context, status="succeeded", seconds=round(time.perf_counter() - clock, 3))
         else:
-            record = dataclasses.replace(record, status="cached")
+            _update(context, status="cached")
             log.info("stage %s: cached", stage.name)
         _link(context.run_dir / stage.name, context.cache.entry_dir(stage.name, key.fingerprint))
-    context.stages.append(record)
     context.artifacts[stage.name] = artifact
     _copy_run_files(artifact, context)
-    _record_lineage(stage, context, key, record, started)
+    _record_lineage(stage, context, key, started)
+
+
+def _update(context: RunContext, **changes: Any) -> None:
+    """Replace the record of the stage running now (the last one) with these fields changed."""
+    context.stages[-1] = dataclasses.replace(context.stages[-1], **changes)
 
 
 def _execute(stage: Stage, config: PipelineConfig, context: RunContext, key: StageKey, forced: bool) -> Any:
@@ -244,11 +248,11 @@ def _hashable(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def _record_lineage(stage: Stage, context: RunContext, key: StageKey, record: StageRecord, started: float,
-                    produced: bool = True) -> None:
+def _record_lineage(stage: Stage, context: RunContext, key: StageKey, started: float, produced: bool = True) -> None:
     def described(name: str) -> tuple[str, str, str]:
         return name, str(_artifact_path(context.artifacts[name])), context.artifacts[name].fingerprint
 
+    record = context.stages[-1]
     context.lineage.record_execution(
         context.run_id, stage.name, record.fingerprint, key.parts["code"],
         record.status, record.status == "cached", started,
