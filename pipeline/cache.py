@@ -6,8 +6,9 @@ A process killed midway leaves only a `.tmp-<pid>-*` folder, which no lookup rea
 execution of that stage removes.
 
 An entry is never changed once committed: run folders link to it, and what a run recorded must stay
-as it was. A forced rerun (`--force`) of a fingerprint commits a new entry beside the earlier ones,
-`<fingerprint>-2`, `-3`, ...; a lookup finds the newest.
+as it was. A forced rerun (`--force`) of a fingerprint, or a rerun because its newest entry no longer
+holds what it held, commits a new entry beside the earlier ones, `<fingerprint>-2`, `-3`, ...; a
+lookup finds the newest that still holds what it held.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class StageCache:
 
     def _newest(self, stage: str, fingerprint: str) -> tuple[Path, Any] | None:
         for entry_dir in reversed(self.entries(stage, fingerprint)):
-            artifact = _valid_artifact(entry_dir)
+            artifact = read_entry(entry_dir)
             if artifact is not None:
                 return entry_dir, artifact
         return None
@@ -73,30 +74,26 @@ class StageCache:
 
     def new_work_dir(self, stage: str) -> Path:
         """A fresh temporary folder for an execution's outputs; abandoned ones of killed runs are removed."""
-        for prefix in ("tmp", "old"):  # `old`: what forced reruns of earlier versions set aside
+        for prefix in ("tmp", "old"):  # `old`: what forced reruns set aside before entries were kept
             remove_abandoned(self.cache_dir / stage, prefix)
         return new_hidden_dir(self.cache_dir / stage, "tmp")
 
-    def commit(self, stage: str, fingerprint: str, work_dir: Path, artifact: Any, new_entry: bool = False) -> Any:
-        """Move a finished execution into place and return its artifact with paths in the final folder.
+    def commit(self, stage: str, fingerprint: str, work_dir: Path, artifact: Any) -> Any:
+        """Move a finished execution into place as the fingerprint's newest entry; returns its artifact with
+        paths in that folder.
 
-        With `new_entry` (a forced rerun) it becomes the fingerprint's newest entry, and the earlier
-        ones stay as they are; otherwise, if another process committed the same fingerprint first,
-        its outputs are kept and returned. Called under `claim` of the fingerprint.
+        The first entry is `<fingerprint>`; a later one (a forced rerun, or a rerun because the newest
+        entry no longer holds what it held) is `<fingerprint>-2`, `-3`, ..., and earlier entries stay as
+        they are. Called under `claim` of the fingerprint, so no other process commits it meanwhile.
         """
         (work_dir / ARTIFACT_FILE).write_text(json.dumps(
             {**_dump(artifact, work_dir), "fingerprint": artifact.fingerprint}, indent=2))
         existing = [path for path in self.entries(stage, fingerprint) if path.exists()]
         final_dir = self.final_dir(stage, fingerprint)
-        if new_entry and existing:
-            number = int(existing[-1].name.rpartition("-")[2]) if existing[-1] != final_dir else 1
+        if existing:
+            number = 1 if existing[-1] == final_dir else int(existing[-1].name.rpartition("-")[2])
             final_dir = final_dir.with_name(f"{fingerprint}-{number + 1}")
-        try:
-            os.rename(work_dir, final_dir)
-        except OSError:
-            if not final_dir.exists():
-                raise
-            shutil.rmtree(work_dir, ignore_errors=True)
+        os.rename(work_dir, final_dir)
         return _load(final_dir)
 
     def discard(self, work_dir: Path) -> None:
@@ -116,13 +113,9 @@ def _dump(artifact: Any, work_dir: Path) -> dict[str, Any]:
 
 
 def read_entry(entry_dir: Path) -> Any | None:
-    """The artifact of one cache entry (a run folder's stage link points at one), if it is still whole."""
-    return _valid_artifact(entry_dir)
-
-
-def _valid_artifact(entry_dir: Path) -> Any | None:
-    """The entry's artifact, if its files exist and its content fingerprint is the one it was committed with
-    (an export folder removed and its number taken by another model is no hit)."""
+    """The artifact of one cache entry (a run folder's stage link points at one), if it still holds what it
+    held: its files exist and its content fingerprint is the one it was committed with (an export folder
+    removed and its number taken by another model is no hit)."""
     try:
         data = json.loads((entry_dir / ARTIFACT_FILE).read_text())
         artifact = _artifact(entry_dir, data)

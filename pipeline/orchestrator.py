@@ -153,7 +153,7 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
                             f"--only/--from first, or start earlier (e.g. --from {stage.name})")
         if artifact is None:
             try:
-                artifact = _execute(stage, config, context, key, stage.name in selection.force)
+                artifact = _execute(stage, config, context, key)
             except BaseException:
                 _update(context, seconds=round(time.perf_counter() - clock, 3))
                 _record_lineage(stage, context, key, started, produced=False)
@@ -173,11 +173,11 @@ def _update(context: RunContext, **changes: Any) -> None:
     context.stages[-1] = dataclasses.replace(context.stages[-1], **changes)
 
 
-def _execute(stage: Stage, config: PipelineConfig, context: RunContext, key: StageKey, forced: bool) -> Any:
+def _execute(stage: Stage, config: PipelineConfig, context: RunContext, key: StageKey) -> Any:
     """Call the stage's function with its arguments by name, in a fresh folder, and commit its outputs.
 
-    A forced execution is committed as a new entry beside the fingerprint's earlier ones, which the
-    run folders that used them keep.
+    An execution of a fingerprint that has entries already (forced, or theirs no longer hold what they
+    held) is committed as a new entry beside them, which the run folders that used them keep.
     """
     run_values = {
         "tensorboard_dir": context.tensorboard_dir,
@@ -193,7 +193,7 @@ def _execute(stage: Stage, config: PipelineConfig, context: RunContext, key: Sta
     log.info("stage %s: started", stage.name)
     try:
         artifact = load_function(stage)(**arguments, out_dir=work_dir)
-        return context.cache.commit(stage.name, key.fingerprint, work_dir, artifact, new_entry=forced)
+        return context.cache.commit(stage.name, key.fingerprint, work_dir, artifact)
     except BaseException:
         context.cache.discard(work_dir)
         raise

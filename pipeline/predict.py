@@ -21,8 +21,8 @@ from typing import Callable, NoReturn, Sequence
 import numpy as np
 
 from components.errors import UserError
-from components.loaded_model import LoadedModel, Prediction, load_exported, to_pixels, version_dir_of
 from components.images import IMAGE_SUFFIXES  # what a folder is searched for, as ingest does
+from components.loaded_model import LoadedModel, Prediction, load_exported, to_pixels, version_dir_of
 
 DEFAULT_BATCH_SIZE = 256  # images per ONNX Runtime call
 

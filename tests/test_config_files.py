@@ -18,7 +18,7 @@ import tomli_w
 from components.config import ModelConfig, default_of
 from components.errors import UserError
 from pipeline import run
-from pipeline.config import PRESETS, default_config, resolve, resolve_settings, to_dict, to_toml, valid_keys
+from pipeline.config import PRESETS, default_config, resolve, resolve_settings, to_dict, valid_keys
 from pipeline.registry import sections
 from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli
 from tests.test_config import BAD_VALUES

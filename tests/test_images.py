@@ -18,10 +18,10 @@ from PIL import Image, ImageOps
 
 from components.config import DataConfig
 from components.errors import UserError
-from components.loaded_model import InputSpec, to_pixels
 from components.image_folder import decode_chunks, list_image_folder
 from components.images import NOT_PNG_OR_JPEG
 from components.ingest import ingest
+from components.loaded_model import InputSpec, to_pixels
 from components.shards.layout import split_labels
 from components.shards.record_reader import read_images_at
 from components.source_data import ImageFiles, ImageFormat

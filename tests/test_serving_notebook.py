@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import nbformat
-import numpy as np
 from nbclient import NotebookClient
 
 from components.loaded_model import load_exported

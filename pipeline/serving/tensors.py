@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from components.loaded_model import InputSpec, decode_image
 from components.images import BadImageError, read_header
+from components.loaded_model import InputSpec, decode_image
 from pipeline.serving.errors import BadRequest
 
 # An encoded image may declare at most this many pixels: Pillow would otherwise decode (and allocate) a
