@@ -70,11 +70,10 @@ def report_seconds(run_dir: Path, repeats: int) -> list[float]:
     """Seconds of each call of the report stage's function on a finished run's artifacts."""
     from components.config import ReportConfig
     from components.report import report
-    from pipeline.cache import StageCache
+    from pipeline.cache import read_entry
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    cache = StageCache(run_dir.parents[1] / "cache")
-    artifacts = {record["name"]: cache.lookup(record["name"], record["fingerprint"]) for record in manifest["stages"]}
+    artifacts = {record["name"]: read_entry((run_dir / record["name"]).resolve()) for record in manifest["stages"]}
     times = []
     for _ in range(repeats + 1):
         with tempfile.TemporaryDirectory() as out_dir:

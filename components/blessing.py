@@ -1,7 +1,7 @@
 """Evaluate's decision whether the model may be published, as recorded in `blessing.json`.
 
-The record only: `components/evaluate.py` makes the decision; the report, the model card and the run
-summary read it. It loads no TensorFlow.
+The record only: `components/evaluate.py` makes the decision; the report and the model card read it
+(`Metrics.blessing()`). It loads no TensorFlow.
 """
 
 from __future__ import annotations

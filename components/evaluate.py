@@ -62,7 +62,7 @@ def _decide(config: EvaluateConfig, accuracy: float, correct: np.ndarray, splits
             baseline: Baseline | None) -> Blessing:
     """The chance test and the baseline's score on the same test split (`correct`: per test image), then `bless`."""
     chance = chance_test(int(correct.sum()), len(correct), split_labels(splits, "train"), splits.class_names)
-    kind = ModelKind(tuple(splits.image_shape), splits.class_names)
+    kind = ModelKind(splits.image_shape, splits.class_names)
     comparable = baseline is not None and _comparable(baseline.version_dir, kind)
     # A comparable baseline is scored whatever the decision, so the change from it is recorded (and reported).
     baseline_accuracy = _baseline_accuracy(baseline.version_dir, splits) if comparable else None

@@ -65,7 +65,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         ParityError: Keras, SavedModel and ONNX Runtime disagree beyond `config.parity_atol`.
     """
     model_dir = saved_models_dir / config.model_name
-    check_same_kind(model_dir, ModelKind(tuple(schema.image_shape), splits.class_names))
+    check_same_kind(model_dir, ModelKind(schema.image_shape, splits.class_names))
     published = _already_published(model_dir, trained, splits, config)
     if published is not None:
         log.info("export: %s already holds this model; not published again", published.version_dir)
@@ -84,7 +84,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         card = _model_card(config, model, splits, schema, metrics, trained, max_diff, len(images), run_id,
                            command, reproduction)
         with locked(model_dir):  # another run may have published another kind of model meanwhile
-            check_same_kind(model_dir, ModelKind(tuple(schema.image_shape), splits.class_names))
+            check_same_kind(model_dir, ModelKind(schema.image_shape, splits.class_names))
             version_dir = _publish(staging_dir, model_dir,
                                    lambda version: write_model_card(staging_dir, card, version))
     except BaseException:

@@ -42,6 +42,10 @@ class ModelKind:
     image_shape: tuple[int, ...]  # height, width, channels
     class_names: tuple[str, ...]
 
+    def __post_init__(self) -> None:  # lists compare unequal to tuples: a kind is the same whatever held it
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+
     def describe(self) -> str:
         """`28x28x1 images of 10 classes (0, 1, 2, 3, 4, ...)`."""
         names = ", ".join(self.class_names[:5]) + (", ..." if len(self.class_names) > 5 else "")

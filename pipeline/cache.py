@@ -39,7 +39,7 @@ class StageCache:
         return self.cache_dir / stage / fingerprint
 
     def entries(self, stage: str, fingerprint: str) -> list[Path]:
-        """Every committed entry of a fingerprint, oldest first: the first, then forced reruns' `-2`, `-3`, ..."""
+        """Every committed entry of a fingerprint, oldest first: the first, then later executions' `-2`, `-3`, ..."""
         first = self.final_dir(stage, fingerprint)
         reruns = [path for path in first.parent.glob(f"{fingerprint}-*")
                   if path.name.rpartition("-")[2].isdigit() and path.name.isascii()]

@@ -145,13 +145,14 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
     key = stage_key(stage, config, context.artifacts, RunPlaces(context.saved_models_dir))
     _update(context, fingerprint=key.fingerprint, inputs=key.parts["inputs"],
             outside=digest([key.parts["watched"], key.parts["resolved"]]))
-    started, clock = time.time(), time.perf_counter()
+    started = time.time()
     with context.cache.claim(stage.name, key.fingerprint):
         artifact = None if stage.name in selection.force else context.cache.lookup(stage.name, key.fingerprint)
         if artifact is None and selection.position(stage.name) == "before":
             raise UserError(f"stage {stage.name} has no cached result for this config; run without "
                             f"--only/--from first, or start earlier (e.g. --from {stage.name})")
         if artifact is None:
+            clock = time.perf_counter()  # the stage's own work: not the wait for the claim, not the lookup
             try:
                 artifact = _execute(stage, config, context, key)
             except BaseException:

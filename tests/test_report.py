@@ -25,7 +25,7 @@ from PIL import Image
 from components.blessing import Blessing, ChanceTest
 from components.findings import class_results, confusions, headline, worst_classes
 from components.report import most_confident_mistakes
-from pipeline.cache import StageCache
+from pipeline.cache import read_entry
 from tests.conftest import read_split
 
 PNG_URI = "data:image/png;base64,"
@@ -220,9 +220,8 @@ def test_reproduce_names_the_run_data_commit_command_and_changed_settings(smoke_
 
 @pytest.fixture(scope="module")
 def artifacts(smoke_run) -> dict:
-    """The smoke run's artifacts, as the runner hands them to a stage."""
-    cache = StageCache(smoke_run.workdir / "cache")
-    return {record["name"]: cache.lookup(record["name"], record["fingerprint"])
+    """The smoke run's artifacts, as the orchestrator hands them to a stage: the cache entries its folder links to."""
+    return {record["name"]: read_entry((smoke_run.run_dir / record["name"]).resolve())
             for record in smoke_run.manifest["stages"]}
 
 
