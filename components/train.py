@@ -12,6 +12,7 @@ from typing import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import config as op_determinism  # is/enable/disable_op_determinism
 
 from components.artifacts import Normalization, SchemaAndStatistics, Splits, TrainedModel, TrainingRecord
 from components.atomic import write_atomically
@@ -71,6 +72,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         The saved model's path and weights hash, the precision policy it trained in, its records.
     """
     strategy = make_strategy(plan.strategy)
+    determinism_before = op_determinism.is_op_determinism_enabled()
     _seed_everything(config.seed, config.deterministic)
     replicas = strategy.num_replicas_in_sync
     num_examples = splits.num_examples["train"]
@@ -114,6 +116,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
                                  epochs, batch_size, forward_flops(model), model.count_params())
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        _set_op_determinism(determinism_before)
     return _save(model, network, history, record, plan, replicas, out_dir, controls)
 
 
@@ -306,8 +309,18 @@ def _all_variables(model: keras.Model) -> list:
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
+    _set_op_determinism(deterministic)
+
+
+def _set_op_determinism(enabled: bool) -> None:
+    """TensorFlow's op determinism, for this process: on for `train.deterministic=true` while train runs,
+    and back to what it was after, so a later run in the same process (the Python API, a notebook)
+    trains as a fresh process would. TensorFlow's public API can only turn it on; its own tests turn it
+    off with `disable_op_determinism`, from the module used here."""
+    if enabled:
+        op_determinism.enable_op_determinism()
+    else:
+        op_determinism.disable_op_determinism()
 
 
 def _tensorboard(config: TrainConfig, tensorboard_dir: Path, most_steps: int) -> StepMarkedTensorBoard:

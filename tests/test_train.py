@@ -25,6 +25,34 @@ def _train_once(tmp_path, name):
                  tmp_path / name / "train", tmp_path / name / "tensorboard")
 
 
+def test_op_determinism_is_on_while_a_deterministic_train_runs_and_as_before_after_it(tmp_path, monkeypatch):
+    import dataclasses
+
+    from tensorflow.python.framework import config as op_determinism
+
+    from components import train as train_module
+
+    seen = []
+    real_record = train_module._Controls.record
+
+    def record_and_note(self, *args, **kwargs):
+        seen.append(op_determinism.is_op_determinism_enabled())  # at the end of training, still inside train
+        return real_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_module._Controls, "record", record_and_note)
+    assert not op_determinism.is_op_determinism_enabled()
+    deterministic = dataclasses.replace(TINY_TRAIN, deterministic=True)
+    (tmp_path / "data").mkdir()
+    splits = write_splits(tmp_path / "data", make_images(12), val=make_images(4, seed=1))
+    schema = SchemaAndStatistics(tmp_path / "s.json", tmp_path / "st.json", (6, 6, 1), 3)
+    normalization = Normalization(tmp_path / "n.json", 60.0, 70.0)
+    for name, config in (("on", deterministic), ("off", TINY_TRAIN)):
+        train(config, TINY_MODEL, splits, schema, normalization, plan_training(config), tmp_path / name,
+              tmp_path / f"tb-{name}")
+        assert not op_determinism.is_op_determinism_enabled()  # as before the call: a later run is unaffected
+    assert seen == [True, False]
+
+
 def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path):
     first = keras.models.load_model(_train_once(tmp_path, "a").model_path)
     second = keras.models.load_model(_train_once(tmp_path, "b").model_path)
