@@ -47,15 +47,16 @@ class StageCache:
 
     def lookup(self, stage: str, fingerprint: str) -> Any | None:
         """The artifact of the newest finished execution, or None if none still holds what it held."""
-        found = self._newest(stage, fingerprint)
+        found = self.find(stage, fingerprint)
         return found[1] if found else None
 
     def entry_dir(self, stage: str, fingerprint: str) -> Path | None:
         """The folder of the entry `lookup` returns: what a run folder links to."""
-        found = self._newest(stage, fingerprint)
+        found = self.find(stage, fingerprint)
         return found[0] if found else None
 
-    def _newest(self, stage: str, fingerprint: str) -> tuple[Path, Any] | None:
+    def find(self, stage: str, fingerprint: str) -> tuple[Path, Any] | None:
+        """The newest entry that still holds what it held, as (its folder, its artifact): one check of it."""
         for entry_dir in reversed(self.entries(stage, fingerprint)):
             artifact = read_entry(entry_dir)
             if artifact is not None:

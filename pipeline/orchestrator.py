@@ -147,11 +147,11 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
             outside=digest([key.parts["watched"], key.parts["resolved"]]))
     started = time.time()
     with context.cache.claim(stage.name, key.fingerprint):
-        artifact = None if stage.name in selection.force else context.cache.lookup(stage.name, key.fingerprint)
-        if artifact is None and selection.position(stage.name) == "before":
+        found = None if stage.name in selection.force else context.cache.find(stage.name, key.fingerprint)
+        if found is None and selection.position(stage.name) == "before":
             raise UserError(f"stage {stage.name} has no cached result for this config; run without "
                             f"--only/--from first, or start earlier (e.g. --from {stage.name})")
-        if artifact is None:
+        if found is None:
             clock = time.perf_counter()  # the stage's own work: not the wait for the claim, not the lookup
             try:
                 artifact = _execute(stage, config, context, key)
@@ -160,10 +160,12 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
                 _record_lineage(stage, context, key, started, produced=False)
                 raise
             _update(context, status="succeeded", seconds=round(time.perf_counter() - clock, 3))
+            entry_dir = context.cache.entry_dir(stage.name, key.fingerprint)
         else:
+            entry_dir, artifact = found
             _update(context, status="cached")
             log.info("stage %s: cached", stage.name)
-        _link(context.run_dir / stage.name, context.cache.entry_dir(stage.name, key.fingerprint))
+        _link(context.run_dir / stage.name, entry_dir)
     context.artifacts[stage.name] = artifact
     _copy_run_files(artifact, context)
     _record_lineage(stage, context, key, started)
