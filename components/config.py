@@ -127,8 +127,9 @@ class DataConfig(Section):
     max_train_examples: int = setting(0, "cap on training examples after the split, stratified; 0 = all",
                                       at_least(0))
     seed: int = setting(0, "seed of the validation (and test) carve-out", between(0, 2**32 - 1))
-    image_size: tuple[int, ...] = setting((), "folder: (height, width) every image is resized to; () = the "
-                                          "most common size (upright), other sizes are bad files",
+    image_size: tuple[int, ...] = setting((), "(height, width) every image is resized to, from any source; () = "
+                                          "the source's own size (folder: the most common size, upright; other "
+                                          "sizes are bad files)",
                                           Check(_is_size, "(height, width) from 1 to 4096, e.g. (28, 28)"))
     channels: int = setting(0, "folder: 1 (grayscale) or 3 (RGB) every image is converted to; 0 = the most "
                             "common", one_of(0, 1, 3))
@@ -141,7 +142,7 @@ class DataConfig(Section):
         self._check_source_path()
         if self.source.startswith("folder:"):
             return
-        for key, default in (("image_size", ()), ("channels", 0), ("on_bad_file", "fail")):
+        for key, default in (("channels", 0), ("on_bad_file", "fail")):  # image_size resizes every source
             if getattr(self, key) != default:
                 raise UserError(f"data.{key}={getattr(self, key)!r} applies only to folder: sources, and "
                                 f"data.source={self.source!r} is not one; remove data.{key}")

@@ -14,7 +14,8 @@ opens the file the same way. What they do, and why:
 - Converted to `L` (1 channel) or `RGB` (3) by Pillow's `convert` (ITU-R 601-2 luma for gray); an
   alpha channel is dropped, keeping the colours under it.
 - Resized bilinearly to the size asked for, or refused with its own size where resizing is not
-  allowed (`ImageFormat.resize`).
+  allowed (`ImageFormat.resize`). Ingest resizes an array source's images (`data.image_size` on
+  digits, idx:, npz:, tfds:) with `resize_images`, through the same Pillow call (`_resized`).
 
 It imports no TensorFlow (predict and the server load none: setup.cfg's onnx-consumers contract),
 and its functions are top-level, so ingest's spawned worker processes can import them.
@@ -90,11 +91,33 @@ def decode_image(source: Path | str | bytes, image_format: ImageFormat) -> np.nd
         size = (image_format.width, image_format.height)
         if image.size != size and not image_format.resize:
             raise WrongSizeError((image.height, image.width), (image_format.height, image_format.width))
-        pixels = _converted(image, image_format.channels)
-        if pixels.size != size:
-            pixels = pixels.resize(size, RESAMPLING)
+        pixels = _resized(_converted(image, image_format.channels), (image_format.height, image_format.width))
         return np.asarray(pixels, dtype=np.uint8).reshape(image_format.height, image_format.width,
                                                           image_format.channels)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 images [N, height, width, channels] resized to `size`, each as `decode_image` resizes a file.
+
+    Args:
+        images: 8-bit pixels with 1 channel (Pillow mode L) or 3 (RGB).
+        size: (height, width) of the images returned.
+
+    Returns:
+        uint8 pixels [N, size[0], size[1], channels]; `images` itself when it already has that size.
+
+    Raises:
+        ValueError: not uint8 images of 1 or 3 channels (Pillow resizes no others alike); callers check first.
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"resize_images takes uint8 images of 1 or 3 channels, not {images.dtype} {images.shape}")
+    if images.shape[1:3] == tuple(size):
+        return images
+    resized = np.empty((len(images), *size, images.shape[-1]), dtype=np.uint8)
+    for image, out in zip(images, resized):
+        pixels = _resized(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), size)
+        out[...] = np.asarray(pixels, dtype=np.uint8).reshape(out.shape)
+    return resized
 
 
 def read_header(source: Path | str | bytes) -> ImageHeader:
@@ -148,6 +171,12 @@ def _file(source: Path | str | bytes) -> Path | BinaryIO:
     if path.is_file() and path.stat().st_size == 0:
         raise BadImageError("empty file (0 bytes)")
     return path
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` at `size` (height, width), resampled as every reader here resamples (RESAMPLING)."""
+    width_height = (size[1], size[0])
+    return image if image.size == width_height else image.resize(width_height, RESAMPLING)
 
 
 def _converted(image: Image.Image, channels: int) -> Image.Image:

@@ -2,8 +2,9 @@
 
 The splits are written as TFRecord shards (`components/shards/writer.py`), chunk by chunk. Array sources
 (digits, idx, npz, tfds) are read into memory first, as their formats require, and the splits are
-gathered from them a chunk at a time; a `folder:` source is only listed, and each split's files
-are decoded a chunk at a time while it is written, so a folder far bigger than memory can be ingested.
+gathered from them a chunk at a time (each chunk resized to `data.image_size`, when set, as image files
+are resized); a `folder:` source is only listed, and each split's files are decoded a chunk at a time
+while it is written, so a folder far bigger than memory can be ingested.
 """
 
 from __future__ import annotations
@@ -55,15 +56,17 @@ def ingest(config: DataConfig, out_dir: Path) -> Splits:
     if isinstance(source, SourceData):
         source = drop_unused_classes(source)
         _check_arrays(source)
+        _check_resizable(source, config.image_size)
     class_names = _class_names(config, source)
     rows = _split_rows(config, _part_labels(source, "train"), _part_labels(source, "test"))
-    image_shape, dtype = _image_type(source)
+    image_shape, dtype = _image_type(source, config.image_size)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = SplitWriter(out_dir, image_shape, dtype, class_names, config.shard_mb)
     bad_files: list[tuple[str, str]] = []
     try:
-        num_examples = {split: writer.write_split(split, _chunks(source, part, indices, bad_files), len(indices))
+        num_examples = {split: writer.write_split(split, _chunks(source, part, indices, image_shape, bad_files),
+                                                  len(indices))
                         for split, (part, indices) in rows.items()}
         _check_bad_files(config, source, bad_files)
         data_sha256 = writer.publish()
@@ -76,10 +79,11 @@ def ingest(config: DataConfig, out_dir: Path) -> Splits:
     return Splits(out_dir, data_sha256, class_names, num_examples, image_shape, dtype, len(bad_files))
 
 
-def _chunks(source: Source, part: str, indices: np.ndarray,
+def _chunks(source: Source, part: str, indices: np.ndarray, image_shape: tuple[int, int, int],
             bad_files: list[tuple[str, str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The rows `indices` of the source's `part` (train or test), as (images, labels) chunks in that order.
 
+    Images of an array source are resized, a chunk at a time, to `image_shape` when theirs differs.
     Unreadable files of a folder source are left out and appended to `bad_files`.
     """
     if isinstance(source, ImageFolder):
@@ -92,10 +96,20 @@ def _chunks(source: Source, part: str, indices: np.ndarray,
         return
     images, labels = (source.train_images, source.train_labels) if part == "train" else \
         (source.test_images, source.test_labels)
-    rows_per_chunk = examples_per_chunk(images[:1].nbytes)
+    # A chunk is gathered at the source's size and resized to the split's: both stay within a chunk's bytes.
+    rows_per_chunk = examples_per_chunk(max(images[:1].nbytes, images.itemsize * int(np.prod(image_shape))))
     for start in range(0, len(indices), rows_per_chunk):
         rows = indices[start: start + rows_per_chunk]
-        yield images[rows], labels[rows]
+        yield _resized(images[rows], image_shape[:2]), labels[rows]
+
+
+def _resized(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`images` at `size` (height, width), resized as the image readers resize a file (Pillow, only when needed)."""
+    if images.shape[1:3] == size:
+        return images
+    from components.images import resize_images
+
+    return resize_images(images, size)
 
 
 def _check_bad_files(config: DataConfig, source: Source, bad_files: list[tuple[str, str]]) -> None:
@@ -135,12 +149,30 @@ def _part_labels(source: Source, part: str) -> np.ndarray | None:
     return source.train_labels if part == "train" else source.test_labels
 
 
-def _image_type(source: Source) -> tuple[tuple[int, int, int], str]:
-    """(height, width, channels) and the dtype name every image of the source has."""
+def _image_type(source: Source, image_size: tuple[int, ...]) -> tuple[tuple[int, int, int], str]:
+    """(height, width, channels) and the dtype name every image of the source has once resized to `image_size`."""
     if isinstance(source, ImageFolder):
         image_format = source.image_format
         return (image_format.height, image_format.width, image_format.channels), "uint8"
-    return tuple(int(n) for n in source.train_images.shape[1:]), source.train_images.dtype.name  # type: ignore
+    height, width, channels = (int(n) for n in source.train_images.shape[1:])
+    height, width = image_size or (height, width)
+    return (height, width, channels), source.train_images.dtype.name
+
+
+def _check_resizable(source: SourceData, image_size: tuple[int, ...]) -> None:
+    """Images to resize are 8-bit with 1 or 3 channels: what Pillow resizes as it resizes image files.
+
+    Raises:
+        UserError: naming the images' type and what to do instead.
+    """
+    images = source.train_images
+    if not image_size or images.shape[1:3] == image_size:
+        return
+    if images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
+        raise UserError(f"data.image_size={image_size} resizes 8-bit images of 1 (grayscale) or 3 (RGB) channels, "
+                        f"and the source's are {images.dtype} with {images.shape[-1]} channel(s); convert them at "
+                        "the source (e.g. floats in 0..1: np.round(x * 255).astype(np.uint8)), or remove "
+                        "data.image_size")
 
 
 def _check_arrays(source: SourceData) -> None:

@@ -84,7 +84,7 @@ def test_python_values_resolve_to_the_config_their_command_line_texts_give():
     ({"train.learning_rate": -0.1}, "train.learning_rate=-0.1"),  # a value that cannot work
     ({"model.conv_widths": ()}, "model.conv_widths=()"),
     ({"export.model_name": "../x"}, "export.model_name=../x"),
-    ({"data.image_size": (8, 8)}, "data.image_size=(8, 8)"),    # a folder-only key on digits
+    ({"data.channels": 3}, "data.channels=3"),                  # a folder-only key on digits
 ])
 def test_a_bad_override_raises_the_command_lines_error_and_runs_nothing(typed, text, tmp_path, capsys):
     with pytest.raises(UserError) as raised:

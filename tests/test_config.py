@@ -6,7 +6,7 @@ import typing
 
 import pytest
 
-from components.config import default_of
+from components.config import SOURCE_KINDS, default_of
 from components.errors import UserError
 from pipeline import run
 from pipeline.config import PRESETS, default_config, describe_keys, resolve, valid_keys
@@ -24,7 +24,7 @@ BAD_VALUES = {
     "data.test_fraction": [0, 1.5],
     "data.max_train_examples": [-1],
     "data.seed": [-1, 2**32],
-    "data.image_size": [(0, 8), (8,), (8, 8, 8), (5000, 8), (8, 8)],  # the last: folder-only, refused here
+    "data.image_size": [(0, 8), (8,), (8, 8, 8), (5000, 8)],
     "data.channels": [2, -1, 3],  # 3 is folder-only: refused for digits
     "data.on_bad_file": ["ignore", "skip"],  # skip is folder-only
     "data.shard_mb": [0, 0.001, -1, 5000],
@@ -118,10 +118,31 @@ def test_overrides_are_typed_by_the_field(tmp_path):
     assert config.evaluate.batch_size == 7
 
 
+def sources_of_each_kind(tmp_path) -> list[str]:
+    """A data.source of every kind whose path exists, as the config's checks ask."""
+    (tmp_path / "data.npz").touch()
+    sources = ["digits", f"idx:{tmp_path}", f"npz:{tmp_path / 'data.npz'}", "tfds:mnist", f"folder:{tmp_path}"]
+    assert {source.partition(":")[0] for source in sources} == set(SOURCE_KINDS)
+    return sources
+
+
+def test_image_size_applies_to_every_source_and_channels_and_on_bad_file_to_folders_only(tmp_path):
+    for source in sources_of_each_kind(tmp_path):
+        assert resolve("default", [f"data.source={source}", "data.image_size=(32, 24)"]).data.image_size == (32, 24)
+        for override in ("data.channels=1", "data.on_bad_file=skip"):
+            if source.startswith("folder:"):
+                resolve("default", [f"data.source={source}", override])
+                continue
+            key = override.partition("=")[0]
+            with pytest.raises(UserError, match=rf"^{key}=.* applies only to folder: sources, and "
+                                                rf"data.source='{source}' is not one; remove {key}$"):
+                resolve("default", [f"data.source={source}", override])
+
+
 def test_overrides_of_one_section_are_checked_together_in_any_order(tmp_path):
-    for order in (["data.image_size=(8, 8)", f"data.source=folder:{tmp_path}"],
-                  [f"data.source=folder:{tmp_path}", "data.image_size=(8, 8)"]):
-        assert resolve("default", order).data.image_size == (8, 8)
+    for order in (["data.channels=3", f"data.source=folder:{tmp_path}"],  # channels: folder: sources only
+                  [f"data.source=folder:{tmp_path}", "data.channels=3"]):
+        assert resolve("default", order).data.channels == 3
 
 
 @pytest.mark.parametrize("typo, suggestion", [("train.epoch", "train.epochs"), ("trian.epochs", "train.epochs"),

@@ -79,9 +79,9 @@ def test_layers_apply_defaults_then_preset_then_files_in_order_then_the_command_
 
 
 def test_a_section_is_checked_with_its_final_values_whichever_layer_set_them(tmp_path):
-    image_size = write(tmp_path / "size.toml", "[data]\nimage_size = [8, 8]\n")  # folder: sources only
-    config = resolve("default", [f"data.source=folder:{tmp_path}"], [image_size])
-    assert (config.data.image_size, config.data.source) == ((8, 8), f"folder:{tmp_path}")
+    channels = write(tmp_path / "channels.toml", "[data]\nchannels = 3\n")  # folder: sources only
+    config = resolve("default", [f"data.source=folder:{tmp_path}"], [channels])
+    assert (config.data.channels, config.data.source) == (3, f"folder:{tmp_path}")
 
 
 def test_a_runs_config_json_resolves_to_that_runs_config(tmp_path, network):

@@ -73,6 +73,7 @@ RUN_BY = {
     ("docs/layout.md", "Adding a stage"): "repo_with_a_new_stage",
     # slow: each trains at least one model of the default size, or starts TensorFlow
     ("docs/running.md", "Running it"): "test_running_it",
+    ("docs/data.md", "Image size"): "test_digits_at_another_image_size",
     ("docs/caching.md", "Choosing stages"): "test_caching_lineage_and_config_files",
     ("docs/caching.md", "Lineage"): "test_caching_lineage_and_config_files",
     ("README.md", "A config file"): "test_caching_lineage_and_config_files",
@@ -519,6 +520,16 @@ def test_tfds_download_fails_fast_offline(tmp_path):
     assert error.startswith("error: data.source=tfds:mnist: cannot reach storage.googleapis.com") and \
         "data.source=digits" in error
     assert not any("Traceback" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_digits_at_another_image_size(tmp_path):
+    with documented(sections_of("test_digits_at_another_image_size"), new_workdir(tmp_path)):
+        pass
+    manifest = json.loads(max((tmp_path / "runs").glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "succeeded" and manifest["config"]["data"]["image_size"] == [32, 32]
+    metadata = json.loads((tmp_path / "saved_models" / "digits32" / "1" / "metadata.json").read_text())
+    assert metadata["input"]["shape"][1:] == [32, 32, 1]
 
 
 @pytest.mark.slow
