@@ -117,6 +117,10 @@ class TrainingRecord:
     train_flops_per_image: int  # about 3x the forward pass's (components/model.py forward_flops)
     gflops_per_second: float
     parameters: int  # of the whole model
+    trainable_parameters: int = 0  # trained in the last phase (all but batch norms' statistics, without phases)
+    frozen_parameters: int = 0  # the others: a frozen body's, batch norms' moving statistics
+    starting_weights: str = "random"  # random | imagenet | a weights file | the export warm-started from
+    head_epochs: int = 0  # epochs that trained the new head alone, the body frozen; 0 = no such phase
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -139,7 +143,8 @@ class TrainedModel(Artifact):
     strategy: str = "single"  # single | mirrored | multi_worker: what train.strategy resolved to
     num_workers: int = 1  # processes that trained it together (train.strategy=multi_worker)
     network_path: Path | None = None  # network.json: how to rebuild the network (components/model.py NetworkSpec)
-    network: str = "cnn"  # model.builder: cnn, or the user's MODULE:FUNCTION
+    network: str = "cnn"  # model.builder: cnn, a backbone's name, or the user's MODULE:FUNCTION
+    parent: str = ""  # the export model.init warm-started from, NAME/VERSION (e.g. "mnist/3"); "" = none
 
     @property
     def fingerprint(self) -> str:
@@ -156,14 +161,18 @@ class TrainedModel(Artifact):
                 "strategy": self.strategy, "workers": self.num_workers, "epochs_run": record.epochs_run,
                 "best_epoch": record.best_epoch, "stopped_by": record.stopped_by,
                 "train_seconds": record.seconds, "train_images_per_second": record.images_per_second,
-                "train_gflops_per_second": record.gflops_per_second}
+                "train_gflops_per_second": record.gflops_per_second,
+                **({"parent": self.parent} if self.parent else {}),
+                **({"starting_weights": record.starting_weights} if record.starting_weights != "random" else {})}
 
     def summary(self) -> list[str]:
         record = self.record()
         workers = f" of {self.num_workers} workers" if self.num_workers > 1 else ""
-        return [f"network      {self.network}, {record.parameters:,} parameters",
+        start = "" if record.starting_weights == "random" else f", from {record.starting_weights}"
+        phases = f" (head alone for {record.head_epochs})" if record.head_epochs else ""
+        return [f"network      {self.network}, {record.parameters:,} parameters{start}",
                 f"trained in   {self.precision} on {self.replicas} replica{'s' * (self.replicas != 1)}{workers}: "
-                f"{record.epochs_run} epochs in {record.seconds:.1f} s ({record.images_per_second:,.0f} "
+                f"{record.epochs_run} epochs{phases} in {record.seconds:.1f} s ({record.images_per_second:,.0f} "
                 f"images/s), kept epoch {record.best_epoch}, stopped by {record.stopped_by}"]
 
 

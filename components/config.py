@@ -13,8 +13,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
+from components.backbones import BACKBONES, WEIGHTS_CHOICES, WEIGHTS_SUFFIX
 from components.errors import UserError
 from components.user_code import find_function
 
@@ -176,9 +177,17 @@ class PreprocessConfig(Section):
                              between(1e-12, 1.0))
 
 
+BACKBONE_OPTIONS = {"dropout": 0.2}  # what model.options may set for a backbone, and the defaults
+BUILT_IN_BUILDERS = ("cnn", *BACKBONES)
+
+
 def _is_builder(text: str) -> bool:
     module, colon, function = text.rpartition(":")
-    return text == "cnn" or (bool(colon) and bool(module.strip()) and function.isidentifier())
+    return text in BUILT_IN_BUILDERS or (bool(colon) and bool(module.strip()) and function.isidentifier())
+
+
+def _is_weights(text: str) -> bool:
+    return text in WEIGHTS_CHOICES or text.endswith(WEIGHTS_SUFFIX)
 
 
 def _is_json_object(value: dict) -> bool:
@@ -195,13 +204,21 @@ class ModelConfig(Section):
     # The built-in network's keys: with another builder they have no meaning (its settings go in `options`).
     CNN_KEYS: ClassVar[tuple[str, ...]] = ("conv_widths", "convs_per_block", "padding", "dense_units", "dropout",
                                            "batch_norm")
-    builder: str = setting("cnn", "the network: cnn (the built-in CNN, the keys below) or MODULE:FUNCTION, your "
-                           "own: FUNCTION(input_shape, num_classes, **model.options) returns a Keras model from "
-                           "normalized images to logits (docs/your-network.md)",
-                           Check(_is_builder, "cnn, or MODULE:FUNCTION (a module on PYTHONPATH or a .py file), "
-                                 "e.g. examples/networks.py:small_resnet"))
-    options: dict = setting({}, "keyword arguments for your own builder, a JSON object, e.g. {\"width\": 24}",
+    builder: str = setting("cnn", "the network: cnn (the built-in CNN, the keys below), a pretrained backbone "
+                           "(mobilenet_v3_small | efficientnet_v2_b0 | resnet50, docs/pretrained.md) or "
+                           "MODULE:FUNCTION, your own: FUNCTION(input_shape, num_classes, **model.options) returns "
+                           "a Keras model from normalized images to logits (docs/your-network.md)",
+                           Check(_is_builder, f"cnn, {', '.join(BACKBONES)}, or MODULE:FUNCTION (a module on "
+                                 "PYTHONPATH or a .py file), e.g. examples/networks.py:small_resnet"))
+    options: dict = setting({}, "keyword arguments for your own builder, a JSON object, e.g. {\"width\": 24}; "
+                            "a backbone takes {\"dropout\": RATE} (default 0.2)",
                             Check(_is_json_object, "a JSON object with string keys, e.g. {\"width\": 24}"))
+    weights: str = setting("none", "a backbone's starting weights: none (random) | imagenet (Keras's download, "
+                           "cached in ~/.keras/models) | PATH to a .weights.h5 file saved from the same "
+                           "keras.applications network built with include_top=False",
+                           Check(_is_weights, f"none, imagenet, or a path ending in {WEIGHTS_SUFFIX}"))
+    init: str = setting("", "warm start from an export's weights: saved_models/NAME (its newest version) or "
+                        "saved_models/NAME/VERSION; \"\" = from model.builder's own weights (docs/pretrained.md)")
     conv_widths: tuple[int, ...] = setting((32, 64), "filters per conv block; each block halves the image "
                                            "size", Check(lambda v: 1 <= len(v) <= 16 and 1 <= min(v) and max(v) <= 4096,
                                                          "1 to 16 filter counts from 1 to 4096, e.g. (32, 64)"))
@@ -213,6 +230,10 @@ class ModelConfig(Section):
     batch_norm: bool = setting(True, "batch normalization after every convolution")
 
     def check_together(self) -> None:
+        self._check_starting_weights()
+        if self.builder in BACKBONES:
+            self._check_backbone()
+            return
         if self.builder == "cnn":
             if self.options:
                 raise UserError(f"model.options={self.options!r} passes settings to a builder of your own, and "
@@ -226,6 +247,37 @@ class ModelConfig(Section):
                 raise UserError(f"model.{key}={getattr(self, key)!r} sets the built-in CNN, and "
                                 f"model.builder={self.builder} is another network; remove model.{key} (your "
                                 "builder's settings go in model.options)")
+
+    def _check_starting_weights(self) -> None:
+        if self.weights != "none" and self.builder not in BACKBONES:
+            raise UserError(f"model.weights={self.weights} gives a backbone's weights, and "
+                            f"model.builder={self.builder} is no backbone; use model.builder="
+                            f"{' | '.join(BACKBONES)}, or model.init to start from an export of this network")
+        if self.weights not in WEIGHTS_CHOICES and not Path(self.weights).expanduser().is_file():
+            raise UserError(f"model.weights={self.weights}: no such file; give a {WEIGHTS_SUFFIX} file saved with "
+                            "save_weights from the same keras.applications network (include_top=False)")
+        if self.init and self.weights != "none":
+            raise UserError(f"model.init={self.init} and model.weights={self.weights} both give the starting "
+                            "weights; keep one of them")
+        if self.init:
+            from components.saved_models import find_parent
+
+            find_parent(self.init)
+
+    def _check_backbone(self) -> None:
+        unknown = sorted(set(self.options) - set(BACKBONE_OPTIONS))
+        if unknown:
+            raise UserError(f"model.options={self.options!r}: {self.builder} takes only "
+                            f"{', '.join(BACKBONE_OPTIONS)}; remove {', '.join(unknown)}")
+        dropout = self.options.get("dropout", BACKBONE_OPTIONS["dropout"])
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 0.95:
+            raise UserError(f"model.options={self.options!r}: dropout must be a number from 0 to 0.95")
+        defaults = type(self)()
+        for key in self.CNN_KEYS:
+            if getattr(self, key) != getattr(defaults, key):
+                raise UserError(f"model.{key}={getattr(self, key)!r} sets the built-in CNN, and "
+                                f"model.builder={self.builder} is a backbone; remove model.{key} (its head's "
+                                "dropout goes in model.options={\"dropout\": RATE})")
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -276,6 +328,15 @@ class TrainConfig(Section):
                                                      "first <= last, or () for off"))
     log_images: int = setting(16, "training images written to TensorBoard's Images tab; 0 = none",
                               between(0, 64))
+    head_share: float = setting(0.2, "training from trained weights under a new head (a backbone with "
+                                "model.weights=imagenet|PATH, or model.init with other classes): share of the planned "
+                                "steps that train the head alone, the body frozen; 0 = fine-tune from the start",
+                                between(0, 0.9))
+    unfreeze_share: float = setting(1.0, "after the head's phase: share of the body's layers, from the top, "
+                                    "trained too (1 = all); the body's batch norms stay in inference mode",
+                                    between(0.01, 1))
+    fine_tune_lr_scale: float = setting(0.1, "after the head's phase: the body's learning rate as a multiple of "
+                                        "train.learning_rate, warmed up again", between(1e-4, 1))
 
 
 @dataclass(frozen=True)
@@ -312,3 +373,15 @@ class ReportConfig(Section):
     mistakes: int = setting(32, "misclassified test images shown in report.html and TensorBoard, most confident "
                             "first; 0 = none", between(0, 400))
     measure_latency: bool = setting(True, "time the exported ONNX model (batch 1 and 256) for report.html")
+
+
+def check_sections_together(sections: Mapping[str, Section]) -> None:
+    """Checks that involve two sections, once every section is built: a backbone's smallest image."""
+    data, model = sections.get("data"), sections.get("model")
+    if not isinstance(data, DataConfig) or not isinstance(model, ModelConfig) or model.builder not in BACKBONES:
+        return
+    smallest = BACKBONES[model.builder].min_size
+    if data.image_size and min(data.image_size) < smallest:
+        raise UserError(f"data.image_size={data.image_size} is smaller than model.builder={model.builder} takes; "
+                        f"give at least ({smallest}, {smallest}), or () to keep the data's size (the model resizes "
+                        f"smaller images up to {smallest}x{smallest} itself)")

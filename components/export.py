@@ -78,6 +78,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         write_saved_model(model, schema.image_shape, staging_dir)
         write_onnx(model, schema.image_shape, staging_dir / "model.onnx", config.onnx_opset)
         (staging_dir / "labels.txt").write_text("\n".join(splits.class_names) + "\n")
+        write_warm_start_files(model, trained, staging_dir)
         images = load_split(splits, "test", limit=config.parity_examples)[0]
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
         _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config.onnx_opset)
@@ -135,6 +136,12 @@ def check_same_kind(model_dir: Path, kind: ModelKind) -> None:
         raise UserError(f"saved_models/{model_dir.name}/{versions[-1].name} takes {theirs.describe()}, this model "
                         f"takes {kind.describe()}; set export.model_name to another name to publish it beside "
                         "that model")
+
+
+def write_warm_start_files(model: keras.Model, trained: TrainedModel, version_dir: Path) -> None:
+    """What a later run's `model.init` trains on: how to rebuild the network, and its float32 weights."""
+    shutil.copyfile(trained.network_path, version_dir / "network.json")
+    model.save_weights(version_dir / "model.weights.h5")
 
 
 def write_saved_model(model: keras.Model, image_shape: tuple[int, int, int], path: Path) -> None:
@@ -220,6 +227,7 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
         "output": {"name": OUTPUT_NAME, "shape": [None, schema.num_classes]},
         "class_names": list(splits.class_names),
         "weights_sha256": trained.weights_sha256,
+        "parent": trained.parent or None,  # the version model.init warm-started from, NAME/VERSION
         "trained_precision": trained.precision,
         "exported_precision": "float32",
         "parity_max_abs_diff": parity_max_abs_diff,

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Source = SourceData | ImageFolder
 
 
-def ingest(config: DataConfig, out_dir: Path) -> Splits:
+def ingest(config: DataConfig, out_dir: Path, min_image_size: int = 0) -> Splits:
     """Read `config.source` and write the `train`, `val` and `test` splits into `out_dir`.
 
     The source's test split is kept untouched; sources without one (digits, a folder without
@@ -43,6 +43,8 @@ def ingest(config: DataConfig, out_dir: Path) -> Splits:
     Args:
         config: the `data` section.
         out_dir: folder for the shards, labels and `splits.json`; created.
+        min_image_size: the smallest height and width the network takes (a backbone's); with no
+            `data.image_size`, smaller images are resized up to it. 0 = any.
 
     Returns:
         The splits: their sizes, class names, image shape and dtype, a sha256 of what they hold (every
@@ -53,6 +55,7 @@ def ingest(config: DataConfig, out_dir: Path) -> Splits:
             data.on_bad_file=fail) holds unreadable image files.
     """
     source = read_source(config)
+    config, source = _at_least(config, source, min_image_size)
     if isinstance(source, SourceData):
         source = drop_unused_classes(source)
         _check_arrays(source)
@@ -157,6 +160,18 @@ def _image_type(source: Source, image_size: tuple[int, ...]) -> tuple[tuple[int,
     height, width, channels = (int(n) for n in source.train_images.shape[1:])
     height, width = image_size or (height, width)
     return (height, width, channels), source.train_images.dtype.name
+
+
+def _at_least(config: DataConfig, source: Source, min_image_size: int) -> tuple[DataConfig, Source]:
+    """The config and source with `data.image_size` raised to `min_image_size` where the images are smaller
+    and no size was given; a folder is listed again for that size."""
+    height, width = _image_type(source, config.image_size)[0][:2]
+    if config.image_size or min(height, width) >= min_image_size:
+        return config, source
+    size = (max(height, min_image_size), max(width, min_image_size))
+    log.info("ingest: %dx%d images resized to %dx%d, the network's smallest", height, width, *size)
+    config = dataclasses.replace(config, image_size=size)
+    return config, read_source(config) if isinstance(source, ImageFolder) else source
 
 
 def _check_resizable(source: SourceData, image_size: tuple[int, ...]) -> None:

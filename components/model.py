@@ -1,4 +1,4 @@
-"""The network: the built-in CNN or a user's own (`model.builder`), wrapped so it takes raw pixels.
+"""The network: the built-in CNN, a pretrained backbone or a user's own (`model.builder`), wrapped to take raw pixels.
 
 A network maps *normalized* images to class *logits*; the pipeline wraps every network the same way:
 raw pixels 0..255 -> `normalize` (the training split's mean and std) -> the network -> `probabilities`,
@@ -16,8 +16,9 @@ from typing import Any, Iterator
 import keras
 import numpy as np
 
-from components.config import ModelConfig
-from components.errors import UserError
+from components.backbones import BACKBONES, WEIGHTS_CHOICES, check_imagenet_reachable
+from components.config import BACKBONE_OPTIONS, BUILT_IN_BUILDERS, ModelConfig
+from components.errors import UserError, first_line
 from components.user_code import load_function, module_path, split_target
 
 # Keras's default, 0.99, leaves the moving statistics far from the data's after a few hundred steps
@@ -27,7 +28,8 @@ OUTPUT_NAME = "probabilities"  # the softmax layer, and the exported models' out
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
-                mean: float, std: float, synchronized_batch_norm: bool = False) -> keras.Model:
+                mean: float, std: float, synchronized_batch_norm: bool = False,
+                load_weights: bool = True) -> keras.Model:
     """The classifier: raw pixels in, float32 class probabilities out, the network in between.
 
     Args:
@@ -38,26 +40,35 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], num_clas
             the model (and every export of it) takes pixel values as they come, 0..255.
         synchronized_batch_norm: batch statistics over all replicas' examples (data-parallel training),
             so every replica ends with the same moving averages; applied to the network's batch norms.
+        load_weights: give a backbone its `model.weights`; False when trained weights will replace them.
 
     Raises:
         UserError: the network returns another width than `num_classes`, or ends in a softmax.
     """
-    network = build_network(config, image_shape, num_classes)
+    network = build_network(config, image_shape, num_classes, load_weights)
     for layer in all_layers(network):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = synchronized_batch_norm  # read when the layer is called, not when built
     inputs = keras.Input(shape=image_shape, name="pixels")
-    normalized = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
-    logits = network(normalized)
+    if config.builder in BACKBONES:  # scales its pixels as it was pretrained to, inside itself
+        logits = network(inputs)
+    else:
+        logits = network(keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs))
     check_logits(network, logits, image_shape, num_classes, config.builder)
     outputs = keras.layers.Activation("softmax", dtype="float32", name=OUTPUT_NAME)(logits)
     return keras.Model(inputs, outputs, name="classifier")
 
 
-def build_network(config: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """The network `model.builder` names, from normalized images to logits (not yet wrapped)."""
+def build_network(config: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
+                  load_weights: bool = True) -> keras.Model:
+    """The network `model.builder` names, to logits (not yet wrapped): from normalized images, or from raw
+    pixels for a backbone."""
     if config.builder == "cnn":
         return cnn(input_shape, num_classes, **{key: getattr(config, key) for key in ModelConfig.CNN_KEYS})
+    if config.builder in BACKBONES:
+        weights = config.weights if load_weights else "none"
+        return backbone_network(config.builder, input_shape, num_classes, weights,
+                                **{**BACKBONE_OPTIONS, **config.options})
     network = load_function(config.builder, "model.builder")(tuple(input_shape), num_classes, **config.options)
     if not isinstance(network, keras.Layer):
         raise UserError(f"model.builder={config.builder} returned {type(network).__name__}, not a Keras model; "
@@ -149,6 +160,93 @@ def _conv_block(x: keras.KerasTensor, width: int, convs_per_block: int, padding:
     return x
 
 
+BACKBONE_NAME = "backbone"  # the keras.applications network inside a backbone's model: the body its head sits on
+
+
+def backbone_network(name: str, input_shape: tuple[int, int, int], num_classes: int, weights: str = "none",
+                     dropout: float = 0.2) -> keras.Model:
+    """A `keras.applications` backbone (`model.builder=<name>`) under a global-pooling head, from raw pixels.
+
+    Grayscale images become 3 channels inside the network, so consumers still send the data's own
+    pixels. Each backbone scales its pixels as it was pretrained to: MobileNetV3 inside itself, the
+    others through `PixelScaling`. Images smaller than the backbone's minimum are resized up at
+    ingest (`data.image_size`); here they are refused.
+
+    Args:
+        name: a key of `components.backbones.BACKBONES`.
+        input_shape: (height, width, channels) of the data, 1 or 3 channels.
+        num_classes: width of the logits.
+        weights: none (random), imagenet (Keras's download), or a path to a `.weights.h5` file saved
+            from the same application with include_top=False.
+        dropout: rate before the logits.
+
+    Raises:
+        UserError: images below the backbone's minimum size, ImageNet weights out of reach, or a weights
+            file of another network or shape.
+    """
+    spec = BACKBONES[name]
+    height, width, channels = input_shape
+    if min(height, width) < spec.min_size:
+        raise UserError(f"{height}x{width} images are smaller than model.builder={name} takes; resize them to at "
+                        f"least {spec.min_size}x{spec.min_size} with data.image_size")
+    inputs = keras.Input(shape=input_shape, name="raw_pixels")
+    x = keras.layers.Concatenate(name="to_rgb")([inputs] * 3) if channels == 1 else inputs
+    if spec.input_scaling != "inside":
+        x = PixelScaling(*PIXEL_SCALING[spec.input_scaling], name=f"{spec.input_scaling}_input")(x)
+    if weights == "imagenet":
+        check_imagenet_reachable(name)
+    application = getattr(keras.applications, spec.application)
+    options = {"include_preprocessing": False} if spec.input_scaling == "torch" else {}
+    body = application(input_shape=(height, width, 3), include_top=False,
+                       weights="imagenet" if weights == "imagenet" else None, **options)
+    if weights not in WEIGHTS_CHOICES:
+        _load_backbone_weights(body, Path(weights).expanduser(), name)
+    body.name = BACKBONE_NAME
+    for layer in all_layers(body):  # Keras's applications use 0.99 or 0.999: see BATCH_NORM_MOMENTUM
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BATCH_NORM_MOMENTUM
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(body(x))
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def _load_backbone_weights(body: keras.Model, path: Path, name: str) -> None:
+    """Load a `.weights.h5` file into a backbone; one line when it holds another network's weights."""
+    try:
+        body.load_weights(path)
+    except (ValueError, KeyError, OSError) as error:
+        raise UserError(f"model.weights={path} does not fit {name} (keras.applications."
+                        f"{BACKBONES[name].application}, include_top=False): {first_line(error)}; give weights "
+                        "saved with save_weights from that network") from None
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # of 0..1 RGB pixels
+PIXEL_SCALING = {  # per channel: scale, offset, and whether RGB becomes BGR first
+    "caffe": ((1.0, 1.0, 1.0), (-103.939, -116.779, -123.68), True),  # keras.applications.resnet50.preprocess_input
+    "torch": (tuple(1 / (255 * std) for std in IMAGENET_STD),  # EfficientNetV2-B0's include_preprocessing
+              tuple(-mean / std for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD)), False),
+}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class PixelScaling(keras.layers.Layer):
+    """A backbone's pretraining input as a layer, so exports take raw pixels: `pixels * scale + offset` per
+    channel, after RGB becomes BGR where `bgr`."""
+
+    def __init__(self, scale: tuple[float, ...], offset: tuple[float, ...], bgr: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.scale, self.offset, self.bgr = tuple(scale), tuple(offset), bgr
+
+    def call(self, pixels):
+        pixels = keras.ops.flip(pixels, axis=-1) if self.bgr else pixels
+        scale = keras.ops.cast(keras.ops.convert_to_tensor(self.scale), pixels.dtype)
+        return pixels * scale + keras.ops.cast(keras.ops.convert_to_tensor(self.offset), pixels.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset, "bgr": self.bgr}
+
+
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
     """What rebuilds a trained model from code: written by train as `network.json`, read by later stages.
@@ -167,7 +265,7 @@ class NetworkSpec:
     def of(cls, config: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, mean: float,
            std: float) -> NetworkSpec:
         model = dataclasses.asdict(config)
-        if config.builder != "cnn":
+        if config.builder not in BUILT_IN_BUILDERS:
             module, function = split_target(config.builder, "model.builder")
             if module.endswith(".py") or "/" in module:  # the same file from any later working folder
                 model["builder"] = f"{module_path(module, 'model.builder', config.builder)}:{function}"
@@ -190,8 +288,9 @@ class NetworkSpec:
 
     def build(self) -> keras.Model:
         """The model, freshly built in the current precision policy, with untrained weights."""
-        config = ModelConfig(**{**self.model, "conv_widths": tuple(self.model["conv_widths"])})
-        return build_model(config, self.image_shape, self.num_classes, self.mean, self.std)
+        config = ModelConfig(**{**self.model, "conv_widths": tuple(self.model["conv_widths"]), "weights": "none",
+                                "init": ""})
+        return build_model(config, self.image_shape, self.num_classes, self.mean, self.std, load_weights=False)
 
 
 def load_trained(network_path: Path, weights_path: Path) -> keras.Model:

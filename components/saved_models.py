@@ -1,5 +1,5 @@
 """Queries on the exported models in `saved_models/<name>/<version>/` (TF Serving's layout): which versions
-exist, what each one is (`metadata.json`), and which one a new model is compared with.
+exist, what each one is (`metadata.json`), which one a new model is compared with, and which one it starts from.
 
 It loads no TensorFlow: the consumers of an export (predict, serve) use it too.
 """
@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from components.errors import UserError
+from components.hashing import file_sha256
 
 METADATA_FILE = "metadata.json"  # in every exported version folder: run, data, metrics, input and classes
 
@@ -78,3 +81,37 @@ def find_baseline(model_dir: Path, weights_sha256: str) -> Baseline | None:
         if weights != weights_sha256:
             return Baseline(version_dir, weights)
     return None
+
+
+WARM_START_FILES = ("network.json", "model.weights.h5")  # in every export since warm starts: what training resumes
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The exported version a run warm-starts from (`model.init`), named by its content."""
+
+    label: str  # NAME/VERSION, e.g. "mnist/3": how the manifest, lineage and model card name it
+    version_dir: Path
+    weights_sha256: str  # of its network.json and model.weights.h5: a new version folder retrains
+
+
+def find_parent(init: str) -> Parent:
+    """The version `model.init` names: a version folder, or a model folder's newest version.
+
+    Raises:
+        UserError: no such folder, no exported version in it, or a version exported before warm starts.
+    """
+    path = Path(init).expanduser()
+    how = "give saved_models/NAME (its newest version) or saved_models/NAME/VERSION"
+    if not path.is_dir():
+        raise UserError(f"model.init={init}: no such folder; {how}")
+    versions = [path] if (path / METADATA_FILE).is_file() else version_dirs(path)
+    if not versions:
+        raise UserError(f"model.init={init} holds no exported version; {how}")
+    version_dir = versions[-1].resolve()
+    missing = [name for name in WARM_START_FILES if not (version_dir / name).is_file()]
+    if missing:
+        raise UserError(f"model.init={init}: {version_dir} has no {' or '.join(missing)} (exported before warm "
+                        "starts were possible); export that model again with this version of the pipeline")
+    return Parent(f"{version_dir.parent.name}/{version_dir.name}", version_dir,
+                  file_sha256(*(version_dir / name for name in WARM_START_FILES)))

@@ -30,21 +30,23 @@ from components.errors import first_line
 from components.hashing import fingerprint_arrays
 from components.model import NetworkSpec, build_model, forward_flops, logits_of
 from components.profiling import StepMarkedTensorBoard
+from components.saved_models import Parent
 from components.shards.layout import split_files, split_nbytes
 from components.shards.tf_reader import load_split, parse_examples
 from components.strategy import make_strategy
 from components.tensorboard_log import EventLog
 from components.train_loop import LoopSettings, TrainingLoop
 from components.train_plan import TrainingPlan, choose_xla, prefetch_device, scale_batch
-from components.train_schedule import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from components.train_schedule import EpochTimer, HeadFirst, KeepBest, TimeBudget, WarmupCosine, planned_epochs
 from components.train_tensorboard import ConfusionImages, LearningRateLog, log_labelled_images
+from components.warm_start import StartingPoint, starting_point
 
 log = logging.getLogger(__name__)
 
 
 def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: SchemaAndStatistics,
           normalization: Normalization, plan: TrainingPlan, out_dir: Path, tensorboard_dir: Path,
-          resume_dir: Path | None = None) -> TrainedModel:
+          resume_dir: Path | None = None, parent: Parent | None = None) -> TrainedModel:
     """Train the model and save it as `model.keras`, with `history.json` (per epoch) and `training.json`.
 
     The network is trained on its logits (a numerically stable loss, with label smoothing) and
@@ -67,6 +69,8 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         resume_dir: where the state after each finished epoch is kept; a later call with the same
             folder resumes from it and ends with the same weights as an uninterrupted run (unless a
             time budget, which depends on the machine's speed, ended it).
+        parent: the export `model.init` names: training starts from its weights (a new head for other
+            classes, trained alone first); None = from the builder's own.
 
     Returns:
         The saved model's path and weights hash, the precision policy it trained in, its records.
@@ -77,7 +81,6 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
     replicas = strategy.num_replicas_in_sync
     num_examples = splits.num_examples["train"]
     batch_size, peak_learning_rate = scale_batch(config.batch_size, config.learning_rate, replicas)
-    epochs = planned_epochs(config.epochs, num_examples)
     steps = steps_per_epoch(num_examples, batch_size)
     keras.mixed_precision.set_global_policy(plan.precision)
     try:
@@ -87,12 +90,19 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
                                 normalization.std, synchronized_batch_norm=replicas > 1)
             network = NetworkSpec.of(model_config, schema.image_shape, schema.num_classes, normalization.mean,
                                      normalization.std)
-            schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps)
+            start = starting_point(model, network, model_config, parent, splits.class_names)
+            epochs = planned_epochs(config.epochs, num_examples, warm=parent is not None and not start.body)
+            schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps,
+                                    config.fine_tune_lr_scale if start.body else 1.0)
             trainee = _compile_trainee(model, config, schedule, steps)
+            if start.body:  # every weight either phase trains: the optimizer's variables are the same in both
+                trainee.optimizer.build(trainee.trainable_variables)
+        head_first = HeadFirst(start.body, config.head_share, config.unfreeze_share, schedule) if start.body else None
         loop = TrainingLoop(trainee, strategy, LoopSettings(
             batch_size, steps, trainee.steps_per_execution, schema.num_classes, config.label_smoothing,
             choose_xla(config.xla, plan.devices), plan.strategy.num_workers), shared=[schedule.total_steps])
-        controls = _Controls(config, schedule, epochs * steps, resume_dir, strategy.extended.should_checkpoint)
+        controls = _Controls(config, schedule, epochs * steps, resume_dir, strategy.extended.should_checkpoint,
+                             head_first)
         first_epoch, history = controls.restore(trainee)
         loop.check_workers_agree(first_epoch, f"{plan.precision}, {plan.strategy.kind} on {replicas} replicas, "
                                               f"{epochs} epochs of {steps} steps")
@@ -113,11 +123,11 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
                     history[key] = history.get(key, []) + values
         controls.keep_best.restore(model)
         record = controls.record(history, min(num_examples, steps * batch_size), time.perf_counter() - started,
-                                 epochs, batch_size, forward_flops(model), model.count_params())
+                                 epochs, batch_size, forward_flops(model), model, start)
     finally:
         keras.mixed_precision.set_global_policy("float32")
         _set_op_determinism(determinism_before)
-    return _save(model, network, history, record, plan, replicas, out_dir, controls)
+    return _save(model, network, history, record, plan, replicas, out_dir, controls, start)
 
 
 def _training_input(config: TrainConfig, splits: Splits, schema: SchemaAndStatistics, plan: TrainingPlan,
@@ -182,11 +192,12 @@ class _Controls:
     """The callbacks that decide how training goes and ends, and the checkpoint that saves their state."""
 
     def __init__(self, config: TrainConfig, schedule: WarmupCosine, most_steps: int, resume_dir: Path | None,
-                 writes: bool = True):
+                 writes: bool = True, head_first: HeadFirst | None = None):
         self.keep_best = KeepBest(config.patience)
         self.timer = EpochTimer()
         self.budget = TimeBudget(config.max_seconds, schedule, most_steps) if config.max_seconds else None
-        parts = [self.keep_best] + ([self.budget] if self.budget else [])
+        self.head_first = head_first
+        parts = [part for part in (self.keep_best, self.budget, head_first) if part is not None]
         self.checkpoint = EpochCheckpoint(resume_dir, parts, writes) if resume_dir else None
 
     def restore(self, model: keras.Model) -> tuple[int, dict[str, list[float]]]:
@@ -196,14 +207,14 @@ class _Controls:
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """In the order they must see an epoch's end: the budget, the best epoch, then the checkpoint."""
-        chosen = [self.timer, self.budget, self.keep_best, self.checkpoint]
+        chosen = [self.head_first, self.timer, self.budget, self.keep_best, self.checkpoint]
         return [callback for callback in chosen if callback is not None]
 
     def stopped(self) -> bool:
         return self.keep_best.stopped or bool(self.budget and self.budget.stopped)
 
     def record(self, history: dict[str, list[float]], num_examples: int, seconds: float, epochs: int,
-               batch_size: int, flops_per_image: int, parameters: int) -> TrainingRecord:
+               batch_size: int, flops_per_image: int, model: keras.Model, start: StartingPoint) -> TrainingRecord:
         """What `training.json` says: how training ended, the epoch kept, and how fast it went.
 
         Throughput is that of a steady epoch's training steps (tracing and validation left out);
@@ -217,7 +228,16 @@ class _Controls:
             epochs_planned=epochs, epochs_run=len(history.get("loss", [])), best_epoch=self.keep_best.best_epoch + 1,
             stopped_by=reason, seconds=round(seconds, 3), batch_size=batch_size,
             images_per_second=round(images_per_second, 1), train_flops_per_image=3 * flops_per_image,
-            gflops_per_second=round(images_per_second * 3 * flops_per_image / 1e9, 2), parameters=parameters)
+            gflops_per_second=round(images_per_second * 3 * flops_per_image / 1e9, 2), parameters=model.count_params(),
+            trainable_parameters=_count(model.trainable_weights), frozen_parameters=_count(model.non_trainable_weights),
+            starting_weights=start.weights, head_epochs=self._head_epochs(history))
+
+    def _head_epochs(self, history: dict[str, list[float]]) -> int:
+        """Epochs that trained the head alone (all of them if phase two never began); 0 without phases."""
+        if self.head_first is None:
+            return 0
+        began = self.head_first.fine_tune_epoch
+        return len(history.get("loss", [])) if began is None else began
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -239,7 +259,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         """Load the last saved state into `model`; returns the epoch to start at and the history so far."""
         if not self.state_path.exists():
             return 0, {}
-        model.optimizer.build(model.trainable_variables)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
         with np.load(self.state_path, allow_pickle=False) as state:
             for index, variable in enumerate(_all_variables(model)):
                 variable.assign(state[f"v{index}"])
@@ -269,7 +290,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 def _save(model: keras.Model, network: NetworkSpec, history: dict[str, list[float]], record: TrainingRecord,
-          plan: TrainingPlan, replicas: int, out_dir: Path, controls: _Controls) -> TrainedModel:
+          plan: TrainingPlan, replicas: int, out_dir: Path, controls: _Controls, start: StartingPoint) -> TrainedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = _save_model(model, out_dir)
     network.write(out_dir / "network.json")
@@ -283,7 +304,7 @@ def _save(model: keras.Model, network: NetworkSpec, history: dict[str, list[floa
              history["val_accuracy"][record.best_epoch - 1], record.stopped_by, weights_sha256)
     return TrainedModel(model_path, plan.precision, out_dir / "history.json", weights_sha256, replicas,
                         out_dir / "training.json", plan.strategy.kind, plan.strategy.num_workers,
-                        out_dir / "network.json", network.name)
+                        out_dir / "network.json", network.name, start.parent)
 
 
 def _save_model(model: keras.Model, out_dir: Path) -> Path:
@@ -301,6 +322,10 @@ def _save_model(model: keras.Model, out_dir: Path) -> Path:
                  first_line(error))
         model.save_weights(out_dir / "model.weights.h5")
         return out_dir / "model.weights.h5"
+
+
+def _count(weights: list) -> int:
+    return int(sum(np.prod(weight.shape) for weight in weights))
 
 
 def _all_variables(model: keras.Model) -> list:

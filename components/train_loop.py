@@ -57,14 +57,23 @@ class TrainingLoop:
         # for some gradients (MaxPoolGrad), so it turns XLA off.
         from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras imports too
 
-        xla = settings.jit_compile and not is_op_determinism_enabled()
-        self._replica_step = tf.function(self._step, jit_compile=True) if xla else self._step
-        # One step without a loop around it: the profiler's Overview ignores step markers around a tf.while_loop.
-        self._run_steps = tf.function(self._steps if settings.steps_per_execution > 1 else self._one_step)
+        self._xla = settings.jit_compile and not is_op_determinism_enabled()
+        self._make_step_functions()
         self._evaluate = tf.function(self._evaluate_batch)
         self._broadcast = tf.function(self._from_chief)
-        with strategy.scope():  # its slots now, not inside the step function, where a strategy cannot make them
-            model.optimizer.build(model.trainable_variables)
+        if not model.optimizer.built:  # built already when later phases train more weights (HeadFirst)
+            with strategy.scope():  # its slots now, not inside the step function, where a strategy cannot make them
+                model.optimizer.build(model.trainable_variables)
+
+    def _make_step_functions(self) -> None:
+        """The step functions, traced on first call for the weights trainable now (`_trainable` remembers which)."""
+        self._trainable = self._trainable_ids()
+        self._replica_step = tf.function(self._step, jit_compile=True) if self._xla else self._step
+        # One step without a loop around it: the profiler's Overview ignores step markers around a tf.while_loop.
+        self._run_steps = tf.function(self._steps if self.settings.steps_per_execution > 1 else self._one_step)
+
+    def _trainable_ids(self) -> tuple[int, ...]:
+        return tuple(id(variable) for variable in self.model.trainable_variables)
 
     def fit(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], validation: tf.data.Dataset,
             epochs: int, first_epoch: int, callbacks: Sequence[keras.callbacks.Callback]) -> dict[str, list[float]]:
@@ -154,6 +163,8 @@ class TrainingLoop:
         return {"loss": loss_sum / count, "accuracy": float(np.trace(confusion)) / count}
 
     def _train_epoch(self, batches, hooks: _Hooks) -> dict[str, float]:
+        if self._trainable_ids() != self._trainable:  # a callback froze or unfroze layers (HeadFirst)
+            self._make_step_functions()
         loss_sum = correct = 0.0
         steps_done = 0
         execution = self.settings.steps_per_execution

@@ -17,13 +17,19 @@ import tensorflow as tf
 
 # Epochs of `train.epochs=0`: enough to see about this many images, within these bounds.
 IMAGES_TO_SEE, MIN_EPOCHS, MAX_EPOCHS = 60_000, 6, 60
+WARM_START_SHARE = 0.4  # of those epochs for a warm start with the same classes (measured: README, warm start)
 
 
-def planned_epochs(epochs: int, num_examples: int) -> int:
-    """`train.epochs`, or for 0 an epoch count sized to the data: small sets need more passes."""
+def planned_epochs(epochs: int, num_examples: int, warm: bool = False) -> int:
+    """`train.epochs`, or for 0 an epoch count sized to the data: small sets need more passes.
+
+    A warm start that keeps every layer (`warm`) continues from weights that already fit such data:
+    it is planned WARM_START_SHARE of the epochs from scratch, at least 1.
+    """
     if epochs:
         return epochs
-    return min(MAX_EPOCHS, max(MIN_EPOCHS, round(IMAGES_TO_SEE / max(num_examples, 1))))
+    from_scratch = min(MAX_EPOCHS, max(MIN_EPOCHS, round(IMAGES_TO_SEE / max(num_examples, 1))))
+    return max(1, math.floor(from_scratch * WARM_START_SHARE)) if warm else from_scratch
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -33,19 +39,30 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     learns how many steps the budget buys, and the decay ends when the budget does.
     """
 
-    def __init__(self, peak: float, warmup: float, total_steps: int):
-        self.peak, self.warmup = peak, warmup
+    def __init__(self, peak: float, warmup: float, total_steps: int, fine_tune_scale: float = 1.0):
+        """
+        Args:
+            peak, warmup, total_steps: the peak rate, the share of steps warming up to it, the steps planned.
+            fine_tune_scale: from `fine_tune_from` on (set by `HeadFirst`), the rate is this multiple of
+                the cosine's, warmed up again over as many steps as the first warm-up.
+        """
+        self.peak, self.warmup, self.fine_tune_scale = peak, warmup, fine_tune_scale
         self.total_steps = tf.Variable(float(total_steps), trainable=False, dtype=tf.float32, name="total_steps")
+        self.fine_tune_from = tf.Variable(-1.0, trainable=False, dtype=tf.float32, name="fine_tune_from")
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warmup_steps = tf.maximum(self.warmup * self.total_steps, 1.0)
         decay = tf.clip_by_value((step - warmup_steps) / tf.maximum(self.total_steps - warmup_steps, 1.0), 0, 1)
-        return tf.where(step < warmup_steps, self.peak * (step + 1) / warmup_steps,
+        rate = tf.where(step < warmup_steps, self.peak * (step + 1) / warmup_steps,
                         0.5 * self.peak * (1 + tf.cos(math.pi * decay)))
+        fine_tuning = (self.fine_tune_from >= 0) & (step >= self.fine_tune_from)
+        rewarm = tf.minimum((step - self.fine_tune_from + 1) / warmup_steps, 1.0)
+        return tf.where(fine_tuning, rate * self.fine_tune_scale * rewarm, rate)
 
     def get_config(self) -> dict:
-        return {"peak": self.peak, "warmup": self.warmup, "total_steps": float(self.total_steps.numpy())}
+        return {"peak": self.peak, "warmup": self.warmup, "total_steps": float(self.total_steps.numpy()),
+                "fine_tune_scale": self.fine_tune_scale}
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -172,3 +189,54 @@ class EpochTimer(keras.callbacks.Callback):
         """The median epoch's training seconds, the first epoch (which traces the step) left out."""
         steady = sorted(self.seconds[1:]) or self.seconds
         return steady[len(steady) // 2] if steady else None
+
+
+class HeadFirst(keras.callbacks.Callback):
+    """Two phases in one training: the new head alone on a frozen body, then the top of the body too.
+
+    Phase one freezes the body, its batch norms in inference mode (a frozen layer is called in
+    inference mode in Keras 3). Phase two starts with the first epoch that begins past `head_share`
+    of the planned steps: it unfreezes the top `unfreeze_share` of the body's layers, batch norms
+    left frozen (their statistics are the pretrained data's; a small batch would overwrite them), and
+    the learning rate is scaled down and warmed up again. The decision reads only the step and the
+    planned steps, which every worker of a multi-worker run agrees on, so all switch together; the
+    training loop retraces its step when the trainable weights change. The optimizer must be built
+    over every weight phase two trains, so its variables are the same in both phases.
+    """
+
+    def __init__(self, body: list[keras.Layer], head_share: float, unfreeze_share: float, schedule: WarmupCosine):
+        super().__init__()
+        self.body, self.head_share, self.schedule = body, head_share, schedule
+        self.fine_tune_epoch: int | None = None  # the epoch phase two began with, counted from 0
+        top = body[len(body) - max(1, math.ceil(unfreeze_share * len(body))):]
+        self.unfrozen = [layer for layer in top if not isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in body:
+            layer.trainable = False
+
+    @property
+    def fine_tuning(self) -> bool:
+        return float(self.schedule.fine_tune_from.numpy()) >= 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.fine_tuning:
+            return
+        iterations = self.model.optimizer.iterations
+        step = float(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
+        if step >= self.head_share * float(self.schedule.total_steps.numpy()):
+            self.schedule.fine_tune_from.assign(step)
+            self.fine_tune_epoch = epoch
+            self._unfreeze()
+
+    def _unfreeze(self) -> None:
+        for layer in self.unfrozen:
+            layer.trainable = True
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"fine_tune_from": np.array(float(self.schedule.fine_tune_from.numpy())),
+                "fine_tune_epoch": np.array(-1 if self.fine_tune_epoch is None else self.fine_tune_epoch)}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.schedule.fine_tune_from.assign(float(state["fine_tune_from"]))
+        self.fine_tune_epoch = None if int(state["fine_tune_epoch"]) < 0 else int(state["fine_tune_epoch"])
+        if self.fine_tuning:
+            self._unfreeze()

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import tomli_w
 
-from components.config import ModelConfig, Section, default_of
+from components.config import ModelConfig, Section, check_sections_together, default_of
 from components.errors import UserError
 from pipeline.registry import derived_defaults, sections
 
@@ -203,6 +203,7 @@ def _with_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineC
     updated = dict(config.sections)
     for section_name, section_values in changes.items():
         updated[section_name] = dataclasses.replace(config.sections[section_name], **section_values)
+    check_sections_together(updated)
     return PipelineConfig(updated)
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from components.backbones import BACKBONES, WEIGHTS_SUFFIX
 from components.config import (
+    BUILT_IN_BUILDERS,
     DataConfig,
     EvaluateConfig,
     ExportConfig,
@@ -28,7 +30,7 @@ from components.config import (
     ValidateConfig,
 )
 from components.hashing import file_sha256
-from components.saved_models import find_baseline
+from components.saved_models import Parent, find_baseline, find_parent
 from components.source_defaults import augmentation_for, model_name_from_source
 from components.train_plan import plan_training
 from components.user_code import find_function
@@ -69,13 +71,14 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "components.ingest:ingest", {"config": DataConfig},
-          watches=lambda config: source_state(config.data.source)),
+          watches=lambda config: source_state(config.data.source),
+          resolves=lambda config, artifacts, places: smallest_image(config.model)),
     Stage("validate", "components.validate:validate", {"config": ValidateConfig}, {"splits": "ingest"}),
     Stage("preprocess", "components.preprocess:preprocess", {"config": PreprocessConfig}, {"splits": "ingest"}),
     Stage("train", "components.train:train", {"config": TrainConfig, "model_config": ModelConfig},
           {"splits": "ingest", "schema": "validate", "normalization": "preprocess"},
-          run_values=("tensorboard_dir", "resume_dir"), watches=lambda config: builder_source(config.model.builder),
-          resolves=lambda config, artifacts, places: {"plan": plan_training(config.train)}),
+          run_values=("tensorboard_dir", "resume_dir"), watches=lambda config: network_sources(config.model),
+          resolves=lambda config, artifacts, places: {"plan": plan_training(config.train), **warm_start(config.model)}),
     Stage("evaluate", "components.evaluate:evaluate", {"config": EvaluateConfig},
           {"trained": "train", "splits": "ingest"},
           resolves=lambda config, artifacts, places: {"baseline": find_baseline(
@@ -100,7 +103,24 @@ def builder_source(builder: str) -> str | None:
 
     The built-in CNN is project code, which every stage's code fingerprint covers already.
     """
-    return None if builder == "cnn" else file_sha256(find_function(builder, "model.builder"))
+    return None if builder in BUILT_IN_BUILDERS else file_sha256(find_function(builder, "model.builder"))
+
+
+def network_sources(model: ModelConfig) -> str | list[str | None] | None:
+    """What a network's starting point is made of outside the project: the builder's file, and a weights file."""
+    if model.weights.endswith(WEIGHTS_SUFFIX):
+        return [builder_source(model.builder), file_sha256(Path(model.weights).expanduser())]
+    return builder_source(model.builder)
+
+
+def smallest_image(model: ModelConfig) -> dict[str, int]:
+    """ingest's `min_image_size`: a backbone's smallest input (the built-in CNN and users' networks take any)."""
+    return {"min_image_size": BACKBONES[model.builder].min_size} if model.builder in BACKBONES else {}
+
+
+def warm_start(model: ModelConfig) -> dict[str, Parent]:
+    """train's `parent`, the export `model.init` names, resolved now: a model folder's newest version changes."""
+    return {"parent": find_parent(model.init)} if model.init else {}
 
 
 def sections() -> dict[str, type[Section]]:

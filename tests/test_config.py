@@ -39,6 +39,9 @@ BAD_VALUES = {
     "model.padding": ["full", ""],
     "model.dense_units": [-5, 10**10],
     "model.dropout": [1.0, -0.1],
+    # weights: not a backbone's builder (the smoke run's is cnn), no such file, not a .weights.h5 name
+    "model.weights": ["imagenet", "/nowhere/x.weights.h5", "weights.h5", "random"],
+    "model.init": ["/nowhere", "/tmp", "components"],  # no such folder, no export in it
     "train.epochs": [-3, 100_001],
     "train.batch_size": [0, -1],
     "train.learning_rate": [-1, 0],
@@ -56,6 +59,9 @@ BAD_VALUES = {
     "train.seed": [-1],
     "train.profile_batches": [(0, 2), (4, 2), (1, 2, 3)],
     "train.log_images": [-1, 100_000],
+    "train.head_share": [-0.1, 0.95],
+    "train.unfreeze_share": [0, 1.5],
+    "train.fine_tune_lr_scale": [0, 2],
     "evaluate.batch_size": [0, -512],
     "evaluate.min_accuracy": [1.5, -0.1],
     "evaluate.max_p_value": [0, -0.1, 1.5],

@@ -99,8 +99,10 @@ def test_a_mixed_precision_network_keeps_a_float32_softmax():
     ("examples/no_such_file.py:build", "model.builder=examples/no_such_file.py:build: no such file"),
     ("examples/networks.py:resnet50", "defines no 'resnet50'; name one of its functions (TinyConvNet, mlp, "
                                       "small_resnet, tiny_subclassed)"),
-    ("examples/networks.py", "model.builder='examples/networks.py' cannot work; use cnn, or MODULE:FUNCTION"),
-    ("examples/networks.py:", "cannot work; use cnn, or MODULE:FUNCTION"),
+    ("examples/networks.py", "model.builder='examples/networks.py' cannot work; use cnn, mobilenet_v3_small, "
+                             "efficientnet_v2_b0, resnet50, or MODULE:FUNCTION"),
+    ("examples/networks.py:", "cannot work; use cnn, mobilenet_v3_small, efficientnet_v2_b0, resnet50, or "
+                              "MODULE:FUNCTION"),
 ])
 def test_a_builder_that_is_not_there_is_refused_when_the_config_is_resolved(builder, message, monkeypatch):
     monkeypatch.chdir(REPO_DIR)
