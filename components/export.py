@@ -241,6 +241,7 @@ def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema
                 trained: TrainedModel, parity_max_abs_diff: float, num_parity_examples: int, run_id: str,
                 command: str, reproduction: dict[str, Any] | None) -> ModelCard:
     """What the model card says, gathered before the version number is known."""
+    record = trained.record() if trained.training_path.is_file() else None
     return ModelCard(
         model_name=config.model_name,
         exported_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -260,6 +261,11 @@ def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema
         data_warnings=schema.warnings,
         command=command,
         reproduction=reproduction,
+        network=trained.network,
+        starting_weights=record.starting_weights if record else "random",
+        parent=trained.parent,
+        trainable_parameters=record.trainable_parameters if record else 0,
+        frozen_parameters=record.frozen_parameters if record else 0,
     )
 
 

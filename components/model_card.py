@@ -47,6 +47,11 @@ class ModelCard:
     data_warnings: tuple[str, ...]  # validate's warnings: data problems that did not stop the run
     command: str  # the command line of the run; "" when export was called outside the orchestrator
     reproduction: dict[str, Any] | None  # pipeline/reproduction.py's record; None outside the orchestrator
+    network: str = "cnn"  # model.builder: cnn, a backbone, or the user's MODULE:FUNCTION
+    starting_weights: str = "random"  # where training started: random, imagenet, a weights file, an export
+    parent: str = ""  # the export warm-started from (model.init), NAME/VERSION; "" = none
+    trainable_parameters: int = 0  # trained in the last phase of training
+    frozen_parameters: int = 0  # never trained in it: a frozen body's, batch norms' statistics
 
 
 def render_model_card(card: ModelCard, version: int) -> str:

@@ -199,8 +199,11 @@ def _data(splits: Splits, schema: SchemaAndStatistics) -> dict[str, Any]:
 def _model(config: ReportConfig, trained: TrainedModel, record: TrainingRecord, exported: ExportedModel | None,
            splits: Splits) -> dict[str, Any]:
     """Parameters, sizes on disk and ONNX Runtime latency of the exported model."""
-    facts: dict[str, Any] = {"parameters": record.parameters, "precision": trained.precision,
-                             "export": None, "latency": None}
+    facts: dict[str, Any] = {"network": trained.network, "starting_weights": record.starting_weights,
+                             "parent": trained.parent, "parameters": record.parameters,
+                             "trainable_parameters": record.trainable_parameters,
+                             "frozen_parameters": record.frozen_parameters, "head_epochs": record.head_epochs,
+                             "precision": trained.precision, "export": None, "latency": None}
     if exported is None:
         return facts
     saved_model_files = [path for path in exported.version_dir.rglob("*")

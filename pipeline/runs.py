@@ -397,6 +397,8 @@ def _describe(run: dict[str, Any], workdir: Path) -> list[str]:
         + (f"\nerror      {run['error']}" if run.get("error") else ""),
         f"command    {run['command']}",
         f"data       sha256 {run['results'].get('data_fingerprint') or '-'}",
+        *([f"parent     {run['results']['parent']} (model.init: training started from that export)"]
+          if run["results"].get("parent") else []),
         f"code       git {git.get('commit', '-')}{' (uncommitted changes)' if git.get('dirty') else ''}",
         *_wrapped("packages   ", ", ".join(f"{k} {v}" for k, v in reproduction.get("packages", {}).items() if v)),
         *result_lines(run),
