@@ -74,6 +74,8 @@ RUN_BY = {
     # slow: each trains at least one model of the default size, or starts TensorFlow
     ("docs/running.md", "Running it"): "test_running_it",
     ("docs/data.md", "Image size"): "test_digits_at_another_image_size",
+    ("docs/pretrained.md", "Warm start from an export"): "test_warm_start",
+    ("docs/pretrained.md", "Pretrained backbones"): "test_a_pretrained_backbone",
     ("docs/caching.md", "Choosing stages"): "test_caching_lineage_and_config_files",
     ("docs/caching.md", "Lineage"): "test_caching_lineage_and_config_files",
     ("README.md", "A config file"): "test_caching_lineage_and_config_files",
@@ -530,6 +532,26 @@ def test_digits_at_another_image_size(tmp_path):
     assert manifest["status"] == "succeeded" and manifest["config"]["data"]["image_size"] == [32, 32]
     metadata = json.loads((tmp_path / "saved_models" / "digits32" / "1" / "metadata.json").read_text())
     assert metadata["input"]["shape"][1:] == [32, 32, 1]
+
+
+@pytest.mark.slow
+def test_warm_start(tmp_path):
+    with documented(sections_of("test_warm_start"), new_workdir(tmp_path)) as ran:
+        pass
+    assert "parent     digits/1 (model.init" in ran.stdout
+    metadata = json.loads((tmp_path / "saved_models" / "digits" / "2" / "metadata.json").read_text())
+    assert metadata["parent"] == "digits/1"
+    assert "Trained from `digits/1`" in (tmp_path / "saved_models" / "digits" / "2" / "model_card.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_pretrained_backbone(tmp_path):
+    with documented(sections_of("test_a_pretrained_backbone"), new_workdir(tmp_path)):
+        pass
+    manifest = json.loads(max((tmp_path / "runs").glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "succeeded" and manifest["results"]["network"] == "mobilenet_v3_small"
+    metadata = json.loads((tmp_path / "saved_models" / "digits_mobilenet" / "1" / "metadata.json").read_text())
+    assert metadata["input"]["shape"][1:] == [32, 32, 1]  # 8x8 digits, resized up to the backbone's smallest
 
 
 @pytest.mark.slow
