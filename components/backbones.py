@@ -50,8 +50,14 @@ WEIGHTS_SUFFIX = ".weights.h5"
 
 
 def keras_cache_file(backbone: Backbone) -> Path:
-    """Where Keras keeps the backbone's ImageNet weights once downloaded (`$KERAS_HOME`, else ~/.keras)."""
-    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+    """Where Keras keeps the backbone's ImageNet weights once downloaded: `$KERAS_HOME`, else ~/.keras (or
+    /tmp/.keras where the home folder is not writable), as `keras.utils.get_file` decides."""
+    if "KERAS_HOME" in os.environ:
+        home = Path(os.environ["KERAS_HOME"]).expanduser()
+    else:
+        home = (Path.home() if os.access(Path.home(), os.W_OK) else Path("/tmp")) / ".keras"
+    if not os.access(home, os.W_OK):  # Keras makes the folder when it is imported
+        home = Path("/tmp") / ".keras"
     return home / "models" / backbone.weights_file
 
 
