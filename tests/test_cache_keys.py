@@ -58,6 +58,9 @@ PROBES: dict[str, str | tuple[str, ...]] = {
     "model.dense_units": "0",
     "model.dropout": "0.1",
     "model.batch_norm": "false",
+    # A backbone's weights file (the builder a weights file needs first); its 32x32 minimum resizes the 6x6 images.
+    "model.weights": ("model.builder=mobilenet_v3_small", "model.weights={weights_file}"),
+    "model.init": "{workdir}/saved_models/probe",  # a warm start from the base run's own export
     "train.epochs": "2",
     "train.batch_size": "8",
     "train.learning_rate": "0.01",
@@ -76,6 +79,9 @@ PROBES: dict[str, str | tuple[str, ...]] = {
     "train.deterministic": "true",
     "train.profile_batches": "(1, 1)",
     "train.log_images": "1",
+    "train.head_share": "0.5",
+    "train.unfreeze_share": "0.5",
+    "train.fine_tune_lr_scale": "0.5",
     "evaluate.batch_size": "256",  # (7 would sum the test loss in another order: other metrics in the last bits)
     "evaluate.min_accuracy": "0.01",
     "evaluate.max_p_value": "0.5",
@@ -89,7 +95,7 @@ PROBES: dict[str, str | tuple[str, ...]] = {
     "report.measure_latency": "false",
 }
 # Changing what the model takes: export must refuse to publish it under the first model's name.
-CHANGES_THE_KIND_OF_MODEL = {"data.class_names", "data.image_size", "data.channels"}
+CHANGES_THE_KIND_OF_MODEL = {"data.class_names", "data.image_size", "data.channels", "model.weights"}
 
 EVERY_STAGE = "ingest validate preprocess train evaluate export report"
 FROM_TRAIN = "train evaluate export report"  # a model trained differently: tested, exported (version 2), reported
@@ -124,6 +130,8 @@ RERUNS: dict[str, str] = {
     "model.dense_units": FROM_TRAIN,
     "model.dropout": FROM_TRAIN,
     "model.batch_norm": FROM_TRAIN,
+    "model.weights": "ingest validate preprocess train evaluate export",  # 32x32 images: export refuses; no report
+    "model.init": FROM_TRAIN,  # training goes on from the exported weights
     "train.epochs": FROM_TRAIN,
     "train.batch_size": FROM_TRAIN,
     "train.learning_rate": FROM_TRAIN,
@@ -143,6 +151,10 @@ RERUNS: dict[str, str] = {
     "train.shuffle_mb": "train report",  # the split is gathered in memory, not streamed
     "train.profile_batches": "train report",  # one step per call into TensorFlow instead of three
     "train.log_images": "train report",  # images for TensorBoard only
+    # The two phases' settings: a network trained from random weights has one phase, which they do not change.
+    "train.head_share": "train report",
+    "train.unfreeze_share": "train report",
+    "train.fine_tune_lr_scale": "train report",
     "evaluate.batch_size": "evaluate report",  # the test split is one batch either way: the same predictions
     "evaluate.min_accuracy": "evaluate export report",  # the blessing records the rules it applied
     "evaluate.max_p_value": "evaluate export report",
@@ -167,6 +179,10 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache_keys")
     write_image_folder(root / "images", *make_images(24))
     write_image_folder(root / "other", *make_images(24, seed=5))
+    import keras
+
+    keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), include_top=False, weights=None).save_weights(
+        root / "backbone.weights.h5")
     return root
 
 
@@ -186,7 +202,9 @@ def test_a_changed_key_reruns_exactly_the_stages_it_reaches(key, folders, base, 
     workdir = tmp_path / "work"
     shutil.copytree(base_workdir, workdir, symlinks=True)
     probe = PROBES[key] if isinstance(PROBES[key], tuple) else (f"{key}={PROBES[key]}",)
-    overrides = [*_overrides(folders), *(override.format(other_folder=folders / "other") for override in probe)]
+    overrides = [*_overrides(folders), *(override.format(other_folder=folders / "other", workdir=workdir,
+                                                         weights_file=folders / "backbone.weights.h5")
+                                         for override in probe)]
     manifest = _run_probe(key, workdir, overrides)
     statuses = {record["name"]: record["status"] for record in manifest["stages"]}
     assert list(statuses) == [stage.name for stage in STAGES if stage.name != "report" or
