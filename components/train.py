@@ -222,7 +222,8 @@ class _Controls:
         """
         reason = ("time budget" if self.budget and self.budget.stopped else
                   "patience" if self.keep_best.stopped else "planned epochs")
-        steady = self.timer.steady_seconds()
+        fine_tune_epoch = self.head_first.fine_tune_epoch if self.head_first else None
+        steady = self.timer.steady_seconds(retraced=() if fine_tune_epoch is None else (fine_tune_epoch,))
         images_per_second = num_examples / steady if steady else 0.0
         return TrainingRecord(
             epochs_planned=epochs, epochs_run=len(history.get("loss", [])), best_epoch=self.keep_best.best_epoch + 1,

@@ -174,20 +174,24 @@ class EpochTimer(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.seconds: list[float] = []
+        self.seconds: dict[int, float] = {}  # by epoch, counted from 0, of this session
+        self._epoch: int | None = None
         self._started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
+        self._epoch, self._started = epoch, time.perf_counter()
 
     def on_test_begin(self, logs: dict | None = None) -> None:
-        if self._started:  # validation closes the epoch's training steps
-            self.seconds.append(time.perf_counter() - self._started)
+        if self._started and self._epoch is not None:  # validation closes the epoch's training steps
+            self.seconds[self._epoch] = time.perf_counter() - self._started
             self._started = 0.0
 
-    def steady_seconds(self) -> float | None:
-        """The median epoch's training seconds, the first epoch (which traces the step) left out."""
-        steady = sorted(self.seconds[1:]) or self.seconds
+    def steady_seconds(self, retraced: tuple[int, ...] = ()) -> float | None:
+        """The median epoch's training seconds, leaving out the first epoch (which traces the step) and the
+        `retraced` ones (phase two's first traces it again)."""
+        first = min(self.seconds, default=0)
+        steady = sorted(seconds for epoch, seconds in self.seconds.items() if epoch != first and epoch not in retraced)
+        steady = steady or sorted(self.seconds.values())
         return steady[len(steady) // 2] if steady else None
 
 

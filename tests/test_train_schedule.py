@@ -12,7 +12,7 @@ from components.artifacts import Normalization, SchemaAndStatistics
 from components.config import ModelConfig, TrainConfig
 from components.train import train
 from components.train_plan import plan_training
-from components.train_schedule import KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from components.train_schedule import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
 from tests.conftest import make_images
 from tests.test_validate import write_splits
 
@@ -216,3 +216,11 @@ def test_a_model_fits_batches_prefetched_to_a_device():
     history = model.fit(batches, epochs=2, steps_per_epoch=6, verbose=0)
     assert len(history.history["loss"]) == 2
     assert next(iter(batches))[0].device.endswith("CPU:0") and next(iter(batches))[0].dtype == tf.uint8
+
+
+def test_steady_epochs_leave_out_the_epochs_that_trace_the_step():
+    timer = EpochTimer()
+    timer.seconds = {3: 9.0, 4: 1.0, 5: 8.0, 6: 1.2, 7: 1.1}  # resumed at epoch 3; phase two began at epoch 5
+    assert timer.steady_seconds(retraced=(5,)) == 1.1  # the median of 1.0, 1.2, 1.1
+    assert timer.steady_seconds() == 1.2  # with the retracing epoch: 1.0, 8.0, 1.2, 1.1
+    assert EpochTimer().steady_seconds() is None
