@@ -224,3 +224,21 @@ def test_steady_epochs_leave_out_the_epochs_that_trace_the_step():
     assert timer.steady_seconds(retraced=(5,)) == 1.1  # the median of 1.0, 1.2, 1.1
     assert timer.steady_seconds() == 1.2  # with the retracing epoch: 1.0, 8.0, 1.2, 1.1
     assert EpochTimer().steady_seconds() is None
+
+
+def test_phase_two_scales_the_rate_down_and_warms_it_up_again():
+    schedule = WarmupCosine(peak=1.0, warmup=0.1, total_steps=1000, fine_tune_scale=0.1)
+    plain = WarmupCosine(peak=1.0, warmup=0.1, total_steps=1000)
+    rate = lambda step: float(schedule(step))  # noqa: E731
+    assert rate(500) == pytest.approx(float(plain(500)))  # no phase two yet
+    schedule.fine_tune_from.assign(400.0)
+    assert rate(399) == pytest.approx(float(plain(399)))  # before it began
+    assert rate(400) == pytest.approx(float(plain(400)) * 0.1 / 100)  # warmed up again over 100 steps
+    assert rate(449) == pytest.approx(float(plain(449)) * 0.1 * 50 / 100)
+    assert rate(600) == pytest.approx(float(plain(600)) * 0.1)
+
+
+def test_a_warm_start_with_every_layer_is_planned_fewer_epochs():
+    assert planned_epochs(0, 54_000) == 6 and planned_epochs(0, 54_000, warm=True) == 2  # floor(0.4 * 6)
+    assert planned_epochs(0, 1_437) == 42 and planned_epochs(0, 1_437, warm=True) == 16
+    assert planned_epochs(0, 600_000, warm=True) == 2 and planned_epochs(5, 100, warm=True) == 5  # as asked
