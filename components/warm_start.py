@@ -50,6 +50,10 @@ def start_from_parent(model: keras.Model, spec: NetworkSpec, parent: Parent,
     parent_model = load_trained(parent.version_dir / "network.json", parent.version_dir / "model.weights.h5")
     same_classes = tuple(read_metadata(parent.version_dir)["class_names"]) == tuple(class_names)
     mine, their_layers = weighted_leaves(model), weighted_leaves(parent_model)
+    if len(mine) != len(their_layers):  # the same settings built another network: the builder's code changed
+        raise UserError(f"model.init={parent.label} has {len(their_layers)} layers with weights, and this run's "
+                        f"{spec.name} has {len(mine)}; its builder's code changed since: warm start from a version "
+                        "trained with this code, or remove model.init")
     body, head = [], []
     for layer, their_layer in zip(mine, their_layers):
         weights = their_layer.get_weights()
