@@ -114,6 +114,11 @@ NOT_RUN = {
     "python bench/peers.py --goals recipe": _MEASUREMENT,
     "python bench/throughput.py --repeats 1 --epochs 3": _MEASUREMENT,
     "python bench/cached_rerun.py": _MEASUREMENT,
+    "python bench/warm_start.py": _MEASUREMENT,
+    "python bench/warm_start.py --repeats 1 --warm-epochs 3": _MEASUREMENT,
+    "python bench/backbones.py": _MEASUREMENT,
+    "python bench/transfer.py": _MEASUREMENT,
+    "python bench/transfer.py --repeats 1 --seconds 60": _MEASUREMENT,
     "python bench/scale_memory.py --repeats 3": _MEASUREMENT,
     "python bench/multi_worker.py --repeats 3": _MEASUREMENT,
     "python bench/serve_load.py --clients 16 --seconds 10 --backends onnx savedmodel --batch-window-ms 0 1 2 5":
