@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -37,7 +38,15 @@ from components.strategy import make_strategy
 from components.tensorboard_log import EventLog
 from components.train_loop import LoopSettings, TrainingLoop
 from components.train_plan import TrainingPlan, choose_xla, prefetch_device, scale_batch
-from components.train_schedule import EpochTimer, HeadFirst, KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from components.train_schedule import (
+    EpochTimer,
+    HeadFirst,
+    KeepBest,
+    StepLimit,
+    TimeBudget,
+    WarmupCosine,
+    planned_steps,
+)
 from components.train_tensorboard import ConfusionImages, LearningRateLog, log_labelled_images
 from components.warm_start import StartingPoint, starting_point
 
@@ -91,8 +100,9 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             network = NetworkSpec.of(model_config, schema.image_shape, schema.num_classes, normalization.mean,
                                      normalization.std)
             start = starting_point(model, network, model_config, parent, splits.class_names)
-            epochs = planned_epochs(config.epochs, num_examples, warm=parent is not None and not start.body)
-            schedule = WarmupCosine(peak_learning_rate, config.warmup, epochs * steps,
+            most_steps = planned_steps(config.epochs, num_examples, steps, warm=parent is not None and not start.body)
+            epochs = math.ceil(most_steps / steps)
+            schedule = WarmupCosine(peak_learning_rate, config.warmup, most_steps,
                                     config.fine_tune_lr_scale if start.body else 1.0)
             trainee = _compile_trainee(model, config, schedule, steps)
             if start.body:  # every weight either phase trains: the optimizer's variables are the same in both
@@ -101,7 +111,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
         loop = TrainingLoop(trainee, strategy, LoopSettings(
             batch_size, steps, trainee.steps_per_execution, schema.num_classes, config.label_smoothing,
             choose_xla(config.xla, plan.devices), plan.strategy.num_workers), shared=[schedule.total_steps])
-        controls = _Controls(config, schedule, epochs * steps, resume_dir, strategy.extended.should_checkpoint,
+        controls = _Controls(config, schedule, most_steps, resume_dir, strategy.extended.should_checkpoint,
                              head_first)
         first_epoch, history = controls.restore(trainee)
         loop.check_workers_agree(first_epoch, f"{plan.precision}, {plan.strategy.kind} on {replicas} replicas, "
@@ -114,7 +124,7 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             if first_epoch < epochs and not controls.stopped():  # killed after its last epoch: nothing left
                 callbacks = [LearningRateLog(), *controls.callbacks(),  # the learning rate first: history keeps it
                              ConfusionImages(event_log, lambda: loop.confusion, splits.class_names),
-                             _tensorboard(config, tensorboard_dir, epochs * steps)]
+                             _tensorboard(config, tensorboard_dir, most_steps)]
                 fitted = loop.fit(_training_input(config, splits, schema, plan, batch_size, steps * replicas,
                                                   epochs, first_epoch),
                                   _validation_input(config, splits, schema.num_classes, batch_size),
@@ -197,6 +207,7 @@ class _Controls:
         self.timer = EpochTimer()
         self.budget = TimeBudget(config.max_seconds, schedule, most_steps) if config.max_seconds else None
         self.head_first = head_first
+        self.step_limit = StepLimit(most_steps)
         parts = [part for part in (self.keep_best, self.budget, head_first) if part is not None]
         self.checkpoint = EpochCheckpoint(resume_dir, parts, writes) if resume_dir else None
 
@@ -207,7 +218,7 @@ class _Controls:
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """In the order they must see an epoch's end: the budget, the best epoch, then the checkpoint."""
-        chosen = [self.head_first, self.timer, self.budget, self.keep_best, self.checkpoint]
+        chosen = [self.head_first, self.timer, self.step_limit, self.budget, self.keep_best, self.checkpoint]
         return [callback for callback in chosen if callback is not None]
 
     def stopped(self) -> bool:

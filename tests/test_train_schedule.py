@@ -12,7 +12,16 @@ from components.artifacts import Normalization, SchemaAndStatistics
 from components.config import ModelConfig, TrainConfig
 from components.train import train
 from components.train_plan import plan_training
-from components.train_schedule import EpochTimer, KeepBest, TimeBudget, WarmupCosine, planned_epochs
+from components.train_schedule import (
+    WARM_START_SHARE,
+    EpochTimer,
+    KeepBest,
+    StepLimit,
+    TimeBudget,
+    WarmupCosine,
+    planned_epochs,
+    planned_steps,
+)
 from tests.conftest import make_images
 from tests.test_validate import write_splits
 
@@ -238,7 +247,24 @@ def test_phase_two_scales_the_rate_down_and_warms_it_up_again():
     assert rate(600) == pytest.approx(float(plain(600)) * 0.1)
 
 
-def test_a_warm_start_with_every_layer_is_planned_fewer_epochs():
-    assert planned_epochs(0, 54_000) == 6 and planned_epochs(0, 54_000, warm=True) == 2  # floor(0.4 * 6)
-    assert planned_epochs(0, 1_437) == 42 and planned_epochs(0, 1_437, warm=True) == 16
-    assert planned_epochs(0, 600_000, warm=True) == 2 and planned_epochs(5, 100, warm=True) == 5  # as asked
+def test_a_warm_start_with_every_layer_is_planned_a_share_of_the_steps():
+    assert planned_steps(0, 54_000, 844) == 6 * 844
+    assert planned_steps(0, 54_000, 844, warm=True) == math.floor(WARM_START_SHARE * 6 * 844)  # inside epoch 3
+    assert planned_steps(0, 1_437, 23, warm=True) == math.floor(WARM_START_SHARE * 42 * 23)
+    assert planned_steps(5, 100, 2, warm=True) == 10  # train.epochs as asked
+
+
+def test_training_stops_at_the_planned_step_inside_an_epoch():
+    class Model:
+        stop_training = False
+        optimizer = type("Optimizer", (), {"iterations": keras.Variable(0, dtype="int64")})()
+
+    model, limit = Model(), StepLimit(25)
+    limit.set_model(model)
+    for step in (10, 20, 24):
+        model.optimizer.iterations.assign(step)
+        limit.on_train_batch_end(0)
+        assert not model.stop_training
+    model.optimizer.iterations.assign(25)
+    limit.on_train_batch_end(0)
+    assert model.stop_training
