@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -212,13 +213,21 @@ def backbone_network(name: str, input_shape: tuple[int, int, int], num_classes: 
 
 
 def _load_backbone_weights(body: keras.Model, path: Path, name: str) -> None:
-    """Load a `.weights.h5` file into a backbone; one line when it holds another network's weights."""
-    try:
-        body.load_weights(path)
-    except (ValueError, KeyError, OSError) as error:
-        raise UserError(f"model.weights={path} does not fit {name} (keras.applications."
-                        f"{BACKBONES[name].application}, include_top=False): {first_line(error)}; give weights "
-                        "saved with save_weights from that network") from None
+    """Load a `.weights.h5` file into a backbone; one line when it holds another network's weights.
+
+    Before it raises, Keras warns once per layer it cannot match (about 190 lines for another
+    network): kept back when the load fails, so the one line is what the user reads; passed on if it works.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            body.load_weights(path)
+        except (ValueError, KeyError, OSError) as error:
+            raise UserError(f"model.weights={path} does not fit {name} (keras.applications."
+                            f"{BACKBONES[name].application}, include_top=False): {first_line(error)}; give weights "
+                            "saved with save_weights from that network") from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # of 0..1 RGB pixels

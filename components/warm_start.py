@@ -79,12 +79,13 @@ def _check_same_network(theirs: NetworkSpec, mine: NetworkSpec, parent: Parent) 
     their_network, my_network = _network_settings(theirs), _network_settings(mine)
     differ = [key for key in sorted(set(their_network) | set(my_network))
               if their_network.get(key) != my_network.get(key) and key != "builder"]
-    if their_network["builder"] == my_network["builder"] and not differ \
-            and tuple(theirs.image_shape) == tuple(mine.image_shape):
+    same_builder = their_network["builder"] == my_network["builder"]
+    if same_builder and not differ and tuple(theirs.image_shape) == tuple(mine.image_shape):
         return
+    shown = differ if same_builder else []  # another builder: its name is the difference (the CNN's keys would mislead)
     raise UserError(
-        f"model.init={parent.label} is {_describe(theirs, their_network, differ)}, and this run trains "
-        f"{_describe(mine, my_network, differ)}; a warm start needs the same network and input shape: set "
+        f"model.init={parent.label} is {_describe(theirs, their_network, shown)}, and this run trains "
+        f"{_describe(mine, my_network, shown)}; a warm start needs the same network and input shape: set "
         "model.* and data.image_size as the parent's, or remove model.init")
 
 
