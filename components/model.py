@@ -19,7 +19,7 @@ import numpy as np
 
 from components.backbones import BACKBONES, WEIGHTS_CHOICES, check_imagenet_reachable
 from components.config import BACKBONE_OPTIONS, BUILT_IN_BUILDERS, ModelConfig
-from components.errors import UserError, first_line
+from components.errors import UserError
 from components.user_code import load_function, module_path, split_target
 
 # Keras's default, 0.99, leaves the moving statistics far from the data's after a few hundred steps
@@ -224,10 +224,18 @@ def _load_backbone_weights(body: keras.Model, path: Path, name: str) -> None:
             body.load_weights(path)
         except (ValueError, KeyError, OSError) as error:
             raise UserError(f"model.weights={path} does not fit {name} (keras.applications."
-                            f"{BACKBONES[name].application}, include_top=False): {first_line(error)}; give weights "
+                            f"{BACKBONES[name].application}, include_top=False): {_mismatch(error)}; give weights "
                             "saved with save_weights from that network") from None
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _mismatch(error: Exception) -> str:
+    """What Keras's load error says is wrong, on one line: its first line that names a shape or a count."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if "shape" in line or "expected" in line]
+    line = (telling or lines or [type(error).__name__])[0]
+    return line.split(" Target variable:")[0].rstrip(":. ")  # not the variable's values that follow
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # of 0..1 RGB pixels
