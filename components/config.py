@@ -335,8 +335,9 @@ class TrainConfig(Section):
     unfreeze_share: float = setting(1.0, "after the head's phase: share of the body's layers, from the top, "
                                     "trained too (1 = all); the body's batch norms stay in inference mode",
                                     between(0.01, 1))
-    fine_tune_lr_scale: float = setting(0.1, "after the head's phase: the body's learning rate as a multiple of "
-                                        "train.learning_rate, warmed up again", between(1e-4, 1))
+    fine_tune_lr_scale: float = setting(0.1, "after the head's phase: the learning rate (of every weight, the "
+                                        "head's too) as a multiple of the schedule's, warmed up again",
+                                        between(1e-4, 1))
 
 
 @dataclass(frozen=True)

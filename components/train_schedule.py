@@ -108,6 +108,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.started = self._test_started = 0.0
         self.rate_since: float | None = None  # None until the first execution has ended
         self.rate_steps = 0
+        self._trainable = 0  # weights training when the speed was measured
         self.stopped = False
 
     def spent(self) -> float:
@@ -115,6 +116,14 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.started, self.rate_since = self.clock(), None
+        self._trainable = self._num_trainable()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Measure the speed anew when more weights train (`HeadFirst`'s phase two): its steps cost more, and
+        a plan by phase one's speed overran a 60 s budget by half. The next execution traces the step again."""
+        trainable = self._num_trainable()
+        if trainable != self._trainable:
+            self._trainable, self.rate_since = trainable, None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         iterations = self.model.optimizer.iterations  # int() refuses it under MultiWorkerMirroredStrategy: .numpy()
@@ -128,6 +137,9 @@ class TimeBudget(keras.callbacks.Callback):
         self.schedule.total_steps.assign(max(planned, 1.0))
         if step >= planned or left <= 0:
             self.stopped = self.model.stop_training = True
+
+    def _num_trainable(self) -> int:
+        return len(getattr(self.model, "trainable_weights", ()))
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         self._test_started = self.clock()

@@ -113,6 +113,25 @@ def test_the_budget_plans_the_schedule_for_the_steps_the_time_buys():
     assert model.stop_training and budget.stopped  # nothing left but the last validation
 
 
+def test_the_budget_measures_the_speed_anew_when_more_weights_train():
+    clock = [0.0]
+    model, schedule = _Model(), WarmupCosine(1.0, 0.1, 10_000)
+    model.trainable_weights = [0] * 2  # phase one: the head
+    budget = TimeBudget(seconds=100.0, schedule=schedule, most_steps=10_000, clock=lambda: clock[0])
+    budget.set_model(model)
+    budget.on_train_begin()
+    for clock[0], model.optimizer.iterations in ((1.0, 10), (2.0, 1010)):  # 1,000 steps a second
+        budget.on_train_batch_end(0)
+    assert float(schedule.total_steps) == 10_000  # 98 s buy more than the most steps
+    model.trainable_weights = [0] * 20  # phase two: the body too, 10 steps a second
+    budget.on_epoch_begin(1)
+    clock[0], model.optimizer.iterations = 3.0, 1020  # its first execution traces the step again: no rate
+    budget.on_train_batch_end(1)
+    clock[0], model.optimizer.iterations = 4.0, 1030
+    budget.on_train_batch_end(2)
+    assert float(schedule.total_steps) == pytest.approx(1030 + 96 * 10)  # by phase two's speed alone
+
+
 def _tiny_data(tmp_path):
     (tmp_path / "data").mkdir(exist_ok=True)
     splits = write_splits(tmp_path / "data", make_images(12), val=make_images(4, seed=1))
