@@ -9,7 +9,8 @@ from random weights on 10,000 Fashion-MNIST images resized to 32x32 (`data.image
 (`components.model.load_trained`, then `save_weights` to a .weights.h5 file). Then the same network
 trains on 200 of scikit-learn's digits as 32x32 RGB PNG files (bench/backbones.py writes them;
 `data.max_train_examples=200`), from those weights (`model.weights=FILE`: the new head first, then
-fine-tuning) and from random weights (`model.weights=none`), each for the same `train.max_seconds`,
+fine-tuning) and from random weights (`model.weights=none`), each for the same `train.max_seconds`
+(with `train.epochs=1000 train.patience=0`, so the budget alone ends both: equal time),
 and is scored on the same 360 test images. `--repeats` runs of each, alternating; the medians and
 ranges of the test accuracy are printed. Under a time budget the steps run depend on the machine's
 speed, so the accuracies vary a little from run to run.
@@ -51,7 +52,7 @@ def fine_tune(workdir: Path, images_dir: Path, weights: str, seconds: float) -> 
     """Test accuracy of mobilenet_v3_small trained on 200 digits from `weights` for `seconds`; prints the run."""
     manifest = run_pipeline(workdir, f"data.source=folder:{images_dir}", "model.builder=mobilenet_v3_small",
                             f"model.weights={weights}", "data.max_train_examples=200",
-                            f"train.max_seconds={seconds}")
+                            f"train.max_seconds={seconds}", "train.epochs=1000", "train.patience=0")
     results = manifest["results"]
     print(f"model.weights={Path(weights).name}: test accuracy {results['test_accuracy']:.4f}, "
           f"{results['epochs_run']} epochs in {results['train_seconds']:.1f} s, kept epoch {results['best_epoch']}, "
