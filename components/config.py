@@ -177,7 +177,8 @@ class PreprocessConfig(Section):
                              between(1e-12, 1.0))
 
 
-BACKBONE_OPTIONS = {"dropout": 0.2}  # what model.options may set for a backbone, and the defaults
+# What model.options may set for a backbone (its default is backbone_network's, in model.py: code, fingerprinted).
+BACKBONE_OPTIONS = ("dropout",)
 BUILT_IN_BUILDERS = ("cnn", *BACKBONES)
 
 
@@ -269,7 +270,7 @@ class ModelConfig(Section):
         if unknown:
             raise UserError(f"model.options={self.options!r}: {self.builder} takes only "
                             f"{', '.join(BACKBONE_OPTIONS)}; remove {', '.join(unknown)}")
-        dropout = self.options.get("dropout", BACKBONE_OPTIONS["dropout"])
+        dropout = self.options.get("dropout", 0.0)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 0.95:
             raise UserError(f"model.options={self.options!r}: dropout must be a number from 0 to 0.95")
         defaults = type(self)()
@@ -384,5 +385,5 @@ def check_sections_together(sections: Mapping[str, Section]) -> None:
     smallest = BACKBONES[model.builder].min_size
     if data.image_size and min(data.image_size) < smallest:
         raise UserError(f"data.image_size={data.image_size} is smaller than model.builder={model.builder} takes; "
-                        f"give at least ({smallest}, {smallest}), or () to keep the data's size (the model resizes "
-                        f"smaller images up to {smallest}x{smallest} itself)")
+                        f"give at least ({smallest}, {smallest}), or () to let ingest resize smaller images up to "
+                        f"{smallest}x{smallest}")

@@ -55,11 +55,13 @@ def ingest(config: DataConfig, out_dir: Path, min_image_size: int = 0) -> Splits
             data.on_bad_file=fail) holds unreadable image files.
     """
     source = read_source(config)
+    original_size = config.image_size
     config, source = _at_least(config, source, min_image_size)
     if isinstance(source, SourceData):
         source = drop_unused_classes(source)
         _check_arrays(source)
-        _check_resizable(source, config.image_size)
+        _check_resizable(source, config.image_size, resized_for_the_network=min_image_size > 0 and
+                         config.image_size != original_size)
     class_names = _class_names(config, source)
     rows = _split_rows(config, _part_labels(source, "train"), _part_labels(source, "test"))
     image_shape, dtype = _image_type(source, config.image_size)
@@ -174,7 +176,7 @@ def _at_least(config: DataConfig, source: Source, min_image_size: int) -> tuple[
     return config, read_source(config) if isinstance(source, ImageFolder) else source
 
 
-def _check_resizable(source: SourceData, image_size: tuple[int, ...]) -> None:
+def _check_resizable(source: SourceData, image_size: tuple[int, ...], resized_for_the_network: bool = False) -> None:
     """Images to resize are 8-bit with 1 or 3 channels: what Pillow resizes as it resizes image files.
 
     Raises:
@@ -184,10 +186,12 @@ def _check_resizable(source: SourceData, image_size: tuple[int, ...]) -> None:
     if not image_size or images.shape[1:3] == image_size:
         return
     if images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
-        raise UserError(f"data.image_size={image_size} resizes 8-bit images of 1 (grayscale) or 3 (RGB) channels, "
+        asked = (f"the network takes images of at least {min(image_size)}x{min(image_size)}, so ingest resizes "
+                 "them; it") if resized_for_the_network else f"data.image_size={image_size}"
+        raise UserError(f"{asked} resizes 8-bit images of 1 (grayscale) or 3 (RGB) channels, "
                         f"and the source's are {images.dtype} with {images.shape[-1]} channel(s); convert them at "
-                        "the source (e.g. floats in 0..1: np.round(x * 255).astype(np.uint8)), or remove "
-                        "data.image_size")
+                        "the source (e.g. floats in 0..1: np.round(x * 255).astype(np.uint8))"
+                        + ("" if resized_for_the_network else ", or remove data.image_size"))
 
 
 def _check_arrays(source: SourceData) -> None:

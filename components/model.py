@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from components.backbones import BACKBONES, WEIGHTS_CHOICES, check_imagenet_reachable
-from components.config import BACKBONE_OPTIONS, BUILT_IN_BUILDERS, ModelConfig
+from components.config import BUILT_IN_BUILDERS, ModelConfig
 from components.errors import UserError
 from components.user_code import load_function, module_path, split_target
 
@@ -69,7 +69,7 @@ def build_network(config: ModelConfig, input_shape: tuple[int, int, int], num_cl
     if config.builder in BACKBONES:
         weights = config.weights if load_weights else "none"
         return backbone_network(config.builder, input_shape, num_classes, weights,
-                                **{**BACKBONE_OPTIONS, **config.options})
+                                **config.options)
     network = load_function(config.builder, "model.builder")(tuple(input_shape), num_classes, **config.options)
     if not isinstance(network, keras.Layer):
         raise UserError(f"model.builder={config.builder} returned {type(network).__name__}, not a Keras model; "

@@ -203,6 +203,7 @@ def _model(config: ReportConfig, trained: TrainedModel, record: TrainingRecord, 
                              "parent": trained.parent, "parameters": record.parameters,
                              "trainable_parameters": record.trainable_parameters,
                              "frozen_parameters": record.frozen_parameters, "head_epochs": record.head_epochs,
+                             "epochs_run": record.epochs_run,
                              "precision": trained.precision, "export": None, "latency": None}
     if exported is None:
         return facts

@@ -107,12 +107,11 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             trainee = _compile_trainee(model, config, schedule, steps)
             if start.body:  # every weight either phase trains: the optimizer's variables are the same in both
                 trainee.optimizer.build(trainee.trainable_variables)
-        head_first = HeadFirst(start.body, config.head_share, config.unfreeze_share, schedule) if start.body else None
         loop = TrainingLoop(trainee, strategy, LoopSettings(
             batch_size, steps, trainee.steps_per_execution, schema.num_classes, config.label_smoothing,
             choose_xla(config.xla, plan.devices), plan.strategy.num_workers), shared=[schedule.total_steps])
         controls = _Controls(config, schedule, most_steps, resume_dir, strategy.extended.should_checkpoint,
-                             head_first)
+                             start.body)
         first_epoch, history = controls.restore(trainee)
         loop.check_workers_agree(first_epoch, f"{plan.precision}, {plan.strategy.kind} on {replicas} replicas, "
                                               f"{epochs} epochs of {steps} steps")
@@ -202,13 +201,14 @@ class _Controls:
     """The callbacks that decide how training goes and ends, and the checkpoint that saves their state."""
 
     def __init__(self, config: TrainConfig, schedule: WarmupCosine, most_steps: int, resume_dir: Path | None,
-                 writes: bool = True, head_first: HeadFirst | None = None):
+                 writes: bool = True, body: list[keras.Layer] | None = None):
         self.keep_best = KeepBest(config.patience)
         self.timer = EpochTimer()
         self.budget = TimeBudget(config.max_seconds, schedule, most_steps) if config.max_seconds else None
-        self.head_first = head_first
+        self.head_first = HeadFirst(body, config.head_share, config.unfreeze_share, schedule,
+                                    self.keep_best) if body else None
         self.step_limit = StepLimit(most_steps)
-        parts = [part for part in (self.keep_best, self.budget, head_first) if part is not None]
+        parts = [part for part in (self.keep_best, self.budget, self.head_first) if part is not None]
         self.checkpoint = EpochCheckpoint(resume_dir, parts, writes) if resume_dir else None
 
     def restore(self, model: keras.Model) -> tuple[int, dict[str, list[float]]]:
@@ -217,7 +217,9 @@ class _Controls:
         return self.checkpoint.restore(model) if self.checkpoint else (0, {})
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
-        """In the order they must see an epoch's end: the budget, the best epoch, then the checkpoint."""
+        """In the order they must be called: HeadFirst first, so that at an epoch's start the loop and the
+        budget see phase two's trainable weights (the budget then measures the speed anew); at an epoch's
+        end the budget, the best epoch, then the checkpoint, which saves what they decided."""
         chosen = [self.head_first, self.timer, self.step_limit, self.budget, self.keep_best, self.checkpoint]
         return [callback for callback in chosen if callback is not None]
 

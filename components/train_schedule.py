@@ -172,6 +172,8 @@ class KeepBest(keras.callbacks.Callback):
         self.best_epoch = -1
         self.best_weights: list[np.ndarray] = []
         self.stopped = False
+        # HeadFirst's phase one may not end training, and phase two's patience counts from its own start.
+        self.may_stop, self.patience_from = True, 0
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -179,7 +181,7 @@ class KeepBest(keras.callbacks.Callback):
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
             self.best_weights = [np.array(weight) for weight in self.model.get_weights()]
-        elif self.patience and epoch - self.best_epoch >= self.patience:
+        elif self.may_stop and self.patience and epoch - max(self.best_epoch, self.patience_from) >= self.patience:
             self.stopped = self.model.stop_training = True
 
     def restore(self, model: keras.Model) -> None:
@@ -238,9 +240,20 @@ class HeadFirst(keras.callbacks.Callback):
     over every weight phase two trains, so its variables are the same in both phases.
     """
 
-    def __init__(self, body: list[keras.Layer], head_share: float, unfreeze_share: float, schedule: WarmupCosine):
+    def __init__(self, body: list[keras.Layer], head_share: float, unfreeze_share: float, schedule: WarmupCosine,
+                 keep_best: KeepBest | None = None):
+        """
+        Args:
+            body: the layers phase one freezes (`components.warm_start`).
+            head_share, unfreeze_share: `train.head_share`, `train.unfreeze_share`.
+            schedule: the learning rate's, whose `fine_tune_from` marks phase two's first step.
+            keep_best: early stopping, which may not stop phase one (the body would never train) and
+                counts phase two's patience from its start (its rate starts again near 0).
+        """
         super().__init__()
-        self.body, self.head_share, self.schedule = body, head_share, schedule
+        self.body, self.head_share, self.schedule, self.keep_best = body, head_share, schedule, keep_best
+        if keep_best is not None:
+            keep_best.may_stop = False
         self.fine_tune_epoch: int | None = None  # the epoch phase two began with, counted from 0
         top = body[len(body) - max(1, math.ceil(unfreeze_share * len(body))):]
         self.unfrozen = [layer for layer in top if not isinstance(layer, keras.layers.BatchNormalization)]
@@ -264,6 +277,8 @@ class HeadFirst(keras.callbacks.Callback):
     def _unfreeze(self) -> None:
         for layer in self.unfrozen:
             layer.trainable = True
+        if self.keep_best is not None:
+            self.keep_best.may_stop, self.keep_best.patience_from = True, self.fine_tune_epoch or 0
 
     def state(self) -> dict[str, np.ndarray]:
         return {"fine_tune_from": np.array(float(self.schedule.fine_tune_from.numpy())),

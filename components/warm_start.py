@@ -90,8 +90,13 @@ def _check_same_network(theirs: NetworkSpec, mine: NetworkSpec, parent: Parent) 
 
 
 def _network_settings(spec: NetworkSpec) -> dict[str, Any]:
-    """The `model` settings that make the network, as JSON has them (tuples as lists)."""
-    return {key: value for key, value in json.loads(json.dumps(spec.model)).items() if key not in ("weights", "init")}
+    """The `model` settings that shape the network's weights, as JSON has them (tuples as lists): not where its
+    weights come from, nor its dropout (no weights), which a warm start may change."""
+    settings = {key: value for key, value in json.loads(json.dumps(spec.model)).items()
+                if key not in ("weights", "init", "dropout")}
+    if settings["builder"] in BACKBONES:
+        settings["options"] = {key: value for key, value in settings.get("options", {}).items() if key != "dropout"}
+    return settings
 
 
 def _describe(spec: NetworkSpec, settings: dict[str, Any], keys: list[str]) -> str:

@@ -15,6 +15,7 @@ from components.train_plan import plan_training
 from components.train_schedule import (
     WARM_START_SHARE,
     EpochTimer,
+    HeadFirst,
     KeepBest,
     StepLimit,
     TimeBudget,
@@ -80,6 +81,25 @@ def test_keep_best_keeps_the_lowest_validation_loss_and_stops_after_patience():
     again.load_state(keep.state())  # what the epoch checkpoint carries over a kill
     assert (again.best_epoch, again.best_score, again.stopped) == (1, -0.5, True)
     np.testing.assert_array_equal(again.best_weights[0], [1.0, 1.0])
+
+
+def test_early_stopping_waits_for_phase_two_and_counts_its_patience_from_there():
+    model, keep = _Model(), KeepBest(patience=2)
+    body = keras.layers.Dense(2)
+    body.build((None, 3))
+    schedule = WarmupCosine(1.0, 0.1, total_steps=100)
+    head_first = HeadFirst([body], head_share=0.5, unfreeze_share=1.0, schedule=schedule, keep_best=keep)
+    for callback in (keep, head_first):
+        callback.set_model(model)
+    for epoch, loss in enumerate([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]):  # never better than epoch 0
+        model.optimizer.iterations = 10 * epoch
+        head_first.on_epoch_begin(epoch)
+        keep.on_epoch_end(epoch, {"val_loss": loss})
+        if model.stop_training:
+            break
+    assert head_first.fine_tune_epoch == 5  # the first epoch to begin at step 50 or later
+    assert epoch == 7 and keep.stopped  # 2 epochs of phase two without a better one; none stopped phase one
+    assert body.trainable
 
 
 def test_patience_zero_never_stops():

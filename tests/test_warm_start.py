@@ -202,3 +202,19 @@ def test_train_reruns_when_the_content_of_model_weights_file_changes(tmp_path):
     assert train_fingerprint(tmp_path / "saved_models", *overrides) == key
     weights_path.write_bytes(b"other weights, same name")
     assert train_fingerprint(tmp_path / "saved_models", *overrides) != key
+
+
+def test_a_warm_start_may_change_the_dropout_but_not_the_layers(tmp_path):
+    from components.config import ModelConfig
+    from components.errors import UserError
+    from components.model import NetworkSpec
+    from components.saved_models import Parent
+    from components.warm_start import _check_same_network
+
+    parent = Parent("digits/1", tmp_path, "0" * 64)
+    theirs = NetworkSpec.of(ModelConfig(dropout=0.5), (8, 8, 1), 10, 0.0, 1.0)
+    _check_same_network(theirs, NetworkSpec.of(ModelConfig(dropout=0.1), (8, 8, 1), 10, 0.0, 1.0), parent)
+    with pytest.raises(UserError, match="dense_units=128.*dense_units=64"):
+        _check_same_network(theirs, NetworkSpec.of(ModelConfig(dense_units=64), (8, 8, 1), 10, 0.0, 1.0), parent)
+    backbone = NetworkSpec.of(ModelConfig(builder="resnet50", options={"dropout": 0.4}), (32, 32, 3), 10, 0.0, 1.0)
+    _check_same_network(backbone, NetworkSpec.of(ModelConfig(builder="resnet50"), (32, 32, 3), 10, 0.0, 1.0), parent)
