@@ -242,12 +242,7 @@ class ModelConfig(Section):
                                 f"(model.{', model.'.join(self.CNN_KEYS)})")
             return
         find_function(self.builder, "model.builder")
-        defaults = type(self)()
-        for key in self.CNN_KEYS:
-            if getattr(self, key) != getattr(defaults, key):
-                raise UserError(f"model.{key}={getattr(self, key)!r} sets the built-in CNN, and "
-                                f"model.builder={self.builder} is another network; remove model.{key} (your "
-                                "builder's settings go in model.options)")
+        self._refuse_cnn_keys("is another network", "your builder's settings go in model.options")
 
     def _check_starting_weights(self) -> None:
         if self.weights != "none" and self.builder not in BACKBONES:
@@ -260,10 +255,10 @@ class ModelConfig(Section):
         if self.init and self.weights != "none":
             raise UserError(f"model.init={self.init} and model.weights={self.weights} both give the starting "
                             "weights; keep one of them")
-        if self.init:
-            from components.saved_models import find_parent
+        if self.init:  # the folder only: train's fingerprint hashes its weights, once, when it runs
+            from components.saved_models import parent_version_dir  # only then: it loads NumPy (hashing)
 
-            find_parent(self.init)
+            parent_version_dir(self.init)
 
     def _check_backbone(self) -> None:
         unknown = sorted(set(self.options) - set(BACKBONE_OPTIONS))
@@ -273,12 +268,15 @@ class ModelConfig(Section):
         dropout = self.options.get("dropout", 0.0)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 0.95:
             raise UserError(f"model.options={self.options!r}: dropout must be a number from 0 to 0.95")
+        self._refuse_cnn_keys("is a backbone", "its head's dropout goes in model.options={\"dropout\": RATE}")
+
+    def _refuse_cnn_keys(self, network: str, instead: str) -> None:
+        """One line for a built-in CNN key set beside another `model.builder`, which would ignore it."""
         defaults = type(self)()
         for key in self.CNN_KEYS:
             if getattr(self, key) != getattr(defaults, key):
                 raise UserError(f"model.{key}={getattr(self, key)!r} sets the built-in CNN, and "
-                                f"model.builder={self.builder} is a backbone; remove model.{key} (its head's "
-                                "dropout goes in model.options={\"dropout\": RATE})")
+                                f"model.builder={self.builder} {network}; remove model.{key} ({instead})")
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

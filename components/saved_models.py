@@ -96,7 +96,14 @@ class Parent:
 
 
 def find_parent(init: str) -> Parent:
-    """The version `model.init` names: a version folder, or a model folder's newest version.
+    """The version `model.init` names, with the hash of what a warm start reads from it (train's fingerprint)."""
+    version_dir = parent_version_dir(init)
+    return Parent(f"{version_dir.parent.name}/{version_dir.name}", version_dir,
+                  file_sha256(*(version_dir / name for name in WARM_START_FILES)))
+
+
+def parent_version_dir(init: str) -> Path:
+    """The version folder `model.init` names: itself, or a model folder's newest version; its files not read.
 
     Raises:
         UserError: no such folder, no exported version in it, or a version exported before warm starts.
@@ -113,5 +120,4 @@ def find_parent(init: str) -> Parent:
     if missing:
         raise UserError(f"model.init={init}: {version_dir} has no {' or '.join(missing)} (exported before warm "
                         "starts were possible); export that model again with this version of the pipeline")
-    return Parent(f"{version_dir.parent.name}/{version_dir.name}", version_dir,
-                  file_sha256(*(version_dir / name for name in WARM_START_FILES)))
+    return version_dir
