@@ -104,6 +104,40 @@ class Normalization(Artifact):
 
 
 @dataclass(frozen=True)
+class Tuning(Artifact):
+    """Tune's output: the values the search chose for train, and its record (`tuning.json`, Optuna's study).
+
+    `tuning.json` holds `best` (section.key -> value), `defaults` (the config's own values of the same
+    keys), `best_val_accuracy`, `space`, `seconds`, `budget_seconds`, every trial (`trials`: number,
+    state, values, validation accuracy per epoch, start and end seconds) and `importance` (Optuna's).
+    """
+
+    tuning_path: Path
+    study_path: Path  # study.sqlite: Optuna's storage of the search (optuna.load_study, optuna-dashboard)
+
+    @property
+    def fingerprint(self) -> str:
+        return file_sha256(self.tuning_path)
+
+    def read(self) -> dict[str, Any]:
+        """`tuning.json`."""
+        return json.loads(self.tuning_path.read_text())
+
+    def facts(self) -> dict[str, Any]:
+        record = self.read()
+        states = [trial["state"] for trial in record["trials"]]
+        return {"tune_trials": len(states), "tune_pruned": states.count("pruned"), "tune_seconds": record["seconds"],
+                "tune_best": record["best"], "tune_best_val_accuracy": record["best_val_accuracy"]}
+
+    def summary(self) -> list[str]:
+        facts = self.facts()
+        chosen = ", ".join(f"{key}={value}" for key, value in facts["tune_best"].items())
+        return [f"tuned        {facts['tune_trials']} trials ({facts['tune_pruned']} pruned) in "
+                f"{facts['tune_seconds']:.0f} s: best validation accuracy {facts['tune_best_val_accuracy']:.4f}",
+                f"chosen       {chosen}"]
+
+
+@dataclass(frozen=True)
 class TrainingRecord:
     """`training.json`: how training ended, the epoch kept, and how fast it went."""
 

@@ -339,6 +339,32 @@ class TrainConfig(Section):
                                         between(1e-4, 1))
 
 
+PRUNERS = ("median", "hyperband", "none")
+MIN_TUNE_SECONDS = 30.0  # below this a search is one trial of the defaults, cut short: no search at all
+
+
+def _is_budget(seconds: float) -> bool:
+    return seconds == 0 or seconds >= MIN_TUNE_SECONDS
+
+
+@dataclass(frozen=True)
+class TuneConfig(Section):
+    name: ClassVar[str] = "tune"
+    max_seconds: float = setting(0.0, "time budget of a hyper-parameter search before train, in seconds (start-up "
+                                 "included): Optuna trials on the training split, scored on validation; train then "
+                                 "uses the best values found; 0 = no search", Check(_is_budget, f"0 (no search) or "
+                                 f"at least {MIN_TUNE_SECONDS:g} seconds, e.g. 600"))
+    space: dict = setting({}, "the settings searched, a JSON object of section.key: [LOW, HIGH], [LOW, HIGH, \"log\"], "
+                          "[A, B, C, ...] or {\"choices\": [A, B]}, e.g. {\"train.learning_rate\": [1e-4, 1e-2, "
+                          "\"log\"], \"model.dropout\": [0.0, 0.5]}; {} = the default space for model.builder "
+                          "(docs/tuning.md)", Check(_is_json_object, "a JSON object with string keys, e.g. "
+                                                    "{\"model.dropout\": [0.0, 0.5]}"))
+    max_trials: int = setting(0, "most trials, the first being the config as given; 0 = as many as the budget "
+                              "allows", at_least(0))
+    pruner: str = setting("median", "median | hyperband | none: when a trial is stopped early, judged after each epoch "
+                          "by its validation accuracy against the other trials'", one_of(*PRUNERS))
+
+
 @dataclass(frozen=True)
 class EvaluateConfig(Section):
     name: ClassVar[str] = "evaluate"

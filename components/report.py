@@ -31,6 +31,7 @@ from components.artifacts import (
     Splits,
     TrainedModel,
     TrainingRecord,
+    Tuning,
 )
 from components.blessing import Blessing
 from components.config import ReportConfig
@@ -51,7 +52,7 @@ TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("components", "templa
 def report(config: ReportConfig, splits: Splits, schema: SchemaAndStatistics, trained: TrainedModel, metrics: Metrics,
            exported: ExportedModel | None, changed_settings: dict[str, Any], model_name: str, out_dir: Path,
            tensorboard_dir: Path, run_id: str, command: str = "", reproduction: dict | None = None,
-           config_values: dict[str, Any] | None = None) -> Report:
+           config_values: dict[str, Any] | None = None, tuning: Tuning | None = None) -> Report:
     """Write `report.html` from the run's artifacts, and the test results to TensorBoard.
 
     Args:
@@ -68,6 +69,7 @@ def report(config: ReportConfig, splits: Splits, schema: SchemaAndStatistics, tr
             the folder itself the HParams record.
         run_id, command, reproduction: the run that wrote the report, as the orchestrator records it.
         config_values: every `section.key` value, for TensorBoard's HParams (only the changed ones if None).
+        tuning: tune's output, shown in a Tuning section; None when tune did not run.
 
     Returns:
         The report's path.

@@ -8,14 +8,14 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as op_determinism  # is/enable/disable_op_determinism
 
-from components.artifacts import Normalization, SchemaAndStatistics, Splits, TrainedModel, TrainingRecord
+from components.artifacts import Normalization, SchemaAndStatistics, Splits, TrainedModel, TrainingRecord, Tuning
 from components.atomic import write_atomically
 from components.batches import (
     BatchPlan,
@@ -48,6 +48,7 @@ from components.train_schedule import (
     planned_steps,
 )
 from components.train_tensorboard import ConfusionImages, LearningRateLog, log_labelled_images
+from components.tune_space import apply_values
 from components.warm_start import StartingPoint, starting_point
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,24 @@ log = logging.getLogger(__name__)
 
 def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: SchemaAndStatistics,
           normalization: Normalization, plan: TrainingPlan, out_dir: Path, tensorboard_dir: Path,
-          resume_dir: Path | None = None, parent: Parent | None = None) -> TrainedModel:
+          resume_dir: Path | None = None, parent: Parent | None = None, tuning: Tuning | None = None) -> TrainedModel:
+    """The train stage: `train_network` with the config's values, or those the tune stage chose (`tuning`).
+
+    Args:
+        tuning: tune's output, whose best values replace the config's; None when tune did not run.
+        The others: as `train_network` takes them.
+    """
+    if tuning is not None:
+        config, model_config = apply_values(tuning.read()["best"], config, model_config)
+        log.info("train: with the values tune chose: %s", tuning.read()["best"])
+    return train_network(config, model_config, splits, schema, normalization, plan, out_dir, tensorboard_dir,
+                         resume_dir, parent)
+
+
+def train_network(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema: SchemaAndStatistics,
+                  normalization: Normalization, plan: TrainingPlan, out_dir: Path, tensorboard_dir: Path,
+                  resume_dir: Path | None = None, parent: Parent | None = None,
+                  callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainedModel:
     """Train the model and save it as `model.keras`, with `history.json` (per epoch) and `training.json`.
 
     The network is trained on its logits (a numerically stable loss, with label smoothing) and
@@ -80,6 +98,8 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
             time budget, which depends on the machine's speed, ended it).
         parent: the export `model.init` names: training starts from its weights (a new head for other
             classes, trained alone first); None = from the builder's own.
+        callbacks: called after the loop's own at every hook (a tune trial's pruning); one that raises
+            ends training with its exception.
 
     Returns:
         The saved model's path and weights hash, the precision policy it trained in, its records.
@@ -121,13 +141,13 @@ def train(config: TrainConfig, model_config: ModelConfig, splits: Splits, schema
                 log_labelled_images(event_log, *load_split(splits, "train", limit=config.log_images),
                                     splits.class_names)
             if first_epoch < epochs and not controls.stopped():  # killed after its last epoch: nothing left
-                callbacks = [LearningRateLog(), *controls.callbacks(),  # the learning rate first: history keeps it
-                             ConfusionImages(event_log, lambda: loop.confusion, splits.class_names),
-                             _tensorboard(config, tensorboard_dir, most_steps)]
+                hooks = [LearningRateLog(), *controls.callbacks(),  # the learning rate first: history keeps it
+                         ConfusionImages(event_log, lambda: loop.confusion, splits.class_names),
+                         _tensorboard(config, tensorboard_dir, most_steps), *callbacks]
                 fitted = loop.fit(_training_input(config, splits, schema, plan, batch_size, steps * replicas,
                                                   epochs, first_epoch),
                                   _validation_input(config, splits, schema.num_classes, batch_size),
-                                  epochs, first_epoch, callbacks)
+                                  epochs, first_epoch, hooks)
                 for key, values in fitted.items():
                     history[key] = history.get(key, []) + values
         controls.keep_best.restore(model)

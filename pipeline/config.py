@@ -25,6 +25,7 @@ import tomli_w
 
 from components.config import ModelConfig, Section, check_sections_together, default_of
 from components.errors import UserError
+from components.tune_space import check_tuning
 from pipeline.registry import derived_defaults, sections
 
 if sys.version_info >= (3, 11):
@@ -204,6 +205,7 @@ def _with_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineC
     for section_name, section_values in changes.items():
         updated[section_name] = dataclasses.replace(config.sections[section_name], **section_values)
     check_sections_together(updated)
+    check_tuning(updated)
     return PipelineConfig(updated)
 
 

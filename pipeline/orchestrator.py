@@ -137,7 +137,8 @@ def _run_stage(stage: Stage, config: PipelineConfig, context: RunContext, select
     """Skip, find cached or execute one stage; its record is the last of `context.stages` throughout, so a
     failure anywhere leaves it in the manifest as failed, with what was known by then."""
     context.stages.append(StageRecord(stage.name, "failed"))
-    reason = _missing_input(stage, context) or (stage.skip_reason(context.artifacts) if stage.skip_reason else None)
+    reason = _missing_input(stage, context) or (stage.skip_reason(config, context.artifacts) if stage.skip_reason
+                                                else None)
     if reason:
         _update(context, status="skipped", reason=reason)
         log.info("stage %s: skipped (%s)", stage.name, reason)
@@ -190,6 +191,7 @@ def _execute(stage: Stage, config: PipelineConfig, context: RunContext, key: Sta
         "reproduction": context.reproduction,
         "config_values": flat_settings(config.sections),
         "resume_dir": resume_dir(context.cache, stage.name, key.fingerprint),
+        "started": time.perf_counter(),
     }
     arguments = stage_arguments(stage, config, context.artifacts, run_values, key.resolved)
     work_dir = context.cache.new_work_dir(stage.name)

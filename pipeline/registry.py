@@ -27,6 +27,7 @@ from components.config import (
     ReportConfig,
     Section,
     TrainConfig,
+    TuneConfig,
     ValidateConfig,
 )
 from components.hashing import file_sha256
@@ -40,8 +41,10 @@ from pipeline.fingerprint import source_state
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "components" / "templates"
 
 # What the orchestrator offers a stage besides config and artifacts, by parameter name.
+# `started` is time.perf_counter() when the stage started, before its function was imported: a stage with a
+# time budget counts its start-up too.
 RUN_VALUES = ("tensorboard_dir", "resume_dir", "saved_models_dir", "run_id", "command", "reproduction",
-              "config_values")
+              "config_values", "started")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class Stage:
     # artifacts, places)` returns values that are fingerprinted and passed by name.
     watches: Callable[[Any], Any] | None = None
     resolves: Callable[[Any, Mapping[str, Any], RunPlaces], dict[str, Any]] | None = None
-    skip_reason: Callable[[Mapping[str, Any]], str | None] | None = None  # from earlier artifacts
+    # Why the stage does not run this time, from the config and earlier artifacts; None = it runs.
+    skip_reason: Callable[[Any, Mapping[str, Any]], str | None] | None = None
     # Input parameters that receive None when their stage was skipped; any other missing input skips this one.
     optional: tuple[str, ...] = ()
 
@@ -75,9 +79,16 @@ STAGES: tuple[Stage, ...] = (
           resolves=lambda config, artifacts, places: smallest_image(config.model)),
     Stage("validate", "components.validate:validate", {"config": ValidateConfig}, {"splits": "ingest"}),
     Stage("preprocess", "components.preprocess:preprocess", {"config": PreprocessConfig}, {"splits": "ingest"}),
-    Stage("train", "components.train:train", {"config": TrainConfig, "model_config": ModelConfig},
+    Stage("tune", "components.tune:tune",
+          {"config": TuneConfig, "train_config": TrainConfig, "model_config": ModelConfig},
           {"splits": "ingest", "schema": "validate", "normalization": "preprocess"},
-          run_values=("tensorboard_dir", "resume_dir"), watches=lambda config: network_sources(config.model),
+          run_values=("tensorboard_dir", "resume_dir", "started"), watches=lambda config: network_sources(config.model),
+          resolves=lambda config, artifacts, places: {"plan": plan_training(config.train)},
+          skip_reason=lambda config, artifacts: None if config.tune.max_seconds else "tune.max_seconds=0"),
+    Stage("train", "components.train:train", {"config": TrainConfig, "model_config": ModelConfig},
+          {"splits": "ingest", "schema": "validate", "normalization": "preprocess", "tuning": "tune"},
+          run_values=("tensorboard_dir", "resume_dir"), optional=("tuning",),
+          watches=lambda config: network_sources(config.model),
           resolves=lambda config, artifacts, places: {"plan": plan_training(config.train), **warm_start(config.model)}),
     Stage("evaluate", "components.evaluate:evaluate", {"config": EvaluateConfig},
           {"trained": "train", "splits": "ingest"},
@@ -87,12 +98,13 @@ STAGES: tuple[Stage, ...] = (
           {"trained": "train", "splits": "ingest", "schema": "validate", "metrics": "evaluate"},
           run_values=("saved_models_dir", "run_id", "command", "reproduction"),
           watches=lambda config: file_sha256(TEMPLATES_DIR / "model_card.md.j2"),
-          skip_reason=lambda artifacts: None if artifacts["evaluate"].blessed
+          skip_reason=lambda config, artifacts: None if artifacts["evaluate"].blessed
           else artifacts["evaluate"].blessing_reason),
     Stage("report", "components.report:report", {"config": ReportConfig},
-          {"splits": "ingest", "schema": "validate", "trained": "train", "metrics": "evaluate", "exported": "export"},
+          {"splits": "ingest", "schema": "validate", "tuning": "tune", "trained": "train", "metrics": "evaluate",
+           "exported": "export"},
           run_values=("tensorboard_dir", "run_id", "command", "reproduction", "config_values"),
-          optional=("exported",), watches=lambda config: file_sha256(TEMPLATES_DIR / "report.html.j2"),
+          optional=("tuning", "exported"), watches=lambda config: file_sha256(TEMPLATES_DIR / "report.html.j2"),
           resolves=lambda config, artifacts, places: report_settings(config)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

@@ -66,6 +66,8 @@ def join_training(config: PipelineConfig, workdir: Path, selection: Selection, c
     started = time.time()
     artifacts: dict[str, Any] = {}
     for stage in STAGES:
+        if stage.skip_reason and stage.skip_reason(config, artifacts):  # before train, only tune may be skipped
+            continue
         key = stage_key(stage, config, artifacts, RunPlaces(workdir / "saved_models"))
         if stage.name != "train":
             artifacts[stage.name] = _wait_for(cache, lineage_path, stage.name, key.fingerprint, started)

@@ -71,6 +71,11 @@ BAD_VALUES = {
     "export.parity_atol": [0, -1],
     "export.onnx_opset": [7, 99],
     "report.mistakes": [-1, 401],
+    "tune.max_seconds": [-1, 10],  # 10: below the 30 s a search needs (a trial of the defaults, cut short)
+    "tune.max_trials": [-1],
+    "tune.pruner": ["asha"],
+    # The first: a space with no budget to search it (tests/test_tune_space.py sweeps bad spaces with one).
+    "tune.space": [{"train.learning_rate": [0.001, 0.01]}, [1, 2]],
 }
 ANY_VALUE_WORKS = {"data.tfds_data_dir", "data.download", "model.batch_norm", "train.deterministic",
                    "evaluate.fail_if_not_blessed", "report.measure_latency"}
@@ -163,7 +168,8 @@ def test_an_unknown_key_gets_the_nearest_one_in_a_short_line(typo, suggestion):
 
 
 def test_an_unrecognisable_key_names_the_sections_and_a_malformed_override_the_form():
-    with pytest.raises(UserError, match="sections are data, validate, preprocess, train, model, evaluate, export"):
+    with pytest.raises(UserError, match="sections are data, validate, preprocess, tune, train, model, evaluate, "
+                                        "export"):
         resolve("default", ["zzz.qqq=3"])
     with pytest.raises(UserError, match="section.key=value"):
         resolve("default", ["epochs"])
