@@ -76,6 +76,7 @@ RUN_BY = {
     ("docs/data.md", "Image size"): "test_digits_at_another_image_size",
     ("docs/pretrained.md", "Warm start from an export"): "test_warm_start",
     ("docs/pretrained.md", "Pretrained backbones"): "test_a_pretrained_backbone",
+    ("docs/tuning.md", "Tuning within a budget"): "test_tuning",
     ("docs/caching.md", "Choosing stages"): "test_caching_lineage_and_config_files",
     ("docs/caching.md", "Lineage"): "test_caching_lineage_and_config_files",
     ("README.md", "A config file"): "test_caching_lineage_and_config_files",
@@ -96,6 +97,8 @@ NOT_RUN = {
                                                           "python -m pipeline.run in a fresh folder)",
     'pip install -e ".[gpu,dev]"': "installs TensorFlow's CUDA libraries, for a machine with a GPU",
     "pytest": f"the test suite itself; {_CI}",
+    "python -m pipeline.run tune.max_seconds=600": "a 10-minute search; the page's smoke-preset search (30 s) runs "
+                                                   "in test_tuning",
     "pytest -m slow -n 0": f"the slow tests of this suite; {_CI}",
     "pytest -n 0": "the default suite in one process, the measurement the page compares with",
     "pytest tests/test_docs.py": "this test itself",
@@ -547,6 +550,17 @@ def test_warm_start(tmp_path):
     metadata = json.loads((tmp_path / "saved_models" / "digits" / "2" / "metadata.json").read_text())
     assert metadata["parent"] == "digits/1"
     assert "Trained from `digits/1`" in (tmp_path / "saved_models" / "digits" / "2" / "model_card.md").read_text()
+
+
+@pytest.mark.slow
+def test_tuning(tmp_path):
+    with documented(sections_of("test_tuning"), new_workdir(tmp_path)) as ran:
+        pass
+    assert "tuned        " in ran.stdout and "chosen       train.learning_rate=" in ran.stdout
+    manifest = json.loads(max((tmp_path / "runs").glob("*/manifest.json")).read_text())
+    tune = next(stage for stage in manifest["stages"] if stage["name"] == "tune")
+    assert tune["status"] == "succeeded" and tune["seconds"] <= 1.05 * 30
+    assert manifest["results"]["tune_trials"] >= 2
 
 
 @pytest.mark.slow
