@@ -132,8 +132,10 @@ class Tuning(Artifact):
     def summary(self) -> list[str]:
         facts = self.facts()
         chosen = ", ".join(f"{key}={value}" for key, value in facts["tune_best"].items())
-        return [f"tuned        {facts['tune_trials']} trials ({facts['tune_pruned']} pruned) in "
-                f"{facts['tune_seconds']:.0f} s: best validation accuracy {facts['tune_best_val_accuracy']:.4f}",
+        searched = f"{facts['tune_trials']} trials ({facts['tune_pruned']} pruned) in {facts['tune_seconds']:.0f} s"
+        if facts["tune_best_val_accuracy"] is None:
+            return [f"tuned        {searched}: no trial finished within the budget; train uses the config as given"]
+        return [f"tuned        {searched}: best validation accuracy {facts['tune_best_val_accuracy']:.4f}",
                 f"chosen       {chosen}"]
 
 

@@ -71,7 +71,7 @@ def tune(config: TuneConfig, train_config: TrainConfig, model_config: ModelConfi
         Where the record and the study are.
 
     Raises:
-        UserError: no trial finished (each failed; the first one's reason is given).
+        UserError: every trial failed (the first one's reason is given).
     """
     budget = Budget(config.max_seconds, started=time.perf_counter() if started is None else started)
     space = search_space(config, train_config, model_config, splits.num_examples["train"])
@@ -82,10 +82,11 @@ def tune(config: TuneConfig, train_config: TrainConfig, model_config: ModelConfi
     with tempfile.TemporaryDirectory(prefix="tune-") as scratch:
         trainer = TrialTrainer(train_config, model_config, without_test(splits, Path(scratch) / "splits"), schema,
                                normalization, plan, Path(scratch), tensorboard_dir / "tune", study, budget)
-        search(study, space, trainer.run, budget, config.max_trials,
-               {dimension.key: config_value(dimension.key, train_config, model_config) for dimension in space})
+        search(study, space, trainer.run, budget, config.max_trials, config_values(space, train_config, model_config,
+                                                                                   splits.num_examples["train"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = tuning_record(study, space, train_config, model_config, budget)
+    record = tuning_record(study, space, config_values(space, train_config, model_config,
+                                                      splits.num_examples["train"]), budget)
     write_json_atomically(out_dir / "tuning.json", record)
     shutil.copyfile(storage_dir / STUDY_FILE, out_dir / STUDY_FILE)
     if resume_dir:
@@ -100,6 +101,15 @@ def search_space(config: TuneConfig, train: TrainConfig, model: ModelConfig, num
     if config.space:
         return parse_space(config.space, train, model)
     return default_space(model, planned_epochs(train.epochs, num_train))
+
+
+def config_values(space: Sequence[Dimension], train: TrainConfig, model: ModelConfig,
+                  num_train: int) -> dict[str, Any]:
+    """The config's own value of each searched setting, `train.epochs=0` as the epochs it plans for the data."""
+    values = {dimension.key: config_value(dimension.key, train, model) for dimension in space}
+    if values.get("train.epochs") == 0:
+        values["train.epochs"] = planned_epochs(0, num_train)
+    return values
 
 
 def _most_epochs(space: Sequence[Dimension], train: TrainConfig, splits: Splits) -> int:
@@ -173,9 +183,11 @@ def search(study: optuna.Study, space: Sequence[Dimension], run_trial: TrialRunn
     if not study.trials:
         study.enqueue_trial({dimension.key: dimension.as_optuna(baseline[dimension.key]) for dimension in space
                              if dimension.holds(baseline[dimension.key])}, skip_if_exists=True)
+    log.info("tune: %.1f s of the budget spent before the first trial of this session", budget.spent())
     while not max_trials or _num_finished(study) < max_trials:
         seconds = budget.trial_seconds()
         if seconds < MIN_TRIAL_SECONDS:
+            log.info("tune: %.1f s left: too little for another trial", budget.seconds - budget.spent())
             break
         trial = study.ask()
         values = {dimension.key: dimension.suggest(trial) for dimension in space}
@@ -275,10 +287,13 @@ class TrialTrainer:
             event_log.hparams(values, trial_id=f"trial-{trial.number:03d}")
         reporter = PruningReporter(trial, lambda: self.study.set_user_attr(SPENT_ATTR, self.budget.spent()))
         log.info("tune: trial %d for at most %.0f s of training: %s", trial.number, limit, values)
-        try:
+        try:  # a user's builder may refuse the values in its own way (Keras's layers raise ValueError)
             kept_epoch = train_network(train, model, self.splits, self.schema, self.normalization, self.plan,
                                        self.scratch_dir / f"trial-{trial.number}", run_dir,
                                        callbacks=[reporter]).record().best_epoch
+        except (ValueError, TypeError) as error:
+            raise UserError(f"trial {trial.number} with {values}: {type(error).__name__}: {first_line(error)}") \
+                from None
         finally:
             shutil.rmtree(self.scratch_dir / f"trial-{trial.number}", ignore_errors=True)
         trial.set_user_attr("val_accuracy_by_epoch", reporter.accuracies)
@@ -323,29 +338,36 @@ class PruningReporter(keras.callbacks.Callback):
         return (self._ended or time.perf_counter()) - self._started
 
 
-def tuning_record(study: optuna.Study, space: Sequence[Dimension], train: TrainConfig, model: ModelConfig,
+def tuning_record(study: optuna.Study, space: Sequence[Dimension], defaults: dict[str, Any],
                   budget: Budget) -> dict[str, Any]:
     """`tuning.json`: the chosen values against the config's, every trial, and each setting's importance.
 
+    When the budget ran out before any trial finished (start-up took it, on a busy machine), the values
+    chosen are the config's own, and `best_val_accuracy` is None.
+
     Raises:
-        UserError: no trial completed.
+        UserError: trials ran and every one failed; the first failure's line.
     """
     completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    if not completed:
-        errors = [trial.user_attrs["error"] for trial in study.trials if "error" in trial.user_attrs]
-        raise UserError("tune: no trial finished in tune.max_seconds=" f"{budget.seconds:g}" +
-                        (f"; the first failed: {errors[0]}" if errors else "; give the search more time"))
-    best = study.best_trial
+    errors = [trial.user_attrs["error"] for trial in study.trials if "error" in trial.user_attrs]
+    if not completed and errors:
+        raise UserError(f"tune: every trial failed; the first: {errors[0]}")
+    best = study.best_trial if completed else None
+    if best is None:
+        log.warning("tune: no trial finished within tune.max_seconds=%g (start-up took %.0f s); train uses the "
+                    "config as given", budget.seconds, budget.spent())
     first = min((trial.datetime_start for trial in study.trials if trial.datetime_start), default=None)
     return {
-        "best": {dimension.key: _decoded(dimension, best.params[dimension.key]) for dimension in space},
-        "defaults": {dimension.key: config_value(dimension.key, train, model) for dimension in space},
-        "best_val_accuracy": best.value,
-        "best_trial": best.number,
+        "best": {dimension.key: _decoded(dimension, best.params[dimension.key]) for dimension in space} if best
+        else defaults,
+        "defaults": defaults,
+        "best_val_accuracy": best.value if best else None,
+        "best_trial": best.number if best else None,
         "space": {dimension.key: json.loads(dimension.describe()) for dimension in space},
         "seconds": round(budget.spent(), 2),
         "budget_seconds": budget.seconds,
-        "trials": [_trial_record(trial, space, first) for trial in study.trials],
+        "trials": [_trial_record(trial, space, first) for trial in study.trials
+                   if trial.state != optuna.trial.TrialState.WAITING],
         "importance": _importance(study, completed),
     }
 

@@ -135,14 +135,19 @@ def _target(key: str, train: TrainConfig, model: ModelConfig, where: str) -> Sec
                     "model.options.NAME for a network of your own")
 
 
-def _is_whole_setting(key: str, target: Section | None) -> bool:
+def _is_whole_setting(key: str, target: Section | None) -> bool | None:
+    """Whether the setting takes whole numbers; None for a model option, whose type its ends tell."""
     if target is None:
-        return False
+        return None
     return typing.get_type_hints(type(target))[key.partition(".")[2]] is int
 
 
-def _read_values(key: str, values: Any, where: str, whole: bool) -> Dimension:
-    """A dimension from `[LOW, HIGH]`, `[LOW, HIGH, "log"]`, `[A, B, ...]` or `{"choices": [...]}`."""
+def _read_values(key: str, values: Any, where: str, whole: bool | None) -> Dimension:
+    """A dimension from `[LOW, HIGH]`, `[LOW, HIGH, "log"]`, `[A, B, ...]` or `{"choices": [...]}`.
+
+    A range is of whole numbers when its setting takes them (`whole`), or, for a model option (`whole` is
+    None: the builder's types are not known), when both ends are whole.
+    """
     if isinstance(values, dict) and set(values) == {"choices"}:
         values = values["choices"]
         if not isinstance(values, list) or not values:
@@ -162,7 +167,7 @@ def _read_values(key: str, values: Any, where: str, whole: bool) -> Dimension:
         raise UserError(f"{where}={values!r}: LOW must be below HIGH (for one value, set {key} itself)")
     if log and low <= 0:
         raise UserError(f"{where}={values!r}: a log range starts above 0")
-    integer = whole and all(isinstance(end, int) for end in ends)
+    integer = all(isinstance(end, int) for end in ends) and whole is not False
     if whole and not integer:
         raise UserError(f"{where}={values!r}: {key} takes whole numbers; give whole ends")
     return Dimension(key, low, high, log=log, integer=integer)
