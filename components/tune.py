@@ -74,24 +74,24 @@ def tune(config: TuneConfig, train_config: TrainConfig, model_config: ModelConfi
         UserError: every trial failed (the first one's reason is given).
     """
     budget = Budget(config.max_seconds, started=time.perf_counter() if started is None else started)
-    space = search_space(config, train_config, model_config, splits.num_examples["train"])
+    num_train = splits.num_examples["train"]
+    space = search_space(config, train_config, model_config, num_train)
+    defaults = config_values(space, train_config, model_config, num_train)
     storage_dir = resume_dir or out_dir / "study"
-    study = open_study(storage_dir / STUDY_FILE, train_config.seed, config.pruner, _most_epochs(space, train_config,
-                                                                                            splits))
+    most_epochs = _most_epochs(space, train_config, num_train)
+    study = open_study(storage_dir / STUDY_FILE, train_config.seed, config.pruner, most_epochs)
     budget.spent_before = float(study.user_attrs.get(SPENT_ATTR, 0.0))
     with tempfile.TemporaryDirectory(prefix="tune-") as scratch:
         trainer = TrialTrainer(train_config, model_config, without_test(splits, Path(scratch) / "splits"), schema,
                                normalization, plan, Path(scratch), tensorboard_dir / "tune", study, budget)
-        search(study, space, trainer.run, budget, config.max_trials, config_values(space, train_config, model_config,
-                                                                                   splits.num_examples["train"]))
+        search(study, space, trainer.run, budget, config.max_trials, defaults)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = tuning_record(study, space, config_values(space, train_config, model_config,
-                                                      splits.num_examples["train"]), budget)
+    record = tuning_record(study, space, defaults, budget)
     write_json_atomically(out_dir / "tuning.json", record)
     shutil.copyfile(storage_dir / STUDY_FILE, out_dir / STUDY_FILE)
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
-    log.info("tune: %d trials in %.0f s of %.0f, best validation accuracy %.4f: %s", len(record["trials"]),
+    log.info("tune: %d trials in %.0f s of %.0f, best validation accuracy %s: %s", len(record["trials"]),
              record["seconds"], config.max_seconds, record["best_val_accuracy"], record["best"])
     return Tuning(out_dir / "tuning.json", out_dir / STUDY_FILE)
 
@@ -112,11 +112,11 @@ def config_values(space: Sequence[Dimension], train: TrainConfig, model: ModelCo
     return values
 
 
-def _most_epochs(space: Sequence[Dimension], train: TrainConfig, splits: Splits) -> int:
+def _most_epochs(space: Sequence[Dimension], train: TrainConfig, num_train: int) -> int:
     """The most epochs a trial may run: Hyperband's largest resource."""
     epochs = next((dimension for dimension in space if dimension.key == "train.epochs"), None)
     if epochs is None:
-        return planned_epochs(train.epochs, splits.num_examples["train"])
+        return planned_epochs(train.epochs, num_train)
     return int(max(epochs.choices) if epochs.choices else epochs.high)
 
 
