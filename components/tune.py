@@ -49,7 +49,12 @@ FINISH_SECONDS = 3.0
 # A trial's cost outside training (building the network, its input pipeline, saving), assumed until measured.
 FIRST_OVERHEAD_SECONDS = 5.0
 MIN_TRIAL_SECONDS = 5.0  # less training time than this is no trial worth starting
-PRUNER_WARMUP_EPOCHS = 2  # epochs every trial runs before it may be pruned: the first ones say little
+# A trial reports its validation accuracy by progress through its own schedule, in tenths: trials of
+# other lengths are compared at the same point of their learning-rate decay. By epoch, a 16-epoch trial
+# (its learning rate still high at epoch 3) would be judged against 4-epoch ones (theirs decayed) and
+# pruned for being long. The first tenths say little: no trial is pruned before PRUNER_WARMUP_TENTHS.
+PROGRESS_STEPS = 10
+PRUNER_WARMUP_TENTHS = 3
 
 
 def tune(config: TuneConfig, train_config: TrainConfig, model_config: ModelConfig, splits: Splits,
@@ -78,8 +83,7 @@ def tune(config: TuneConfig, train_config: TrainConfig, model_config: ModelConfi
     space = search_space(config, train_config, model_config, num_train)
     defaults = config_values(space, train_config, model_config, num_train)
     storage_dir = resume_dir or out_dir / "study"
-    most_epochs = _most_epochs(space, train_config, num_train)
-    study = open_study(storage_dir / STUDY_FILE, train_config.seed, config.pruner, most_epochs)
+    study = open_study(storage_dir / STUDY_FILE, train_config.seed, config.pruner)
     budget.spent_before = float(study.user_attrs.get(SPENT_ATTR, 0.0))
     with tempfile.TemporaryDirectory(prefix="tune-") as scratch:
         trainer = TrialTrainer(train_config, model_config, without_test(splits, Path(scratch) / "splits"), schema,
@@ -110,14 +114,6 @@ def config_values(space: Sequence[Dimension], train: TrainConfig, model: ModelCo
     if values.get("train.epochs") == 0:
         values["train.epochs"] = planned_epochs(0, num_train)
     return values
-
-
-def _most_epochs(space: Sequence[Dimension], train: TrainConfig, num_train: int) -> int:
-    """The most epochs a trial may run: Hyperband's largest resource."""
-    epochs = next((dimension for dimension in space if dimension.key == "train.epochs"), None)
-    if epochs is None:
-        return planned_epochs(train.epochs, num_train)
-    return int(max(epochs.choices) if epochs.choices else epochs.high)
 
 
 @dataclass
@@ -212,7 +208,7 @@ def _num_finished(study: optuna.Study) -> int:
     return sum(trial.state.is_finished() for trial in study.trials)
 
 
-def open_study(path: Path, seed: int, pruner: str, most_epochs: int) -> optuna.Study:
+def open_study(path: Path, seed: int, pruner: str) -> optuna.Study:
     """The study in Optuna's SQLite storage at `path`: new, or as a killed search left it.
 
     A trial left running by a killed search is marked failed (its time counts, its values are not
@@ -232,19 +228,20 @@ def open_study(path: Path, seed: int, pruner: str, most_epochs: int) -> optuna.S
                  previous.user_attrs.get(SPENT_ATTR, 0.0))
     sampler = optuna.samplers.TPESampler(seed=seed + num_before, n_startup_trials=5, multivariate=True)
     return optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="maximize", sampler=sampler,
-                               pruner=make_pruner(pruner, most_epochs), load_if_exists=True)
+                               pruner=make_pruner(pruner), load_if_exists=True)
 
 
 def _has_study(storage: optuna.storages.BaseStorage) -> bool:
     return any(summary.study_name == STUDY_NAME for summary in storage.get_all_studies())
 
 
-def make_pruner(name: str, most_epochs: int) -> optuna.pruners.BasePruner:
-    """`tune.pruner`: the median rule after PRUNER_WARMUP_EPOCHS epochs, Hyperband over epochs, or none."""
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """`tune.pruner`, judging trials by tenths of their schedule: below the median of the trials before at the
+    same tenth (from the third on), Hyperband's successive halving over tenths, or never."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNER_WARMUP_EPOCHS)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNER_WARMUP_TENTHS - 1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=PRUNER_WARMUP_EPOCHS, max_resource=max(most_epochs, 3),
+        return optuna.pruners.HyperbandPruner(min_resource=PRUNER_WARMUP_TENTHS, max_resource=PROGRESS_STEPS,
                                               reduction_factor=3)
     return optuna.pruners.NopPruner()
 
@@ -285,7 +282,8 @@ class TrialTrainer:
         run_dir = self.tensorboard_dir / f"trial-{trial.number:03d}"
         with EventLog(run_dir) as event_log:
             event_log.hparams(values, trial_id=f"trial-{trial.number:03d}")
-        reporter = PruningReporter(trial, lambda: self.study.set_user_attr(SPENT_ATTR, self.budget.spent()))
+        reporter = PruningReporter(trial, planned_epochs(train.epochs, self.splits.num_examples["train"]),
+                                   lambda: self.study.set_user_attr(SPENT_ATTR, self.budget.spent()))
         log.info("tune: trial %d for at most %.0f s of training: %s", trial.number, limit, values)
         try:  # a user's builder may refuse the values in its own way (Keras's layers raise ValueError)
             kept_epoch = train_network(train, model, self.splits, self.schema, self.normalization, self.plan,
@@ -306,13 +304,14 @@ class TrialTrainer:
 
 
 class PruningReporter(keras.callbacks.Callback):
-    """Reports each epoch's validation accuracy to the trial and stops the trial when the pruner says so."""
+    """Reports the trial's validation accuracy by tenths of its schedule; stops the trial when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, after_epoch: Callable[[], None]):
+    def __init__(self, trial: optuna.Trial, planned_epochs: int, after_epoch: Callable[[], None]):
         super().__init__()
-        self.trial, self.after_epoch = trial, after_epoch
-        self.accuracies: list[float] = []
+        self.trial, self.planned_epochs, self.after_epoch = trial, planned_epochs, after_epoch
+        self.accuracies: list[float] = []  # by epoch
         self.pruned = False
+        self._reported = 0  # the last tenth reported
         self._started: float | None = None
         self._ended: float | None = None
 
@@ -325,12 +324,22 @@ class PruningReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         accuracy = float((logs or {})["val_accuracy"])
         self.accuracies.append(accuracy)
-        self.trial.report(accuracy, epoch)
         self.after_epoch()
+        tenth = progress_step(epoch, self.planned_epochs)
+        if tenth <= self._reported:  # more than ten epochs: a tenth is reported at its first epoch
+            return
+        self._reported = tenth
+        self.trial.report(accuracy, tenth)
         if self.trial.should_prune():  # training ends as after its last epoch: its logs are closed, its files written
             self.pruned = self.model.stop_training = True
-            log.info("tune: trial %d pruned after epoch %d (validation accuracy %.4f)", self.trial.number, epoch + 1,
-                     accuracy)
+            log.info("tune: trial %d pruned after epoch %d of %d (validation accuracy %.4f)", self.trial.number,
+                     epoch + 1, self.planned_epochs, accuracy)
+
+
+def progress_step(epoch: int, planned_epochs: int) -> int:
+    """The tenth of a `planned_epochs` schedule that epoch `epoch` (from 0) ends in: 1 to PROGRESS_STEPS."""
+    return min(PROGRESS_STEPS, math.ceil(PROGRESS_STEPS * (epoch + 1) / max(planned_epochs, 1)))
+
 
     def training_seconds(self) -> float:
         if self._started is None:
