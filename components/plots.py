@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 from PIL import Image, ImageDraw, ImageFont
 
 MISTAKE_COLOR = "#b3261e"
@@ -205,3 +206,85 @@ def quick_confusion_image(matrix: np.ndarray, class_names: Sequence[str], title:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+BEST_COLOR = "#137333"  # the page's "good" green
+PRUNED_COLOR = "#9aa0a6"
+MAX_NUMBERED_TRIALS = 30  # more trials than this are drawn without their numbers, which would overlap
+
+
+def tuning_trials(trials: Sequence[dict], best_trial: int) -> bytes:
+    """Each trial's validation accuracy per epoch against seconds into the search (`tuning_trials_figure`)."""
+    return to_png(tuning_trials_figure(trials, best_trial))
+
+
+def tuning_trials_figure(trials: Sequence[dict], best_trial: int) -> Figure:
+    """`tuning_trials`' figure: finished trials solid, pruned ones grey and dashed with a cross where they
+    stopped, the best one green with a star at its score, each numbered (up to 30).
+
+    `trials` as in `tuning.json`, whose times count from the first trial's start (not the stage's, whose
+    start-up the budget counts too: so no budget line). A trial's epochs are spread evenly between its
+    start and its end: the record times the trial, not its epochs. Trials without epochs (failed ones)
+    are not drawn.
+    """
+    figure = Figure(figsize=(8.4, 3.6), layout="tight")
+    axes = figure.add_subplot()
+    for trial in trials:
+        accuracies = trial["val_accuracy_by_epoch"]
+        if not accuracies or trial["started"] is None or trial["ended"] is None:
+            continue
+        step = (trial["ended"] - trial["started"]) / len(accuracies)
+        seconds = [trial["started"] + step * (epoch + 1) for epoch in range(len(accuracies))]
+        _draw_trial(axes, trial, seconds, accuracies, trial["number"] == best_trial)
+        if len(trials) <= MAX_NUMBERED_TRIALS:
+            axes.annotate(str(trial["number"]), (seconds[0], accuracies[0]), xytext=(-3, 4),
+                          textcoords="offset points", ha="right", fontsize=8, color="#5f6368")
+    axes.set_xlim(0, max((trial["ended"] or 0 for trial in trials), default=0) * 1.03 or 1)
+    axes.set_xlabel("seconds since the first trial started")
+    axes.set_ylabel("validation accuracy")
+    axes.grid(alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one legend entry per kind of trial
+    axes.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+    return figure
+
+
+def _draw_trial(axes, trial: dict, seconds: list[float], accuracies: Sequence[float], best: bool) -> None:
+    """One trial's line, and a marker at its score: a star for the best, a cross where a pruned trial stopped."""
+    if best:
+        axes.plot(seconds, accuracies, color=BEST_COLOR, linewidth=2.2, marker=".", zorder=3)
+        # The trial's score is its kept epoch's accuracy: the last epoch with that accuracy.
+        kept = max((index for index, accuracy in enumerate(accuracies) if accuracy == trial["value"]),
+                   default=len(accuracies) - 1)
+        axes.plot(seconds[kept], accuracies[kept], marker="*", markersize=15, color=BEST_COLOR, linestyle="none",
+                  zorder=4, label=f"best: trial {trial['number']}, {trial['value']:.2%}")
+    elif trial["state"] == "pruned":
+        axes.plot(seconds, accuracies, color=PRUNED_COLOR, linestyle="--", linewidth=1, marker=".")
+        axes.plot(seconds[-1], accuracies[-1], color=PRUNED_COLOR, marker="x", markersize=7, linestyle="none",
+                  label="stopped early (pruned)")
+    else:
+        axes.plot(seconds, accuracies, color=TRAIN_COLOR, linewidth=1.2, marker=".", label="ran to the end")
+
+
+def setting_importance(importance: dict[str, float]) -> bytes:
+    """Optuna's importance of each setting as horizontal bars (`setting_importance_figure`)."""
+    return to_png(setting_importance_figure(importance))
+
+
+def setting_importance_figure(importance: dict[str, float]) -> Figure:
+    """`setting_importance`'s figure: one bar per setting, the most important on top, each with its percentage."""
+    keys = sorted(importance, key=importance.get, reverse=True)
+    figure = Figure(figsize=(7, 0.9 + 0.32 * len(keys)), layout="tight")
+    axes = figure.add_subplot()
+    positions = np.arange(len(keys))
+    values = [importance[key] for key in keys]
+    axes.barh(positions, values, color=TRAIN_COLOR, height=0.6)
+    axes.set_yticks(positions, keys, fontsize=10, parse_math=False)
+    axes.invert_yaxis()
+    for position, value in zip(positions, values):
+        axes.text(value, position, f" {value:.0%}", va="center", fontsize=9)
+    axes.set_xlim(0, max(values, default=0) * 1.15 or 1)
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    axes.set_xlabel("share of the differences in validation accuracy between trials")
+    axes.grid(axis="x", alpha=0.3)
+    return figure

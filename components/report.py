@@ -1,7 +1,8 @@
 """Report: one self-contained `report.html` that says how good the model is and where it fails.
 
 Written for people who will not read JSON: the headline first, then per-class results, the
-confusion matrix, the most confident mistakes, training, data, the model and how to reproduce it.
+confusion matrix, the most confident mistakes, the search for the training settings (when tune ran),
+training, data, the model and how to reproduce it.
 Charts are matplotlib PNGs inlined as data URIs, so the file makes no network request. The test
 results, the mistakes and the run's settings also go to TensorBoard (its HParams dashboard).
 """
@@ -94,6 +95,7 @@ def report(config: ReportConfig, splits: Splits, schema: SchemaAndStatistics, tr
                      "shown": [{**dataclasses.asdict(mistake), "percent": percent(mistake.probability),
                                 "png": _data_uri(plots.thumbnail(image))}
                                for mistake, image in zip(mistakes, mistake_images)]},
+        "tuning": _tuning(tuning) if tuning else None,
         "training": _training(trained, record),
         "data": _data(splits, schema),
         "model": _model(config, trained, record, exported, splits),
@@ -182,6 +184,45 @@ def _training(trained: TrainedModel, record: TrainingRecord) -> dict[str, Any]:
     charts = plots.training_curves(history, record.best_epoch)
     return {"record": record, "charts": [_data_uri(png) for png in charts],
             "kept_val_accuracy": history["val_accuracy"][record.best_epoch - 1]}
+
+
+def _tuning(tuning: Tuning) -> dict[str, Any]:
+    """The search in numbers, its trials over time, each setting's importance, the chosen values and the config's."""
+    record = tuning.read()
+    trials, defaults = record["trials"], record["defaults"]
+    states = [trial["state"] for trial in trials]
+    return {"num_trials": len(trials), "num_complete": states.count("complete"), "num_pruned": states.count("pruned"),
+            "failed": [trial for trial in trials if trial["state"] == "fail"],
+            "seconds": record["seconds"], "budget_seconds": record["budget_seconds"],
+            "trials_seconds": max((trial["ended"] or 0 for trial in trials), default=0),
+            "best_trial": record["best_trial"], "best_val_accuracy": record["best_val_accuracy"],
+            "trials_png": _data_uri(plots.tuning_trials(trials, record["best_trial"])),
+            "importance_png": _data_uri(plots.setting_importance(record["importance"])) if record["importance"]
+            else None,
+            "settings": [{"key": key, "searched": _searched_text(record["space"].get(key)),
+                          "default": _setting_text(defaults.get(key)), "chosen": _setting_text(value),
+                          "changed": value != defaults.get(key)} for key, value in record["best"].items()]}
+
+
+def _setting_text(value: Any) -> str:
+    """A setting's value as the page shows it: floats to 4 significant digits, lists as `[64, 128]`."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_setting_text(item) for item in value) + "]"
+    return "-" if value is None else str(value)
+
+
+def _searched_text(space: list | dict | None) -> str:
+    """A dimension of `tuning.json`'s `space` in words, read as `tune.space` reads it (components/tune_space.py)."""
+    if space is None:
+        return "-"
+    values = space["choices"] if isinstance(space, dict) else space
+    is_range = not isinstance(space, dict) and len(values) in (2, 3) and values[2:] in ([], ["log"]) and all(
+        isinstance(end, (int, float)) and not isinstance(end, bool) for end in values[:2])
+    if is_range:
+        return f"{_setting_text(values[0])} to {_setting_text(values[1])}" + (", log scale" if values[2:] else "")
+    return "one of " + ", ".join(_setting_text(value) for value in values)
 
 
 def _data(splits: Splits, schema: SchemaAndStatistics) -> dict[str, Any]:

@@ -43,6 +43,8 @@ METRICS_FILE = "metrics.json"  # what the evaluate stage writes in its output fo
 # Results of the export stage, shown together as one `export` row (`model/version`).
 EXPORT_RESULTS = ("model_name", "version", "version_dir", "onnx_path")
 FIRST_METRICS = ("test_accuracy", "test_loss", "blessed", "export")  # then the rest, in the order recorded
+# Results of the tune stage (components/artifacts.py Tuning.facts), which `show` gives in a `tuned` part of their own.
+TUNE_RESULTS = ("tune_trials", "tune_pruned", "tune_seconds", "tune_best", "tune_best_val_accuracy")
 # How many targets each command takes (fewest, most), and what they are.
 NUM_TARGETS = {"list": (0, 0), "show": (1, 1), "compare": (2, 2), "images": (0, 1)}
 TARGETS_WANTED = {"list": "no arguments", "show": "one run id or saved_models/<name>/<version> folder",
@@ -197,10 +199,11 @@ def compare(lineage: Lineage, run_a: str, run_b: str, workdir: Path) -> str:
     sections = [
         [_run_line("A", a), _run_line("B", b), *_data_note(a, b)],
         config_differences(flat_config(a), flat_config(b)),
+        tuned_setting_lines(a, b),
         metric_lines(run_metrics(a), run_metrics(b)),
         class_lines(a, b, workdir),
     ]
-    return "\n\n".join("\n".join(lines) for lines in sections)
+    return "\n\n".join("\n".join(lines) for lines in sections if lines)
 
 
 def _data_note(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -228,9 +231,26 @@ def config_differences(config_a: dict[str, Any], config_b: dict[str, Any]) -> li
         f"  {key + ':':<{width}} {_config_value(config_a, key)} -> {_config_value(config_b, key)}" for key in keys]
 
 
+def tuned_setting_lines(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The values train used of the settings tune searched, `section.key: A-value -> B-value`: tune's choice in a
+    tuned run, the config's value in one that was not; no lines when neither run was tuned."""
+    chosen_a, chosen_b = (run["results"].get("tune_best") or {} for run in (a, b))
+    if not chosen_a and not chosen_b:
+        return []
+    keys = list(chosen_a) + [key for key in chosen_b if key not in chosen_a]
+    used_a, used_b = ({key: json.dumps(chosen[key]) if key in chosen else _config_value(flat_config(run), key)
+                       for key in keys} for run, chosen in ((a, chosen_a), (b, chosen_b)))
+    origin = {label: "tune's choice" if chosen else "its config"
+              for label, chosen in (("A", chosen_a), ("B", chosen_b))}
+    width = max(len(key) for key in keys) + 1
+    return [f"settings tune searched, as train used them (A: {origin['A']}; B: {origin['B']}):"] + [
+        f"  {key + ':':<{width}} {used_a[key]} -> {used_b[key]}" for key in keys]
+
+
 def run_metrics(run: dict[str, Any]) -> dict[str, Any]:
-    """A run's recorded results, nested ones flattened, the export's as one `export` value (None: none)."""
-    results = _flatten(run["results"])
+    """A run's recorded results, nested ones flattened, the export's as one `export` value (None: none); tune's
+    chosen values are left to `tuned_setting_lines`."""
+    results = _flatten({key: value for key, value in run["results"].items() if key != "tune_best"})
     rest = {key: value for key, value in results.items() if key not in EXPORT_RESULTS}
     rest["export"] = _export_name(run)
     first = {key: rest.pop(key) for key in FIRST_METRICS if key in rest}
@@ -402,6 +422,7 @@ def _describe(run: dict[str, Any], workdir: Path) -> list[str]:
         f"code       git {git.get('commit', '-')}{' (uncommitted changes)' if git.get('dirty') else ''}",
         *_wrapped("packages   ", ", ".join(f"{k} {v}" for k, v in reproduction.get("packages", {}).items() if v)),
         *result_lines(run),
+        *tuning_lines(run),
         *config_lines(run, workdir),
         "stages:",
     ]
@@ -423,10 +444,27 @@ def result_lines(run: dict[str, Any]) -> list[str]:
              "blessed": results.get("blessing_reason") or results.get("blessed"),
              "export": results.get("version_dir") or ("-" if "blessed" in results else None)}
     skipped = {"blessing_reason", "data_fingerprint", *EXPORT_RESULTS}  # shown above, or in `data`
-    shown |= {key: value for key, value in _flatten(results).items() if key not in skipped and key not in shown}
+    rest = _flatten({key: value for key, value in results.items() if key not in TUNE_RESULTS})
+    shown |= {key: value for key, value in rest.items() if key not in skipped and key not in shown}
     width = max(len(key) for key in shown) + 2
     return ["results:"] + [line for key, value in shown.items() if value is not None
                            for line in _wrapped(f"  {key:<{width}}", _result_text(value))]
+
+
+def tuning_lines(run: dict[str, Any]) -> list[str]:
+    """`tuned` and what the search did, then each value it chose (train used it) with the config's when they differ;
+    no lines for a run that was not tuned."""
+    results = run["results"]
+    if "tune_best" not in results:
+        return []
+    config = flat_config(run)
+    budget = f" of {config['tune.max_seconds']:g}" if "tune.max_seconds" in config else ""
+    head = (f"tuned      {results['tune_trials']} trials ({results['tune_pruned']} pruned) in "
+            f"{results['tune_seconds']:.0f} s{budget}, best validation accuracy "
+            f"{results['tune_best_val_accuracy']:.4f}; train used:")
+    return [head] + [f"  {key} = {json.dumps(value)}" + ("" if config.get(key) == value
+                                                           else f"  (config: {_config_value(config, key)})")
+                     for key, value in results["tune_best"].items()]
 
 
 def _result_text(value: Any) -> str:
