@@ -37,7 +37,7 @@ from components.tensorboard_log import EventLog
 from components.train import train_network
 from components.train_plan import TrainingPlan
 from components.train_schedule import planned_epochs
-from components.tune_space import Dimension, apply_values, config_value, default_space, parse_space
+from components.tune_space import Dimension, apply_values, config_value, default_space, including, parse_space
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,12 @@ def tune(config: TuneConfig, train_config: TrainConfig, model_config: ModelConfi
 
 
 def search_space(config: TuneConfig, train: TrainConfig, model: ModelConfig, num_train: int) -> tuple[Dimension, ...]:
-    """`tune.space`, or the default space for this network and this many training images."""
+    """`tune.space`, or the default space for this network and this many training images, widened to hold the
+    config's own values (so that the first trial is the config as given)."""
     if config.space:
         return parse_space(config.space, train, model)
-    return default_space(model, planned_epochs(train.epochs, num_train))
+    space = default_space(model, planned_epochs(train.epochs, num_train))
+    return including(space, config_values(space, train, model, num_train))
 
 
 def config_values(space: Sequence[Dimension], train: TrainConfig, model: ModelConfig,
@@ -188,18 +190,19 @@ def search(study: optuna.Study, space: Sequence[Dimension], run_trial: TrialRunn
         trial = study.ask()
         values = {dimension.key: dimension.suggest(trial) for dimension in space}
         started = budget.clock()
-        training_seconds = 0.0
+        trial.set_user_attr("started", round(budget.spent(), 2))  # on the budget's clock: the stage's start is 0
+        training_seconds, value, state = 0.0, None, optuna.trial.TrialState.COMPLETE
         try:
             result = run_trial(trial, values, seconds)
-            training_seconds = result.training_seconds
-            study.tell(trial, result.val_accuracy)
+            training_seconds, value = result.training_seconds, result.val_accuracy
         except TrialPruned as pruned:
-            training_seconds = pruned.training_seconds
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            training_seconds, state = pruned.training_seconds, optuna.trial.TrialState.PRUNED
         except UserError as error:
             trial.set_user_attr("error", str(error))
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            state = optuna.trial.TrialState.FAIL
             log.warning("tune: trial %d failed: %s", trial.number, error)
+        trial.set_user_attr("ended", round(budget.spent(), 2))
+        study.tell(trial, value, state=state)
         budget.measured(budget.clock() - started, training_seconds)
         study.set_user_attr(SPENT_ATTR, budget.spent())
 
@@ -335,16 +338,15 @@ class PruningReporter(keras.callbacks.Callback):
             log.info("tune: trial %d pruned after epoch %d of %d (validation accuracy %.4f)", self.trial.number,
                      epoch + 1, self.planned_epochs, accuracy)
 
-
-def progress_step(epoch: int, planned_epochs: int) -> int:
-    """The tenth of a `planned_epochs` schedule that epoch `epoch` (from 0) ends in: 1 to PROGRESS_STEPS."""
-    return min(PROGRESS_STEPS, math.ceil(PROGRESS_STEPS * (epoch + 1) / max(planned_epochs, 1)))
-
-
     def training_seconds(self) -> float:
         if self._started is None:
             return 0.0
         return (self._ended or time.perf_counter()) - self._started
+
+
+def progress_step(epoch: int, planned_epochs: int) -> int:
+    """The tenth of a `planned_epochs` schedule that epoch `epoch` (from 0) ends in: 1 to PROGRESS_STEPS."""
+    return min(PROGRESS_STEPS, math.ceil(PROGRESS_STEPS * (epoch + 1) / max(planned_epochs, 1)))
 
 
 def tuning_record(study: optuna.Study, space: Sequence[Dimension], defaults: dict[str, Any],
@@ -365,7 +367,6 @@ def tuning_record(study: optuna.Study, space: Sequence[Dimension], defaults: dic
     if best is None:
         log.warning("tune: no trial finished within tune.max_seconds=%g (start-up took %.0f s); train uses the "
                     "config as given", budget.seconds, budget.spent())
-    first = min((trial.datetime_start for trial in study.trials if trial.datetime_start), default=None)
     return {
         "best": {dimension.key: _decoded(dimension, best.params[dimension.key]) for dimension in space} if best
         else defaults,
@@ -375,7 +376,7 @@ def tuning_record(study: optuna.Study, space: Sequence[Dimension], defaults: dic
         "space": {dimension.key: json.loads(dimension.describe()) for dimension in space},
         "seconds": round(budget.spent(), 2),
         "budget_seconds": budget.seconds,
-        "trials": [_trial_record(trial, space, first) for trial in study.trials
+        "trials": [_trial_record(trial, space) for trial in study.trials
                    if trial.state != optuna.trial.TrialState.WAITING],
         "importance": _importance(study, completed),
     }
@@ -385,15 +386,14 @@ def _decoded(dimension: Dimension, value: Any) -> Any:
     return json.loads(value) if dimension.choices else value
 
 
-def _trial_record(trial: optuna.trial.FrozenTrial, space: Sequence[Dimension], first: Any) -> dict[str, Any]:
-    def offset(moment: Any) -> float | None:
-        return round((moment - first).total_seconds(), 2) if moment and first else None
-
+def _trial_record(trial: optuna.trial.FrozenTrial, space: Sequence[Dimension]) -> dict[str, Any]:
+    """A trial in `tuning.json`; `started` and `ended` are on the budget's clock (seconds since the stage started,
+    the sessions before a resume included)."""
     return {"number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
             "values": {dimension.key: _decoded(dimension, trial.params[dimension.key]) for dimension in space
                        if dimension.key in trial.params},
             "val_accuracy_by_epoch": trial.user_attrs.get("val_accuracy_by_epoch", []),
-            "started": offset(trial.datetime_start), "ended": offset(trial.datetime_complete),
+            "started": trial.user_attrs.get("started"), "ended": trial.user_attrs.get("ended"),
             **({"error": trial.user_attrs["error"]} if "error" in trial.user_attrs else {})}
 
 

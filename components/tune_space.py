@@ -64,7 +64,9 @@ class Dimension:
         return json.dumps(value) if self.choices else value
 
     def describe(self) -> str:
-        """How `tune.space` writes it, e.g. `[0.001, 0.01, "log"]`."""
+        """How `tune.space` writes it, e.g. `[0.001, 0.01, "log"]` (a choice of two numbers: `{"choices": [A, B]}`)."""
+        if len(self.choices) == 2 and all(_is_number(choice) for choice in self.choices):
+            return json.dumps({"choices": list(self.choices)})
         if self.choices:
             return json.dumps(list(self.choices))
         return json.dumps([self.low, self.high, LOG] if self.log else [self.low, self.high])
@@ -89,6 +91,24 @@ def default_space(model: ModelConfig, planned_epochs: int) -> tuple[Dimension, .
     if model.builder in BACKBONES:
         return train + (Dimension(OPTIONS_PREFIX + "dropout", 0.0, 0.5),)
     return train  # a network of your own: its options' ranges are yours to give in tune.space
+
+
+def including(space: tuple[Dimension, ...], values: Mapping[str, Any]) -> tuple[Dimension, ...]:
+    """`space` widened to hold `values` (the config's own): a value outside a range moves its end, one missing
+    from a choice joins it. The default space starts from the config as given, whatever it sets."""
+    widened = []
+    for dimension in space:
+        value = values.get(dimension.key)
+        if value is None or dimension.holds(value):
+            widened.append(dimension)
+        elif dimension.choices:
+            widened.append(dataclasses.replace(dimension, choices=(*dimension.choices, value)))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 or not dimension.log):
+            widened.append(dataclasses.replace(dimension, low=min(dimension.low, value), high=max(dimension.high,
+                                                                                                    value)))
+        else:
+            widened.append(dimension)
+    return tuple(widened)
 
 
 def parse_space(space: Mapping[str, Any], train: TrainConfig, model: ModelConfig) -> tuple[Dimension, ...]:
