@@ -213,19 +213,20 @@ PRUNED_COLOR = "#9aa0a6"
 MAX_NUMBERED_TRIALS = 30  # more trials than this are drawn without their numbers, which would overlap
 
 
-def tuning_trials(trials: Sequence[dict], best_trial: int) -> bytes:
+def tuning_trials(trials: Sequence[dict], best_trial: int | None, budget_seconds: float | None = None) -> bytes:
     """Each trial's validation accuracy per epoch against seconds into the search (`tuning_trials_figure`)."""
-    return to_png(tuning_trials_figure(trials, best_trial))
+    return to_png(tuning_trials_figure(trials, best_trial, budget_seconds))
 
 
-def tuning_trials_figure(trials: Sequence[dict], best_trial: int) -> Figure:
+def tuning_trials_figure(trials: Sequence[dict], best_trial: int | None, budget_seconds: float | None = None
+                         ) -> Figure:
     """`tuning_trials`' figure: finished trials solid, pruned ones grey and dashed with a cross where they
-    stopped, the best one green with a star at its score, each numbered (up to 30).
+    stopped, the best one green with a star at its score, each numbered (up to 30); the budget's end as a
+    vertical line.
 
-    `trials` as in `tuning.json`, whose times count from the first trial's start (not the stage's, whose
-    start-up the budget counts too: so no budget line). A trial's epochs are spread evenly between its
-    start and its end: the record times the trial, not its epochs. Trials without epochs (failed ones)
-    are not drawn.
+    `trials` as in `tuning.json`, whose times are on the budget's clock: seconds since the stage started,
+    its start-up included. A trial's epochs are spread evenly between its start and its end: the record
+    times the trial, not its epochs. Trials without epochs (failed ones) are not drawn.
     """
     figure = Figure(figsize=(8.4, 3.6), layout="tight")
     axes = figure.add_subplot()
@@ -239,8 +240,11 @@ def tuning_trials_figure(trials: Sequence[dict], best_trial: int) -> Figure:
         if len(trials) <= MAX_NUMBERED_TRIALS:
             axes.annotate(str(trial["number"]), (seconds[0], accuracies[0]), xytext=(-3, 4),
                           textcoords="offset points", ha="right", fontsize=8, color="#5f6368")
-    axes.set_xlim(0, max((trial["ended"] or 0 for trial in trials), default=0) * 1.03 or 1)
-    axes.set_xlabel("seconds since the first trial started")
+    if budget_seconds:
+        axes.axvline(budget_seconds, color=PRUNED_COLOR, linewidth=1, linestyle=":", label="the budget's end")
+    ended = max((trial["ended"] or 0 for trial in trials), default=0)
+    axes.set_xlim(0, max(ended, budget_seconds or 0) * 1.03 or 1)
+    axes.set_xlabel("seconds into the search (its start-up included)")
     axes.set_ylabel("validation accuracy")
     axes.grid(alpha=0.3)
     handles, labels = axes.get_legend_handles_labels()

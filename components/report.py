@@ -194,9 +194,10 @@ def _tuning(tuning: Tuning) -> dict[str, Any]:
     return {"num_trials": len(trials), "num_complete": states.count("complete"), "num_pruned": states.count("pruned"),
             "failed": [trial for trial in trials if trial["state"] == "fail"],
             "seconds": record["seconds"], "budget_seconds": record["budget_seconds"],
-            "trials_seconds": max((trial["ended"] or 0 for trial in trials), default=0),
             "best_trial": record["best_trial"], "best_val_accuracy": record["best_val_accuracy"],
-            "trials_png": _data_uri(plots.tuning_trials(trials, record["best_trial"])),
+            "first_started": min((trial["started"] for trial in trials if trial["started"] is not None),
+                                 default=record["seconds"]),
+            "trials_png": _data_uri(plots.tuning_trials(trials, record["best_trial"], record["budget_seconds"])),
             "importance_png": _data_uri(plots.setting_importance(record["importance"])) if record["importance"]
             else None,
             "settings": [{"key": key, "searched": _searched_text(record["space"].get(key)),

@@ -82,7 +82,11 @@ def pages(artifacts, tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("tuned_report")
     return {"untuned": render(artifacts, folder / "untuned", None),
             "tuned": render(artifacts, folder / "tuned", write_tuning(folder / "tune")),
-            "no importance": render(artifacts, folder / "short", write_tuning(folder / "short_tune", importance={}))}
+            "no importance": render(artifacts, folder / "short", write_tuning(folder / "short_tune", importance={})),
+            # start-up took the whole budget (a busy machine): no trial, and train used the config as given
+            "no trial": render(artifacts, folder / "none", write_tuning(
+                folder / "none_tune", trials=[], importance={}, best=DEFAULTS, best_val_accuracy=None,
+                best_trial=None, seconds=38.5))}
 
 
 def tuning_section(page: str) -> str:
@@ -115,7 +119,7 @@ def test_the_section_says_in_plain_words_how_many_trials_ran_in_how_long_and_the
                            "budget: 3 ran to the end, 2 were stopped early as unpromising, 1 failed. The best, trial "
                            "2, classified 98.00 % of the validation images correctly, and training used its "
                            "settings.")
-    assert "The trials ran for 34 s; the search's other 2 s went to starting up" in text
+    assert "The dotted line is the budget's end." in text and "went to starting up" not in text  # trial 0 at 0 s
     assert f"trial 3: {TRIALS[3]['error']}" in text  # the failed trial, with why
 
 
@@ -127,6 +131,14 @@ def test_the_section_has_the_trials_chart_and_the_importance_bars(pages):
     for chart in charts.values():
         pixels = np.asarray(chart.convert("L"))
         assert (pixels < 128).mean() > 0.01, "drawn on"
+
+
+def test_a_search_without_a_finished_trial_says_training_used_the_config_as_given(pages):
+    text = words(tuning_section(pages["no trial"]))
+    assert text.startswith("Tuning Before training, a search tried 0 combinations of settings in 38 s of its 40 s "
+                           "budget: 0 ran to the end. No trial finished within the budget (starting up took 38 s of "
+                           "it), so training used the config as given.")
+    assert "Too few trials finished (0;" in text
 
 
 def test_too_few_trials_for_importance_is_said_instead_of_a_chart(pages):
@@ -169,9 +181,17 @@ def test_the_trials_chart_draws_each_trial_by_its_state_over_seconds_into_the_se
     # The star at the best trial's score (its kept epoch, the second), a cross where each pruned one stopped.
     assert markers == [("best: trial 2, 98.00%", 17.0, 0.98), ("stopped early (pruned)", 12.5, 0.6),
                        ("stopped early (pruned)", 34.0, 0.75)]
-    assert axes.get_xlim()[1] >= 34.0 and axes.get_xlabel() == "seconds since the first trial started"
+    assert axes.get_xlim()[1] >= 34.0 and axes.get_xlabel() == "seconds into the search (its start-up included)"
     numbers = sorted(text.get_text() for text in axes.texts)
     assert numbers == ["0", "1", "2", "4", "5"]  # each drawn trial, numbered as the page's text names them
+
+
+def test_the_trials_chart_marks_the_budgets_end():
+    from components import plots
+
+    axes = plots.tuning_trials_figure(TRIALS, best_trial=2, budget_seconds=BUDGET).axes[0]
+    ends = [line for line in axes.get_lines() if line.get_label() == "the budget's end"]
+    assert [list(line.get_xdata()) for line in ends] == [[BUDGET, BUDGET]] and axes.get_xlim()[1] >= BUDGET
 
 
 def test_the_importance_bars_put_the_most_important_setting_on_top():
