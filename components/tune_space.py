@@ -252,10 +252,11 @@ def check_tuning(sections: Mapping[str, Section]) -> None:
     if tune is None or not isinstance(train, TrainConfig) or not isinstance(model, ModelConfig):
         return
     if tune.space and not tune.max_seconds:
-        raise UserError("tune.space is set and tune.max_seconds=0 runs no search; give the search a budget, "
-                        "e.g. tune.max_seconds=600")
+        raise UserError(f"tune.space={dict(tune.space)!r} is set and tune.max_seconds=0 runs no search; give the "
+                        "search a budget, e.g. tune.max_seconds=600")
     if tune.max_seconds and train.strategy == "multi_worker":
-        raise UserError("tune.max_seconds searches in one process, and train.strategy=multi_worker trains on "
-                        "several: tune on one machine first (train.strategy=auto), then train with the values "
-                        "it chose (runs show lists them) on the workers")
+        raise UserError(f"tune.max_seconds={tune.max_seconds:g} searches in one process, and "
+                        "train.strategy=multi_worker trains on several: tune on one machine first "
+                        "(train.strategy=auto), then train with the values it chose (runs show lists them) on the "
+                        "workers")
     parse_space(tune.space, train, model)

@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import re
 import sys
 import textwrap
 import typing
@@ -138,8 +139,9 @@ def resolve_settings(preset: str = "default", overrides: Sequence[str] = (),
     _check_preset_fits_source(preset, values, {key for layer in later for key in layer.values}, origins)
     try:
         return _with_values(default_config(), values)
-    except UserError as error:  # its message starts with the key it refuses: `section.key=value ...`
-        raise _named(origins.get(str(error).partition("=")[0], ""), error) from None
+    except UserError as error:  # it starts with the key it refuses: `section.key=value ...`, `tune.space['x']: ...`
+        key = re.match(r"\w+\.\w+", str(error))
+        raise _named(origins.get(key.group() if key else "", ""), error) from None
 
 
 def _preset_values(preset: str, later: Sequence[Layer]) -> dict[str, Any]:

@@ -127,10 +127,11 @@ def test_a_stage_added_in_one_module_one_entry_one_section_runs_caches_and_takes
     assert manifest["config"]["note"] == {"title": "acc"}
 
     _, _, again = run_in(repo, workdir, *args, "note.title=acc")
-    assert set(again.values()) == {"cached"}
+    assert again == {**{name: "cached" for name in [*STAGE_NAMES, "note"]}, "tune": "skipped"}  # tune is off
     _, changed_manifest, changed = run_in(repo, workdir, *args, "note.title=Accuracy")
     # The report shows every setting, so it reruns too; every other stage is reused.
-    assert changed == {**{name: "cached" for name in STAGE_NAMES}, "report": "succeeded", "note": "succeeded"}
+    assert changed == {**{name: "cached" for name in STAGE_NAMES}, "tune": "skipped", "report": "succeeded",
+                       "note": "succeeded"}
     assert changed_manifest["results"]["note"].startswith("Accuracy ")
     _, _, only = run_in(repo, workdir, *args, "note.title=acc", "--only", "note")
     assert only["note"] == "succeeded"
