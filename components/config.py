@@ -287,8 +287,8 @@ AUGMENTATIONS = ("auto", "none", "shift", "shift+flip")
 @dataclass(frozen=True)
 class TrainConfig(Section):
     name: ClassVar[str] = "train"
-    epochs: int = setting(0, "most passes over the training split; 0 = sized to the data (about 60,000 "
-                          "images seen, 6 to 60 passes)", between(0, 100_000))
+    epochs: int = setting(0, "most passes over the training split; 0 = sized to the data (about 80,000 "
+                          "images seen, 6 to 46 passes)", between(0, 100_000))
     batch_size: int = setting(64, "examples per step on each replica (the global batch is this times the "
                               "replicas)", between(1, 1_000_000))
     learning_rate: float = setting(3e-3, "peak Adam learning rate: warmed up to, then decayed to 0 along a "

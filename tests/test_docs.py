@@ -120,6 +120,10 @@ NOT_RUN = {
     "python bench/warm_start.py": _MEASUREMENT,
     "python bench/warm_start.py --repeats 1 --warm-epochs 3": _MEASUREMENT,
     "python bench/backbones.py": _MEASUREMENT,
+    "python bench/tune.py": _MEASUREMENT,
+    "python bench/tune.py --seeds 0,1,2 --pruners median,hyperband": _MEASUREMENT,
+    "python bench/default_epochs.py --repeats 2 --data digits,fashion_4k,fashion_8k,fashion_16k --rules "
+    "before,after --peer fashion_8k": _MEASUREMENT,
     "python bench/transfer.py": _MEASUREMENT,
     "python bench/transfer.py --repeats 1 --seconds 60": _MEASUREMENT,
     "python bench/scale_memory.py --repeats 3": _MEASUREMENT,
