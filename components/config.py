@@ -361,8 +361,9 @@ class TuneConfig(Section):
                                                     "{\"model.dropout\": [0.0, 0.5]}"))
     max_trials: int = setting(0, "most trials, the first being the config as given; 0 = as many as the budget "
                               "allows", at_least(0))
-    pruner: str = setting("median", "median | hyperband | none: when a trial is stopped early, judged after each epoch "
-                          "by its validation accuracy against the other trials'", one_of(*PRUNERS))
+    pruner: str = setting("median", "median | hyperband | none: when a trial is stopped early, judged by its "
+                          "validation accuracy against the other trials' at the same tenth of their schedules",
+                          one_of(*PRUNERS))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ killed search resumes with its finished trials, and the time they spent counts a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -27,17 +28,28 @@ from typing import Any, Callable, Sequence
 
 import keras
 import optuna
+import tensorflow as tf
 
 from components.artifacts import Normalization, SchemaAndStatistics, Splits, Tuning
 from components.atomic import write_json_atomically
+from components.backbones import BACKBONES
 from components.config import ModelConfig, TrainConfig, TuneConfig
 from components.errors import UserError, first_line
+from components.model import backbone_network
 from components.shards.layout import LAYOUT_FILE, labels_path, read_layout
 from components.tensorboard_log import EventLog
 from components.train import train_network
 from components.train_plan import TrainingPlan
 from components.train_schedule import planned_epochs
-from components.tune_space import Dimension, apply_values, config_value, default_space, including, parse_space
+from components.tune_space import (
+    OPTIONS_PREFIX,
+    Dimension,
+    apply_values,
+    config_value,
+    default_space,
+    including,
+    parse_space,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +58,19 @@ STUDY_NAME = "tune"
 SPENT_ATTR = "seconds_spent"  # the study's record of the budget spent, kept after every epoch
 # Held back from the last trial: writing the record (tuning.json, Optuna's importance) after it.
 FINISH_SECONDS = 3.0
+# fANOVA's cost grows with the trials and its trees: 16 trees took 0.3 s over 100 trials here and 2.2 s over 400
+# (Optuna's default 64 trees, 7.2 s over 400), so the newest 200 fit within FINISH_SECONDS.
+IMPORTANCE_TRIALS, IMPORTANCE_TREES = 200, 16
 # A trial's cost outside training (building the network, its input pipeline, saving), assumed until measured.
 FIRST_OVERHEAD_SECONDS = 5.0
 MIN_TRIAL_SECONDS = 5.0  # less training time than this is no trial worth starting
 # A trial reports its validation accuracy by progress through its own schedule, in tenths: trials of
 # other lengths are compared at the same point of their learning-rate decay. By epoch, a 16-epoch trial
 # (its learning rate still high at epoch 3) would be judged against 4-epoch ones (theirs decayed) and
-# pruned for being long. The first tenths say little: no trial is pruned before PRUNER_WARMUP_TENTHS.
+# pruned for being long. The first tenth says little: the median pruner judges from the second tenth on
+# (with 6 planned epochs, after the first), Hyperband's first rung is the third (as measured, docs/tuning.md).
 PROGRESS_STEPS = 10
-PRUNER_WARMUP_TENTHS = 3
+MEDIAN_FIRST_TENTH, HYPERBAND_FIRST_TENTH = 2, 3
 
 
 def tune(config: TuneConfig, train_config: TrainConfig, model_config: ModelConfig, splits: Splits,
@@ -111,10 +127,15 @@ def search_space(config: TuneConfig, train: TrainConfig, model: ModelConfig, num
 
 def config_values(space: Sequence[Dimension], train: TrainConfig, model: ModelConfig,
                   num_train: int) -> dict[str, Any]:
-    """The config's own value of each searched setting, `train.epochs=0` as the epochs it plans for the data."""
+    """The config's own value of each searched setting, `train.epochs=0` as the epochs it plans for the data, a
+    backbone's unset `model.options.dropout` as the one its head is built with (a network of your own's unset
+    options stay None: only its builder knows them)."""
     values = {dimension.key: config_value(dimension.key, train, model) for dimension in space}
     if values.get("train.epochs") == 0:
         values["train.epochs"] = planned_epochs(0, num_train)
+    head_dropout = OPTIONS_PREFIX + "dropout"
+    if model.builder in BACKBONES and head_dropout in values and values[head_dropout] is None:
+        values[head_dropout] = inspect.signature(backbone_network).parameters["dropout"].default
     return values
 
 
@@ -182,14 +203,22 @@ def search(study: optuna.Study, space: Sequence[Dimension], run_trial: TrialRunn
         study.enqueue_trial({dimension.key: dimension.as_optuna(baseline[dimension.key]) for dimension in space
                              if dimension.holds(baseline[dimension.key])}, skip_if_exists=True)
     log.info("tune: %.1f s of the budget spent before the first trial of this session", budget.spent())
+    try:
+        _search_trials(study, space, run_trial, budget, max_trials)
+    finally:  # stopped between epochs (Ctrl-C, SIGTERM): a resumed search counts the time since the last save too
+        study.set_user_attr(SPENT_ATTR, budget.spent())
+
+
+def _search_trials(study: optuna.Study, space: Sequence[Dimension], run_trial: TrialRunner, budget: Budget,
+                   max_trials: int) -> None:
     while not max_trials or _num_finished(study) < max_trials:
         seconds = budget.trial_seconds()
         if seconds < MIN_TRIAL_SECONDS:
             log.info("tune: %.1f s left: too little for another trial", budget.seconds - budget.spent())
             break
+        started = budget.clock()  # the sampler's time (TPE's grows with the trials) is part of a trial's overhead
         trial = study.ask()
         values = {dimension.key: dimension.suggest(trial) for dimension in space}
-        started = budget.clock()
         trial.set_user_attr("started", round(budget.spent(), 2))  # on the budget's clock: the stage's start is 0
         training_seconds, value, state = 0.0, None, optuna.trial.TrialState.COMPLETE
         try:
@@ -240,11 +269,11 @@ def _has_study(storage: optuna.storages.BaseStorage) -> bool:
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     """`tune.pruner`, judging trials by tenths of their schedule: below the median of the trials before at the
-    same tenth (from the third on), Hyperband's successive halving over tenths, or never."""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNER_WARMUP_TENTHS - 1)
+    same tenth (from the second on), Hyperband's successive halving over tenths, or never."""
+    if name == "median":  # Optuna judges a step from n_warmup_steps on
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=MEDIAN_FIRST_TENTH)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=PRUNER_WARMUP_TENTHS, max_resource=PROGRESS_STEPS,
+        return optuna.pruners.HyperbandPruner(min_resource=HYPERBAND_FIRST_TENTH, max_resource=PROGRESS_STEPS,
                                               reduction_factor=3)
     return optuna.pruners.NopPruner()
 
@@ -292,7 +321,7 @@ class TrialTrainer:
             kept_epoch = train_network(train, model, self.splits, self.schema, self.normalization, self.plan,
                                        self.scratch_dir / f"trial-{trial.number}", run_dir,
                                        callbacks=[reporter]).record().best_epoch
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, tf.errors.ResourceExhaustedError) as error:  # or too big for the device
             raise UserError(f"trial {trial.number} with {values}: {type(error).__name__}: {first_line(error)}") \
                 from None
         finally:
@@ -369,7 +398,7 @@ def tuning_record(study: optuna.Study, space: Sequence[Dimension], defaults: dic
                     "config as given", budget.seconds, budget.spent())
     return {
         "best": {dimension.key: _decoded(dimension, best.params[dimension.key]) for dimension in space} if best
-        else defaults,
+        else {key: value for key, value in defaults.items() if value is not None},  # train's own, unchanged
         "defaults": defaults,
         "best_val_accuracy": best.value if best else None,
         "best_trial": best.number if best else None,
@@ -398,11 +427,15 @@ def _trial_record(trial: optuna.trial.FrozenTrial, space: Sequence[Dimension]) -
 
 
 def _importance(study: optuna.Study, completed: list) -> dict[str, float]:
-    """Optuna's parameter importance (fANOVA) over the completed trials; {} with too few to tell."""
+    """Optuna's parameter importance (fANOVA, seeded) over the newest IMPORTANCE_TRIALS completed trials; {} with
+    too few to tell."""
     if len(completed) < 3:
         return {}
+    sample = optuna.create_study(direction="maximize")  # in memory
+    sample.add_trials(completed[-IMPORTANCE_TRIALS:])
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=IMPORTANCE_TREES, seed=0)
     try:
-        importance = optuna.importance.get_param_importances(study)
+        importance = optuna.importance.get_param_importances(sample, evaluator=evaluator)
     except (RuntimeError, ValueError) as error:  # e.g. every trial had the same values
         log.info("tune: no importance: %s", first_line(error))
         return {}

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from components.backbones import BACKBONES
 from components.config import ModelConfig, Section, TrainConfig
-from components.errors import UserError
+from components.errors import UserError, first_line
 
 # The train settings a search may change: those that shape what is learned, not where or how it runs.
 TUNABLE_TRAIN_KEYS = ("learning_rate", "batch_size", "warmup", "label_smoothing", "augment", "max_shift", "epochs",
@@ -55,13 +55,16 @@ class Dimension:
     def holds(self, value: Any) -> bool:
         """Whether `value` (as the config holds it) is one of this dimension's values."""
         if self.choices:
-            return json.loads(json.dumps(value)) in [json.loads(json.dumps(choice)) for choice in self.choices]
+            return any(_same(choice, value) for choice in self.choices)
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         return is_number and self.low <= value <= self.high and (not self.integer or float(value).is_integer())
 
     def as_optuna(self, value: Any) -> Any:
-        """`value` as Optuna stores this dimension's parameter (choices as JSON text)."""
-        return json.dumps(value) if self.choices else value
+        """`value` (which `holds`) as Optuna stores this dimension's parameter: a choice as the JSON text of the
+        choice it equals (0 and 0.0 are one value, but only one of "0" and "0.0" is among Optuna's choices)."""
+        if not self.choices:
+            return value
+        return json.dumps(next(choice for choice in self.choices if _same(choice, value)))
 
     def describe(self) -> str:
         """How `tune.space` writes it, e.g. `[0.001, 0.01, "log"]` (a choice of two numbers: `{"choices": [A, B]}`)."""
@@ -129,8 +132,8 @@ def _dimension(key: str, values: Any, train: TrainConfig, model: ModelConfig) ->
     for value in (dimension.choices or (dimension.low, dimension.high)):
         try:
             apply_values({key: value}, train, model)
-        except UserError as error:
-            raise UserError(f"{where}: {value!r} is not a value of {key}: {error}") from None
+        except (UserError, TypeError, ValueError) as error:  # a section's own check may meet another type
+            raise UserError(f"{where}: {value!r} is not a value of {key}: {first_line(error)}") from None
     return dimension
 
 
@@ -193,6 +196,11 @@ def _read_values(key: str, values: Any, where: str, whole: bool | None) -> Dimen
     return Dimension(key, low, high, log=log, integer=integer)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two values are one as JSON sees them (a tuple and its list, 64 and 64.0)."""
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -220,15 +228,26 @@ def apply_values(values: Mapping[str, Any], train: TrainConfig, model: ModelConf
 
 
 def _as_field(section: type[Section], name: str, value: Any) -> Any:
-    """A JSON value as the field holds it: a list as a tuple, a whole float as an int for an int field."""
-    kind = typing.get_type_hints(section)[name]
-    if isinstance(value, list):
-        return tuple(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
+    """A JSON value as the field holds it: a list of whole numbers as a tuple, a whole float as an int for an
+    int field, an int as a float for a float field.
+
+    Raises:
+        UserError: a value of another type (text for a number, 0.5 for a whole number, 1 for true/false).
+    """
+    annotation = typing.get_type_hints(section)[name]
+    kind = tuple if typing.get_origin(annotation) is tuple else annotation
+    if kind is int and _is_number(value) and float(value).is_integer():
         return int(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and _is_number(value):
         return float(value)
-    return value
+    if kind is tuple and isinstance(value, list) and all(_is_number(v) and isinstance(v, int) for v in value):
+        return tuple(value)
+    if (kind is bool and isinstance(value, bool)) or (kind is str and isinstance(value, str)):
+        return value
+    expected = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+                tuple: "a list of whole numbers (search a choice of lists, e.g. [[32, 64], [64, 128]])",
+                }.get(kind, getattr(kind, "__name__", str(kind)))
+    raise UserError(f"{section.name}.{name}={value!r} is not {expected}")
 
 
 def config_value(key: str, train: TrainConfig, model: ModelConfig) -> Any:
@@ -245,8 +264,9 @@ def check_tuning(sections: Mapping[str, Section]) -> None:
     """Checks of the tune section against train's and the model's, once every section is built.
 
     Raises:
-        UserError: a search under train.strategy=multi_worker (each worker would sample its own values), a
-            `tune.space` without a budget to search it, or a space `parse_space` refuses.
+        UserError: a search under train.strategy=multi_worker (each worker would sample its own values) or with
+            a warm start (`model.init`: trials train from scratch), a `tune.space` without a budget to search it,
+            or a space `parse_space` refuses.
     """
     tune, train, model = sections.get("tune"), sections.get("train"), sections.get("model")
     if tune is None or not isinstance(train, TrainConfig) or not isinstance(model, ModelConfig):
@@ -259,4 +279,8 @@ def check_tuning(sections: Mapping[str, Section]) -> None:
                         "train.strategy=multi_worker trains on several: tune on one machine first "
                         "(train.strategy=auto), then train with the values it chose (runs show lists them) on the "
                         "workers")
+    if tune.max_seconds and model.init:
+        raise UserError(f"tune.max_seconds={tune.max_seconds:g} searches with trials trained from scratch, and "
+                        f"model.init={model.init} starts train from a trained network: the values found would be "
+                        "for another start; tune without model.init, or set the values yourself")
     parse_space(tune.space, train, model)

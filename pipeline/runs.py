@@ -459,9 +459,10 @@ def tuning_lines(run: dict[str, Any]) -> list[str]:
         return []
     config = flat_config(run)
     budget = f" of {config['tune.max_seconds']:g}" if "tune.max_seconds" in config else ""
+    best = results["tune_best_val_accuracy"]
+    outcome = "no trial finished" if best is None else f"best validation accuracy {best:.4f}"
     head = (f"tuned      {results['tune_trials']} trials ({results['tune_pruned']} pruned) in "
-            f"{results['tune_seconds']:.0f} s{budget}, best validation accuracy "
-            f"{results['tune_best_val_accuracy']:.4f}; train used:")
+            f"{results['tune_seconds']:.0f} s{budget}, {outcome}; train used:")
     return [head] + [f"  {key} = {json.dumps(value)}" + ("" if config.get(key) == value
                                                            else f"  (config: {_config_value(config, key)})")
                      for key, value in results["tune_best"].items()]

@@ -166,6 +166,19 @@ def test_choices_of_lists_go_through_optuna_and_back():
     assert SPACE[1].suggest(study.ask()) in range(2, 9)
 
 
+@pytest.mark.parametrize("dimension, value", [
+    (Dimension("model.dropout", choices=(0, 0.25, 0.5)), 0.0),  # model.dropout=0 is 0.0 in the config
+    (Dimension("train.batch_size", choices=(32.0, 64.0, 128.0)), 64),
+    (Dimension("model.conv_widths", choices=([8, 16], [16, 32])), (16, 32)),  # a tuple in the config
+])
+def test_a_config_value_equal_to_a_choice_written_otherwise_is_enqueued_as_that_choice(dimension, value):
+    study = optuna.create_study()
+    assert dimension.holds(value)
+    study.enqueue_trial({dimension.key: dimension.as_optuna(value)})
+    # Optuna refused the text "0.0" among "0", "0.25" and "0.5"; a tuple comes back as its list
+    assert dimension.suggest(study.ask()) == (list(value) if isinstance(value, tuple) else value)
+
+
 @pytest.fixture
 def tiny_data(tmp_path):
     """Splits of 36 training, 12 validation and 9 test 6x6 images, with their schema and normalization."""

@@ -244,6 +244,18 @@ def test_runs_show_gives_the_search_and_each_chosen_value_against_the_config(lin
     assert "tuned " not in untuned and "train used" not in untuned
 
 
+def test_runs_show_of_a_search_without_a_finished_trial_says_so(tmp_path, capsys):
+    from pipeline.config import resolve, to_dict
+    from pipeline.lineage import Lineage
+
+    facts = write_tuning(tmp_path / "tune", best_val_accuracy=None, best_trial=None).facts()
+    lineage = Lineage(tmp_path / "lineage.sqlite")
+    lineage.start_run("cut", "python -m pipeline.run", to_dict(resolve("smoke", ["tune.max_seconds=40"])), {})
+    lineage.end_run("cut", "succeeded", None, {"test_accuracy": 0.9, **facts})
+    output = runs_output(capsys, "--workdir", str(tmp_path), "show", "cut")
+    assert "in 36 s of 40, no trial finished; train used:" in output
+
+
 def test_runs_compare_sets_the_chosen_values_against_the_untuned_runs_config(lineage_of_two_runs, capsys):
     output = runs_output(capsys, "--workdir", str(lineage_of_two_runs), "compare", "tuned", "untuned")
     (section,) = [block.splitlines() for block in output.split("\n\n") if block.startswith("settings tune searched")]

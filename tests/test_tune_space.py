@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from components.config import ModelConfig, TrainConfig
+from components.config import ModelConfig, TrainConfig, TuneConfig
 from components.errors import UserError
-from components.tune_space import Dimension, apply_values, config_value, default_space, including, parse_space
+from components.tune_space import (Dimension, apply_values, check_tuning, config_value, default_space, including,
+                                   parse_space)
 from pipeline import run
 
 MLP = "examples/networks.py:mlp"
@@ -51,6 +52,13 @@ BAD_SPACES = [
     ("model.dropout", {"model.dropout": 0.3}, NOT_A_SPACE, ()),  # not a list
     ("model.dropout", {"model.dropout": "0.3"}, NOT_A_SPACE, ()),
     ("model.dropout", {"model.dropout": {"low": 0.0, "high": 0.5}}, NOT_A_SPACE, ()),
+    # Values of another type than the setting's (each raised TypeError inside a check, or passed).
+    ("model.conv_widths", {"model.conv_widths": [32, 64, 128]}, "search a choice of lists", ()),  # not lists
+    ("model.dropout", {"model.dropout": ["a", "b"]}, REFUSED, ()),
+    ("train.max_shift", {"train.max_shift": [0.05, 0.2, "lin"]}, REFUSED, ()),  # a typo of "log": a choice
+    ("model.dense_units", {"model.dense_units": [0, 64, 128.5]}, REFUSED, ()),  # not whole
+    ("model.batch_norm", {"model.batch_norm": [0, 1]}, REFUSED, ()),  # true or false, not a range
+    ("train.augment", {"train.augment": [1, 2, 3]}, REFUSED, ()),
 ]
 
 
@@ -81,6 +89,17 @@ def test_a_space_without_a_budget_is_refused(tmp_path, capsys):
 def test_a_search_with_multi_worker_training_is_refused(tmp_path, capsys):
     stderr = _refused_in_one_line(["tune.max_seconds=30", "train.strategy=multi_worker"], tmp_path, capsys)
     assert "tune.max_seconds" in stderr and "train.strategy=multi_worker" in stderr
+
+
+def test_a_search_with_a_warm_start_is_refused(monkeypatch):
+    import components.saved_models
+
+    monkeypatch.setattr(components.saved_models, "parent_version_dir", lambda init: init)  # any export will do
+    sections = {"tune": TuneConfig(max_seconds=30), "train": TrainConfig(), "model": ModelConfig(init="saved_models/x")}
+    with pytest.raises(UserError, match=r"^tune.max_seconds=30 searches with trials trained from scratch, and "
+                                        r"model.init=saved_models/x"):
+        check_tuning(sections)
+    check_tuning({**sections, "tune": TuneConfig()})  # no search: a warm start alone is fine
 
 
 def test_good_spaces_parse_to_their_dimensions():
