@@ -27,9 +27,12 @@ from components.tune import (
     Budget,
     TrialPruned,
     TrialResult,
+    config_values,
     open_study,
     search,
+    search_space,
     tune,
+    tuning_record,
     without_test,
 )
 from components.tune_space import Dimension, apply_values
@@ -177,6 +180,22 @@ def test_a_config_value_equal_to_a_choice_written_otherwise_is_enqueued_as_that_
     study.enqueue_trial({dimension.key: dimension.as_optuna(value)})
     # Optuna refused the text "0.0" among "0", "0.25" and "0.5"; a tuple comes back as its list
     assert dimension.suggest(study.ask()) == (list(value) if isinstance(value, tuple) else value)
+
+
+def test_a_backbones_unset_head_dropout_is_the_one_its_head_is_built_with():
+    model = ModelConfig(builder="mobilenet_v3_small")
+    space = search_space(TuneConfig(max_seconds=30), TrainConfig(), model, num_train=1_000)
+    values = config_values(space, TrainConfig(), model, num_train=1_000)
+    assert values["model.options.dropout"] == 0.2  # backbone_network's default
+    assert all(dimension.holds(values[dimension.key]) for dimension in space)  # so the first trial is the config
+
+
+def test_a_search_without_a_finished_trial_hands_train_only_values_it_can_set():
+    study = optuna.create_study(direction="maximize")
+    clock = FakeClock()
+    record = tuning_record(study, SPACE[:1], {"train.learning_rate": 3e-3, "model.options.width": None},
+                           Budget(30, clock=clock, started=clock()))
+    assert record["best"] == {"train.learning_rate": 3e-3} and record["best_val_accuracy"] is None
 
 
 @pytest.fixture

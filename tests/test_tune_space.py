@@ -6,8 +6,15 @@ import pytest
 
 from components.config import ModelConfig, TrainConfig, TuneConfig
 from components.errors import UserError
-from components.tune_space import (Dimension, apply_values, check_tuning, config_value, default_space, including,
-                                   parse_space)
+from components.tune_space import (
+    Dimension,
+    apply_values,
+    check_tuning,
+    config_value,
+    default_space,
+    including,
+    parse_space,
+)
 from pipeline import run
 
 MLP = "examples/networks.py:mlp"
