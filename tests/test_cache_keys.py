@@ -220,7 +220,9 @@ def test_a_changed_key_reruns_exactly_the_stages_it_reaches(key, folders, base, 
     statuses = {record["name"]: record["status"] for record in manifest["stages"]}
     assert list(statuses) == [stage.name for stage in STAGES if stage.name != "report" or
                               key not in CHANGES_THE_KIND_OF_MODEL]
-    assert {name for name, status in statuses.items() if status == "succeeded"} == set(RERUNS[key].split()), statuses
+    # What ran: succeeded, or failed (export refusing a model of another kind); tune, off, is skipped, not cached.
+    ran = {name for name, status in statuses.items() if status not in ("cached", "skipped")}
+    assert ran == set(RERUNS[key].split()), statuses
     _check_cached_stages_read_what_they_read_before(key, statuses, Path(manifest["run_dir"]), base_outputs)
     version_dir = Path("saved_models", "probe", "1")  # what the base run published
     changed = _differences(_outputs(base_workdir / version_dir), _outputs(workdir / version_dir))

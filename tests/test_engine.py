@@ -151,8 +151,7 @@ def test_editing_stage_code_or_a_helper_it_imports_reruns_from_there(tmp_path):
                                   str(workdir), "train.epochs=1"], cwd=repo, capture_output=True, text=True,
                                  env={**QUIET_ENV, "PYTHONPATH": str(repo)}, timeout=600)
         assert process.returncode == 0, process.stderr
-        manifest = finished_run(workdir, process, runs_before).manifest
-        return {stage["name"]: stage["status"] for stage in manifest["stages"]}
+        return statuses(finished_run(workdir, process, runs_before))
 
     cached_until_train = {"ingest": "cached", "validate": "cached", "preprocess": "cached"}
     run()
