@@ -94,6 +94,7 @@ def streamed_training_batches(files: Sequence[Path], parse: Callable, image_shap
     augmenter = _augmenter(plan, image_shape[:2])
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        _clear_a_zero_graph_seed()
         epoch_seed = plan.seed * 1_000_003 + epoch
         shards = tf.data.Dataset.from_tensor_slices(names)
         if by_file:
@@ -110,6 +111,19 @@ def streamed_training_batches(files: Sequence[Path], parse: Callable, image_shap
                      deterministic=True))
 
     return tf.data.Dataset.range(plan.first_epoch, plan.epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE)
+
+
+def _clear_a_zero_graph_seed() -> None:
+    """Let a tensor-seeded `shuffle` be traced under a global seed of 0 (`train.seed=0` sets it).
+
+    TensorFlow's `get_seed` compares the (graph, op) seeds with (0, 0) in Python, which raises for a
+    tensor op seed when the graph's seed is 0 ("a symbolic tf.Tensor as a Python bool"). Cleared, the
+    function's graph takes TensorFlow's default graph seed: still deterministic, seeded by the op seed;
+    any other global seed is left as it is, so its shuffles are unchanged.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    if graph.seed is not None and graph.seed % (2**31 - 1) == 0:
+        graph.seed = None
 
 
 def _augmenter(plan: BatchPlan, image_size: Sequence[int]) -> Callable:

@@ -159,6 +159,25 @@ def test_streamed_pipelines_share_each_epoch_evenly_and_each_image_once(tmp_path
     assert first_epoch != sorted(first_epoch)  # shuffled
 
 
+def test_streaming_under_a_global_seed_of_0_is_seeded_and_resumes_as_it_ran(tmp_path):
+    """train.seed=0 sets TensorFlow's global seed to 0, under which a tensor-seeded shuffle could not be traced."""
+    import keras
+
+    _, splits = _shards(tmp_path)
+    keras.utils.set_random_seed(0)
+    try:
+        whole = _streamed(splits, _plan(batch_size=8, epochs=2, count=64))
+        again = _streamed(splits, _plan(batch_size=8, epochs=2, count=64))
+        resumed = _streamed(splits, _plan(batch_size=8, epochs=2, first_epoch=1, count=64))
+    finally:
+        tf.random.set_seed(None)
+    for (a, b), (c, d) in zip(whole, again, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    for (a, _), (c, _) in zip(whole[8:], resumed, strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
 def test_a_streamed_epoch_is_shuffled_with_labels_kept_and_resumes_as_it_ran(tmp_path):
     images, splits = _shards(tmp_path)
     labels = np.arange(64) % 5

@@ -324,7 +324,7 @@ def test_train_uses_the_values_tune_chose(tmp_path, monkeypatch):
     assert received[-1] == (TINY_TRAIN, TINY_MODEL)
 
 
-# One real search through the CLI, shared by the tests below: two trials, then train with the values chosen (the
+# One real search through the CLI, shared by the tests below (slow): two trials, then train with the values chosen (the
 # later stages and the default space: the slow test), then the same command again. Smoke's conv widths and batch
 # size are not in the space, so train's network and batches show whether it used the values chosen.
 SEARCHED = {"train.learning_rate": [0.001, 0.01, "log"], "model.conv_widths": [[16, 32], [32, 64]],
@@ -344,6 +344,7 @@ def tuned_run(tmp_path_factory):
     return first, again
 
 
+@pytest.mark.slow  # a real search through the CLI: the default suite stays under 150 s
 def test_the_search_records_its_trials_within_its_budget(tuned_run):
     manifest = tuned_run[0].manifest
     stage = next(record for record in manifest["stages"] if record["name"] == "tune")
@@ -361,6 +362,7 @@ def test_the_search_records_its_trials_within_its_budget(tuned_run):
     assert record["trials"][0]["values"]["train.learning_rate"] == 3e-3  # the first: the config, where it can be
 
 
+@pytest.mark.slow  # a real search through the CLI: the default suite stays under 150 s
 def test_train_used_the_values_the_search_chose(tuned_run):
     from components.model import build_model
 
@@ -374,6 +376,7 @@ def test_train_used_the_values_the_search_chose(tuned_run):
     assert training["parameters"] == build_model(model_config, (8, 8, 1), 10, mean=0.0, std=1.0).count_params()
 
 
+@pytest.mark.slow  # a real search through the CLI: the default suite stays under 150 s
 def test_each_trial_is_a_tensorboard_run_with_its_values_in_hparams(tuned_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -394,6 +397,7 @@ def test_each_trial_is_a_tensorboard_run_with_its_values_in_hparams(tuned_run):
         assert hparams["train.batch_size"].number_value == trial["values"]["train.batch_size"]
 
 
+@pytest.mark.slow  # a real search through the CLI: the default suite stays under 150 s
 def test_a_rerun_of_the_same_search_is_fully_cached(tuned_run):
     first, again = tuned_run
     assert {record["name"]: record["status"] for record in again.manifest["stages"]} == {
