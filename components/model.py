@@ -162,10 +162,11 @@ def _conv_block(x: keras.KerasTensor, width: int, convs_per_block: int, padding:
 
 
 BACKBONE_NAME = "backbone"  # the keras.applications network inside a backbone's model: the body its head sits on
+HEAD_DROPOUT = 0.2  # a backbone head's dropout when model.options gives none
 
 
 def backbone_network(name: str, input_shape: tuple[int, int, int], num_classes: int, weights: str = "none",
-                     dropout: float = 0.2) -> keras.Model:
+                     dropout: float = HEAD_DROPOUT) -> keras.Model:
     """A `keras.applications` backbone (`model.builder=<name>`) under a global-pooling head, from raw pixels.
 
     Grayscale images become 3 channels inside the network, so consumers still send the data's own

@@ -15,7 +15,6 @@ killed search resumes with its finished trials, and the time they spent counts a
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from components.atomic import write_json_atomically
 from components.backbones import BACKBONES
 from components.config import ModelConfig, TrainConfig, TuneConfig
 from components.errors import UserError, first_line
-from components.model import backbone_network
+from components.model import HEAD_DROPOUT
 from components.shards.layout import LAYOUT_FILE, labels_path, read_layout
 from components.tensorboard_log import EventLog
 from components.train import train_network
@@ -135,7 +134,7 @@ def config_values(space: Sequence[Dimension], train: TrainConfig, model: ModelCo
         values["train.epochs"] = planned_epochs(0, num_train)
     head_dropout = OPTIONS_PREFIX + "dropout"
     if model.builder in BACKBONES and head_dropout in values and values[head_dropout] is None:
-        values[head_dropout] = inspect.signature(backbone_network).parameters["dropout"].default
+        values[head_dropout] = HEAD_DROPOUT
     return values
 
 

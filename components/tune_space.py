@@ -240,7 +240,7 @@ def _as_field(section: type[Section], name: str, value: Any) -> Any:
         return int(value)
     if kind is float and _is_number(value):
         return float(value)
-    if kind is tuple and isinstance(value, list) and all(_is_number(v) and isinstance(v, int) for v in value):
+    if kind is tuple and isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return tuple(value)
     if (kind is bool and isinstance(value, bool)) or (kind is str and isinstance(value, str)):
         return value
