@@ -67,7 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.augment": "none",  # three epochs are too few to learn from shifted images
         "train.log_images": 4,
     },
-    # Fashion-MNIST from Debian's dataset-fashion-mnist: 0.9358 test accuracy in about 4.5 minutes here.
+    # Fashion-MNIST from Debian's dataset-fashion-mnist: 0.9358 test accuracy in 4.5 to 6 minutes here.
     "fashion": {
         "data.source": "idx:/usr/share/datasets/fashion-mnist",
         "data.val_fraction": 1 / 12,  # 5,000 of the 60,000 training images

@@ -190,3 +190,28 @@ def test_a_streamed_epoch_is_shuffled_with_labels_kept_and_resumes_as_it_ran(tmp
     orders = [[i for b in plain[e * 8:(e + 1) * 8] for i in _indices(images, b[0])] for e in range(2)]
     assert all(sorted(order) == list(range(64)) for order in orders) and orders[0] != orders[1]
     np.testing.assert_array_equal(np.concatenate([b[1] for b in plain[:8]]).argmax(axis=1), labels[orders[0]])
+
+
+def test_every_input_pipeline_runs_without_tf_data_autotuning(tmp_path):
+    """Deleting an autotuned iterator can wait for its tuning thread: up to a minute at the end of training.
+
+    Each of the four pipelines train() and validation build must have autotuning off (and so no such
+    thread), and still produce its batches.
+    """
+    from components.batches import streamed_evaluation_batches, streamed_training_batches
+    from components.shards.layout import split_files
+    from components.shards.tf_reader import parse_examples
+
+    images, labels = _data(count=64)
+    _, splits = _shards(tmp_path)
+    files, parse = split_files(splits, "train"), parse_examples((6, 6, 1), "uint8")
+    plan = _plan(batch_size=8, epochs=1, count=64)
+    pipelines = {
+        "training_batches": training_batches(images, labels, plan),
+        "streamed_training_batches": streamed_training_batches(files, parse, (6, 6, 1), plan, 16),
+        "evaluation_batches": evaluation_batches(images, labels, 5, 16),
+        "streamed_evaluation_batches": streamed_evaluation_batches(files, parse, 5, 16),
+    }
+    for name, dataset in pipelines.items():
+        assert dataset.options().autotune.enabled is False, name
+        assert sum(len(batch) for batch, _ in dataset) == 64, name
