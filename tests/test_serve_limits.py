@@ -32,6 +32,7 @@ from PIL import Image
 from components.loaded_model import LoadedModel, load_exported
 from pipeline.serving.app import ServeSettings
 from pipeline.serving.batching import Batcher
+from pipeline.serving.limits import BUSY_PAUSE_SECONDS
 from tests.conftest import QUIET_ENV, REPO_DIR
 from tests.test_serve import ATOL, INFER, PREDICT, Server, copy_saved_models, start_server
 
@@ -113,9 +114,11 @@ def test_images_that_do_not_fit_beside_those_in_flight_get_503_with_retry_after(
         # 3 images (under a model call's 4) wait in their batch for the window's second: 3 of 8 in flight
         held = pool.submit(requests.post, f"{server.url}{PREDICT}", data=predict_body(pixels(3, 1)), timeout=30)
         time.sleep(0.3)
+        started = time.monotonic()
         headers = refused(server, PREDICT, predict_body(pixels(6)), 503, "3 images in flight", "request's 6",
                           "--max-images-in-flight")
         assert headers["Retry-After"] == "1"
+        assert time.monotonic() - started >= BUSY_PAUSE_SECONDS  # a lower bound set by a sleep, not a speed
         # counted in images, not requests: 5 more fit beside the 3, and are answered (as calls of 4 and 1)
         fits = requests.post(f"{server.url}{PREDICT}", data=predict_body(pixels(5)), timeout=30)
         np.testing.assert_allclose(fits.json()["predictions"], model.probabilities(pixels(5)), atol=ATOL)

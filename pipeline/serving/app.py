@@ -23,7 +23,7 @@ from components.errors import UserError
 from pipeline.serving import tf_serving, v2
 from pipeline.serving.batching import Batcher
 from pipeline.serving.errors import RequestError
-from pipeline.serving.limits import Admission, RequestLimits
+from pipeline.serving.limits import BUSY_PAUSE_SECONDS, Admission, RequestLimits
 from pipeline.serving.models import ModelRepository
 from pipeline.serving.shared import Serving, error_response
 
@@ -108,8 +108,10 @@ def _polling(repository: ModelRepository, interval_seconds: float):
 
 async def _request_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestError)
-    retry_after = {} if error.retry_after_seconds is None else {"Retry-After": str(error.retry_after_seconds)}
-    return error_response(error.status, str(error), retry_after)
+    if error.retry_after_seconds is None:
+        return error_response(error.status, str(error))
+    await asyncio.sleep(BUSY_PAUSE_SECONDS)
+    return error_response(error.status, str(error), {"Retry-After": str(error.retry_after_seconds)})
 
 
 async def _user_error(request: Request, error: Exception) -> Response:
