@@ -5,6 +5,7 @@
     python bench/serve_load.py --url http://127.0.0.1:8501 --seconds 2   # a server already running (tests)
     python bench/serve_load.py --compare-stacks           # a trivial endpoint on Starlette or FastAPI, h11+asyncio
                                                           # or httptools+uvloop: what the server was built on
+    python bench/serve_load.py --abuse --clients 16 --seconds 10 --backends onnx   # the largest bodies it takes
 
 Each client is an asyncio task with its own keep-alive connection (aiohttp), posting one image per request
 (TF Serving's row format, or `--protocol v2` JSON) as soon as the previous answer came, for `--seconds`
@@ -12,14 +13,23 @@ after `--warmup` seconds that are not counted. A request counts as an error unle
 one row of probabilities. Client and server share this machine's cores, so the figures are a floor for
 the server alone. One server process per (backend, batch window), started with `--port 0` and stopped after.
 `--compare-stacks` needs FastAPI, httptools and uvloop installed (the server itself needs none of them).
+
+`--abuse`: `--clients` abusive clients each send, back to back and ignoring Retry-After, the costliest body the
+server's default limits accept (the most images per request, PNGs declaring together the most pixels it
+decodes, padded with spaces to the longest body), while one ordinary client sends one image per request.
+Reported: the abusive answers by status, connections dropped (a client error instead of an answer), the
+ordinary client's share of 200s and its p99, and the server's peak RSS (VmHWM).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import io
 import json
+import multiprocessing
 import os
 import re
 import statistics
@@ -34,9 +44,13 @@ from typing import Callable, Iterator
 
 import aiohttp
 import numpy as np
+from PIL import Image
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_DIR)}
+sys.path.insert(0, str(REPO_DIR))  # this checkout's pipeline (the server's default limits), not an installed one
+
+from pipeline.serving.app import ServeSettings  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON instead of a table")
     parser.add_argument("--compare-stacks", action="store_true",
                         help="measure GET of a trivial endpoint on each ASGI stack instead")
+    parser.add_argument("--abuse", action="store_true",
+                        help="--clients clients send the largest bodies the server accepts, one more sends "
+                             "one image per request: how the server holds (memory, drops, the ordinary share)")
     return parser.parse_args(argv)
 
 
@@ -94,10 +111,17 @@ def smoke_workdir() -> Iterator[Path]:
 @contextlib.contextmanager
 def running_server(command: list[str], ready_path: str = "/v2/health/ready") -> Iterator[str]:
     """A server process (`command`) for the block's duration; yields its URL once `ready_path` answers 200."""
+    with running_process(command, ready_path) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def running_process(command: list[str], ready_path: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`running_server`, yielding the process too."""
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
         process = subprocess.Popen(command, cwd=REPO_DIR, env=QUIET_ENV, stdout=log, stderr=subprocess.STDOUT)
         try:
-            yield wait_until_ready(process, Path(log.name), ready_path)
+            yield wait_until_ready(process, Path(log.name), ready_path), process
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -232,6 +256,88 @@ def measure_server(workdir: Path, backend: str, batch_window_ms: float, args: ar
         return measure(predict_target(url, args.model, args.protocol), backend, batch_window_ms, args)
 
 
+@dataclass(frozen=True)
+class AbuseMeasurement:
+    """One abuse run: abusive clients sending the costliest accepted bodies beside one ordinary client."""
+
+    backend: str
+    abusive_clients: int
+    abusive_body_bytes: int
+    seconds: float
+    abusive_answers: dict[str, int]  # HTTP status (or "dropped": a connection error) -> answers
+    dropped_connections: int  # of every client, the ordinary one's included
+    ordinary_requests: int
+    ordinary_share_answered: float  # of the ordinary client's requests, the share answered 200
+    ordinary_p99_ms: float
+    server_peak_rss_mib: float
+
+
+def abusive_body(url: str, model: str) -> bytes:
+    """The costliest body the server's default limits accept: `max_batch_images` gray PNGs declaring together
+    `max_decoded_pixels` (all decoded, then resized), padded with spaces to `max_body_bytes`."""
+    side = int((ServeSettings.max_decoded_pixels / ServeSettings.max_batch_images) ** 0.5)
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buffer, format="PNG")
+    image = {"b64": base64.b64encode(buffer.getvalue()).decode()}
+    body = json.dumps({"instances": [image] * ServeSettings.max_batch_images}).encode()
+    return body + b" " * (ServeSettings.max_body_bytes - len(body))
+
+
+async def abuser(session: aiohttp.ClientSession, url: str, body: bytes, until: float, answers: dict[str, int]) -> None:
+    """Post `body` back to back until `until`, ignoring Retry-After; count the answers by status."""
+    while time.perf_counter() < until:
+        try:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+                await response.read()
+                status = str(response.status)
+        except aiohttp.ClientError:
+            status = "dropped"
+        answers[status] = answers.get(status, 0) + 1
+
+
+def run_abusers(url: str, body: bytes, clients: int, seconds: float, answers: multiprocessing.Queue) -> None:
+    """`clients` abusers for `seconds` (in a process of their own, so that their sending does not slow the
+    ordinary client's event loop); their answers by status go to `answers`."""
+
+    async def abuse() -> dict[str, int]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+            until, counts = time.perf_counter() + seconds, {}
+            await asyncio.gather(*(abuser(session, url, body, until, counts) for _ in range(clients)))
+        return counts
+
+    answers.put(asyncio.run(abuse()))
+
+
+async def ordinary(target: Target, seconds: float) -> tuple[list[float], list[str]]:
+    """One ordinary client's latencies and errors over `seconds`."""
+    async with aiohttp.ClientSession() as session:
+        latencies: list[float] = []
+        errors: list[str] = []
+        await client(session, target, 0.0, time.perf_counter() + seconds, latencies, errors)
+    return latencies, errors
+
+
+def measure_abuse(workdir: Path, backend: str, args: argparse.Namespace) -> AbuseMeasurement:
+    """Start a server with its default limits, abuse it for `args.seconds`, read its peak RSS, stop it."""
+    with running_process(serve_command(workdir, backend, 0.0), "/v2/health/ready") as (url, process):
+        target = predict_target(url, args.model, "v1")
+        body = abusive_body(url, args.model)
+        queue: multiprocessing.Queue = multiprocessing.Queue()
+        abusers = multiprocessing.Process(target=run_abusers,
+                                          args=(target.url, body, args.clients, args.seconds, queue))
+        abusers.start()
+        latencies, errors = asyncio.run(ordinary(target, args.seconds))
+        answers = queue.get(timeout=60)
+        abusers.join(timeout=30)
+        peak_rss_kib = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{process.pid}/status").read_text()).group(1))
+    # the ordinary client's errors are answers ({"error": ...}) or, for a dropped connection, aiohttp's exception
+    dropped = answers.get("dropped", 0) + sum(not error.startswith("{") for error in errors)
+    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else float("nan")
+    return AbuseMeasurement(backend, args.clients, len(body), args.seconds, dict(sorted(answers.items())), dropped,
+                            len(latencies), round(1 - len(errors) / max(1, len(latencies)), 3), round(p99, 2),
+                            round(peak_rss_kib / 1024, 1))
+
+
 def format_table(measurements: list[Measurement]) -> str:
     lines = [f"{'backend':<11}{'window ms':>10}{'proto':>6}{'clients':>8}{'seconds':>8}{'requests':>9}"
              f"{'errors':>7}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}"]
@@ -242,6 +348,11 @@ def format_table(measurements: list[Measurement]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.abuse:
+        with contextlib.nullcontext(args.workdir) if args.workdir else smoke_workdir() as workdir:
+            abused = [measure_abuse(workdir, backend, args) for backend in args.backends]
+        print(json.dumps([asdict(m) for m in abused], indent=1))
+        return 1 if any(m.dropped_connections for m in abused) else 0
     if args.compare_stacks:
         measurements = compare_stacks(args)
     elif args.url:

@@ -3,13 +3,17 @@
 Serves every model under `DIR/saved_models/` over HTTP with TF Serving's REST API (`/v1/...`) and the
 Open Inference Protocol (`/v2/...`, which Triton's and KServe's clients speak), the newest version by
 default, following new and removed versions without a restart. The app lives in `pipeline/serving/`.
-Ctrl-C or SIGTERM stops it gracefully (requests in flight are answered first); exit codes: 130 after Ctrl-C,
-143 after SIGTERM (as pipeline.run), 2 a user's mistake (one line on stderr), 1 anything else.
+Every request is held to limits (`--max-*`: its body, its images, the pixels it asks to decode, and the
+work in flight at once), which `python -m pipeline.serve --help` lists with their defaults and
+docs/using-the-model.md explains. Ctrl-C or SIGTERM stops it gracefully (requests in flight are answered
+first); exit codes: 130 after Ctrl-C, 143 after SIGTERM (as pipeline.run), 2 a user's mistake (one line on
+stderr), 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import socket
 import sys
@@ -20,6 +24,7 @@ import uvicorn
 from components.errors import UserError
 from components.loaded_model import BACKENDS
 from pipeline.serving.app import ServeSettings, build_app
+from pipeline.serving.limits import RESERVED_FRACTION, Admission
 
 logger = logging.getLogger("pipeline.serve")  # not __name__: that is __main__ under `python -m`
 
@@ -37,6 +42,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes,
                         help="larger request bodies are refused with 413; each JSON byte takes ~30 bytes of "
                              "memory while parsed, so raise it with care")
+    parser.add_argument("--max-batch-images", type=int, default=ServeSettings.max_batch_images,
+                        help="requests of more images are refused with 413 before any is decoded: it bounds "
+                             "one request's work; send more as several requests")
+    parser.add_argument("--max-images-in-flight", type=int, default=ServeSettings.max_images_in_flight,
+                        help="a request whose images do not fit beside those being answered gets 503 with "
+                             "Retry-After; work is counted, not requests, so small requests get in while large "
+                             "ones fill the server")
+    parser.add_argument("--max-bytes-in-flight", type=int, default=ServeSettings.max_bytes_in_flight,
+                        help="a body whose Content-Length does not fit beside the bodies being read and "
+                             "answered gets 503 with Retry-After (unread): bounds the memory bodies take, "
+                             "however many clients connect")
+    parser.add_argument("--max-decoded-pixels", type=int, default=ServeSettings.max_decoded_pixels,
+                        help="pixels a request's encoded images may declare in all (read from their "
+                             "headers, before decoding; 413 over it): tiny PNGs declaring huge sizes cost "
+                             "seconds to decode")
+    parser.add_argument("--max-call-images", type=int, default=ServeSettings.max_call_images,
+                        help="images per model call: larger requests and batches run in chunks of this many, "
+                             "so a call's memory is bounded (the answers are the same)")
     parser.add_argument("--batch-window-ms", type=float, default=ServeSettings.batch_window_ms,
                         help="merge requests arriving within this many ms into one model call (0: off)")
     parser.add_argument("--num-versions", type=int, default=ServeSettings.num_versions,
@@ -80,14 +103,30 @@ def check_args(args: argparse.Namespace) -> ServeSettings:
         raise UserError(f"--port {args.port}: give a port from 1 to 65535, or 0 for any free port")
     if args.max_body_bytes < 1024:
         raise UserError(f"--max-body-bytes {args.max_body_bytes}: give at least 1024 bytes")
+    _check_limits(args)
     if not 0 <= args.batch_window_ms <= 1000:
         raise UserError(f"--batch-window-ms {args.batch_window_ms:g}: give 0 (off) to 1000 ms")
     if args.num_versions < 0:
         raise UserError(f"--num-versions {args.num_versions}: give 0 (every version) or more")
     if not 0 < args.poll_seconds <= 3600:
         raise UserError(f"--poll-seconds {args.poll_seconds:g}: give more than 0 and at most 3600 seconds")
-    return ServeSettings(saved_models_dir, args.backend, args.max_body_bytes, args.batch_window_ms,
-                         args.num_versions, args.poll_seconds)
+    # every other field is set by the option of its name (--max-body-bytes sets max_body_bytes)
+    return ServeSettings(saved_models_dir, **{field.name: getattr(args, field.name) for field in
+                                              dataclasses.fields(ServeSettings) if field.name != "saved_models_dir"})
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    """Refuse limits below 1, and caps of work in flight that the largest request allowed would not fit under."""
+    for name in ("max_batch_images", "max_images_in_flight", "max_bytes_in_flight", "max_decoded_pixels",
+                 "max_call_images"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
+    for cap, largest in (("max_images_in_flight", "max_batch_images"), ("max_bytes_in_flight", "max_body_bytes")):
+        capacity, amount = getattr(args, cap), getattr(args, largest)
+        if amount > Admission(capacity, "", "").room_for(amount):
+            raise UserError(f"--{cap.replace('_', '-')} {capacity}: give at least --{largest.replace('_', '-')} "
+                            f"({amount}) and a {RESERVED_FRACTION}th more (kept for small requests), or the "
+                            "largest request could never be answered")
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -131,6 +131,7 @@ NOT_RUN = {
     "python bench/serve_load.py --clients 16 --seconds 10 --backends onnx savedmodel --batch-window-ms 0 1 2 5":
         _MEASUREMENT,
     "python bench/serve_load.py --compare-stacks --clients 16 --seconds 8": _MEASUREMENT,
+    "python bench/serve_load.py --abuse --clients 16 --seconds 5 --backends onnx": _MEASUREMENT,
     "python -m pipeline.run --preset fashion": "20 epochs of Fashion-MNIST: 25 min on this machine's 2 cores in float32 "
                                               "(its CPU has no bfloat16; a clean-clone CI run); tests/test_fashion.py runs the same preset "
                                               "for 2 epochs, and docs/measurements.md has the measured figures",

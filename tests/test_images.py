@@ -25,7 +25,9 @@ from components.loaded_model import InputSpec, to_pixels
 from components.shards.layout import split_labels
 from components.shards.record_reader import read_images_at
 from components.source_data import ImageFiles, ImageFormat
+from pipeline.serving.app import ServeSettings
 from pipeline.serving.errors import BadRequest
+from pipeline.serving.limits import RequestBudget, RequestLimits
 from pipeline.serving.tensors import b64_image
 
 # What a viewer does with each EXIF orientation that turns a picture a quarter, written with NumPy
@@ -81,7 +83,8 @@ def predict_reads(path: Path, spec: InputSpec) -> np.ndarray | str:
 def serve_reads(data: bytes, spec: InputSpec) -> np.ndarray | str:
     """What the server feeds the model for `{"b64": ...}` of the file's bytes, or its reason."""
     try:
-        return b64_image({"b64": base64.b64encode(data).decode()}, spec, '"instances"[0]')
+        budget = RequestBudget(RequestLimits(1, ServeSettings.max_decoded_pixels))  # the server's default
+        return b64_image({"b64": base64.b64encode(data).decode()}, spec, '"instances"[0]', budget)
     except BadRequest as error:
         return _reason(str(error), '"instances"[0]: ')
     except UserError as error:

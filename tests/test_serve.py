@@ -302,7 +302,7 @@ BAD_REQUESTS = {  # name: (method, path, body, extra headers, expected status)
     "b64 PNG declaring 30000x30000 pixels": ("POST", PREDICT, json.dumps({"instances": [
         {"b64": _png_header(30000, 30000)}]}).encode(), {}, 400),
     "b64 PNG of 5000x5000 pixels (20 kB)": ("POST", PREDICT, json.dumps({"instances": [
-        {"b64": png_b64(np.zeros((5000, 5000, 1), np.uint8))}]}).encode(), {}, 400),
+        {"b64": png_b64(np.zeros((5000, 5000, 1), np.uint8))}]}).encode(), {}, 413),  # --max-decoded-pixels
     "body over the limit": ("POST", PREDICT, b'{"instances": [' + b"0," * MAX_BODY_BYTES + b"0]}", {}, 413),
     "chunked body over the limit": ("POST", PREDICT, _chunked(b'{"instances": [' + b"0," * MAX_BODY_BYTES + b"0]}"),
                                     {"Transfer-Encoding": "chunked"}, 413),
@@ -322,7 +322,7 @@ BAD_REQUESTS = {  # name: (method, path, body, extra headers, expected status)
     "v2 datatype BYTES": ("POST", INFER, _v2(datatype="BYTES"), {}, 400),
     "v2 datatype not a string": ("POST", INFER, _v2(datatype=["FP32"]), {}, 400),
     "v2 more values than the shape": ("POST", INFER, _v2(data=[0] * 65), {}, 400),
-    "v2 shape of a billion images": ("POST", INFER, _v2(shape=[10 ** 9, 8, 8, 1]), {}, 400),
+    "v2 shape of a billion images": ("POST", INFER, _v2(shape=[10 ** 9, 8, 8, 1]), {}, 413),  # --max-batch-images
     "v2 negative shape": ("POST", INFER, _v2(shape=[-1, 8, 8, 1]), {}, 400),
     "v2 shape of strings": ("POST", INFER, _v2(shape=["1", "8", "8", "1"]), {}, 400),
     "v2 wrong shape, right count": ("POST", INFER, _v2(shape=[1, 64]), {}, 400),

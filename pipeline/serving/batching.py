@@ -4,7 +4,9 @@ Off by default (`--batch-window-ms 0`): each request is one model call on a work
 Runtime runs concurrent calls on both cores. With a window, the first request for a model version opens
 a batch, the requests arriving within the window join it, and one call answers them all, as TF Serving's
 `batch_timeout_micros` and Triton's `max_queue_delay_microseconds` do. Whether that pays is measured by
-`bench/serve_load.py` (the README's "Serving").
+`bench/serve_load.py` (the README's "Serving"). Either way a model call takes at most `max_images`
+images: a larger request or batch is run in chunks of it, one after another, so memory stays bounded
+whatever clients send (`--max-call-images`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 
 from components.loaded_model import LoadedModel, check_pixels
 
-# A batch is closed early once it holds this many images; a request with more runs alone.
-MAX_BATCH_IMAGES = 256
+# The most images of one model call (ServeSettings.max_call_images); a batch is closed once it holds as many.
+MAX_CALL_IMAGES = 256
 
 
 @dataclass
@@ -35,11 +37,12 @@ class _Batch:
 class Batcher:
     """Probabilities for a request's pixels, one model call per request or per window of requests."""
 
-    def __init__(self, window_seconds: float = 0.0, max_images: int = MAX_BATCH_IMAGES):
+    def __init__(self, window_seconds: float = 0.0, max_images: int = MAX_CALL_IMAGES):
         """
         Args:
             window_seconds: how long a batch waits for more requests after its first; 0 turns batching off.
-            max_images: a batch closes as soon as it holds this many images.
+            max_images: the most images of one model call; a batch closes as soon as it holds this many, and
+                a request of more runs alone, in chunks of this many.
         """
         self.window_seconds, self.max_images = window_seconds, max_images
         self._open: dict[int, _Batch] = {}  # id(model) -> the batch requests for that version join
@@ -51,8 +54,9 @@ class Batcher:
         Raises:
             UserError: pixels the model refuses (checked before joining a batch, so a bad request fails alone).
         """
-        if self.window_seconds <= 0 or len(pixels) >= self.max_images:
-            return await run_in_threadpool(model.probabilities, pixels)
+        # alone on a worker thread: batching off, a large request, or not 4-d (the model refuses it there)
+        if self.window_seconds <= 0 or pixels.ndim != 4 or len(pixels) >= self.max_images:
+            return await run_in_threadpool(chunked_probabilities, model, pixels, self.max_images)
         check_pixels(pixels, model.input)
         batch = self._batch_for(model)
         start = batch.num_images
@@ -86,6 +90,16 @@ class Batcher:
         """One model call for every request of `batch`; its result or error goes to all of them."""
         try:
             pixels = np.concatenate(batch.parts)
-            batch.result.set_result(await run_in_threadpool(batch.model.probabilities, pixels))
+            batch.result.set_result(await run_in_threadpool(chunked_probabilities, batch.model, pixels,
+                                                            self.max_images))
         except Exception as error:  # noqa: BLE001 - handed to every waiting request, which raises it
             batch.result.set_exception(error)
+
+
+def chunked_probabilities(model: LoadedModel, pixels: np.ndarray, max_images: int) -> np.ndarray:
+    """`model.probabilities(pixels)`, computed at most `max_images` images at a time, so a call's memory does not
+    grow with the request (the model scores each image on its own: the rows are those of one call)."""
+    if pixels.ndim != 4 or len(pixels) <= max_images:  # not [N, height, width, channels]: the model refuses it
+        return model.probabilities(pixels)
+    return np.concatenate([model.probabilities(pixels[start:start + max_images])
+                           for start in range(0, len(pixels), max_images)])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 class RequestError(Exception):
-    """A request the server refuses (4xx), with a message that tells the client what to change."""
+    """A request the server refuses (4xx, or 503 while busy), with a message that tells the client what to do."""
 
     status: int = 400
+    retry_after_seconds: int | None = None  # sent as Retry-After: the client may try again after this long
 
 
 class BadRequest(RequestError):
@@ -34,6 +35,16 @@ class UnsupportedMediaType(RequestError):
 
 
 class PayloadTooLarge(RequestError):
-    """A request body over `--max-body-bytes`."""
+    """A request over one of its limits: its body's bytes, its images, the pixels its encoded images declare."""
 
     status = 413
+
+
+class ServiceUnavailable(RequestError):
+    """The server is busy: the request's work does not fit beside the work in flight; retry after a while."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_seconds: int):
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -14,6 +16,7 @@ from starlette.responses import Response
 from components.loaded_model import LoadedModel
 from pipeline.serving.batching import Batcher
 from pipeline.serving.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from pipeline.serving.limits import Admission, RequestLimits
 from pipeline.serving.models import ModelRepository
 
 # The whole body must arrive within this many seconds of the request's headers (a stalled client holds
@@ -37,6 +40,9 @@ class Serving:
     batcher: Batcher
     max_body_bytes: int
     backend: str
+    limits: RequestLimits  # what one request may ask for
+    images_in_flight: Admission  # images of the requests past their parse, until answered
+    bytes_in_flight: Admission  # bytes of the bodies being read or held, until answered
     # Held while a body is parsed off the loop (MAX_CONCURRENT_PARSES); binds to the loop on first wait.
     parse_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_PARSES))
 
@@ -53,6 +59,42 @@ def requested_model(request: Request) -> LoadedModel:
         NotFound: no such model, or no such version being served.
     """
     return serving(request).repository.model(request.path_params["name"]).version(path_version(request))
+
+
+@contextlib.asynccontextmanager
+async def admitted_body(request: Request) -> AsyncIterator[bytes]:
+    """The request's body (`read_body`), its bytes counted as in flight until the block ends.
+
+    A body is counted from before it is read, by its Content-Length (the limit when it has none, as a
+    chunked body), so bodies being received cannot hold more memory than the server admits.
+
+    Raises:
+        ServiceUnavailable: its bytes do not fit beside the bodies in flight (nothing of it is read).
+        and what `read_body` raises.
+    """
+    state = serving(request)
+    with state.bytes_in_flight.admitted(_bytes_to_hold(request, state.max_body_bytes)):
+        yield await read_body(request, state.max_body_bytes)
+
+
+def _bytes_to_hold(request: Request, max_bytes: int) -> int:
+    """The bytes a body may take: its Content-Length, `max_bytes` when it has none; 0 when over `max_bytes`,
+    as `read_body` then refuses it with 413 from its headers."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        return max_bytes
+    return int(declared) if int(declared) <= max_bytes else 0
+
+
+async def admitted_probabilities(state: Serving, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+    """The model's probabilities for a request's pixels, its images counted as in flight meanwhile.
+
+    Raises:
+        ServiceUnavailable: its images do not fit beside those in flight.
+        UserError: pixels the model refuses.
+    """
+    with state.images_in_flight.admitted(len(pixels) if pixels.ndim else 1):  # 0-d: refused by the model
+        return await state.batcher.probabilities(model, pixels)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -161,7 +203,7 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status, headers, media_type="application/json")
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """`{"error": message}`, the error body of TF Serving and of the Open Inference Protocol."""
-    return json_response({"error": message}, status)
+    return json_response({"error": message}, status, headers)
 

@@ -16,10 +16,7 @@ import numpy as np
 from components.images import BadImageError, read_header
 from components.loaded_model import InputSpec, decode_image
 from pipeline.serving.errors import BadRequest
-
-# An encoded image may declare at most this many pixels: Pillow would otherwise decode (and allocate) a
-# 20000x20000 PNG of a few hundred kilobytes before resizing it to the model's 8x8.
-MAX_IMAGE_PIXELS = 4096 * 4096
+from pipeline.serving.limits import RequestBudget
 
 
 def numeric_array(value: Any, where: str) -> np.ndarray:
@@ -48,11 +45,18 @@ def is_b64(value: Any) -> bool:
     return isinstance(value, dict) and "b64" in value
 
 
-def b64_image(value: dict, spec: InputSpec, where: str) -> np.ndarray:
+def b64_image(value: dict, spec: InputSpec, where: str, budget: RequestBudget) -> np.ndarray:
     """Decode `{"b64": "<base64 PNG/JPEG>"}` into uint8 pixels [height, width, channels] of the model's shape.
 
+    Args:
+        value: the JSON value.
+        spec: the model's input.
+        where: what the value is in the request, for the error message.
+        budget: the request's; the pixels the image's header declares are spent from it before decoding.
+
     Raises:
-        BadRequest: other keys, not base64, too many pixels declared.
+        BadRequest: other keys, not base64, not PNG or JPEG (from its header).
+        PayloadTooLarge: the request's images declare more pixels than the server decodes for one request.
         UserError: not a readable image (from `decode_image`).
     """
     if set(value) != {"b64"} or not isinstance(value["b64"], str):
@@ -61,32 +65,36 @@ def b64_image(value: dict, spec: InputSpec, where: str) -> np.ndarray:
         encoded = base64.b64decode(value["b64"], validate=True)
     except (binascii.Error, ValueError) as error:
         raise BadRequest(f"{where}: b64 is not base64 ({error})") from None
-    _check_image_size(encoded, where)
+    budget.spend_pixels(_declared_pixels(encoded, where), where)
     return decode_image(encoded, spec)
 
 
-def _check_image_size(encoded: bytes, where: str) -> None:
-    """Refuse an image whose header declares more than MAX_IMAGE_PIXELS, or that the decoder would refuse
-    from its header alone (not PNG or JPEG, 16-bit); reads the header only, as ingest's does."""
+def _declared_pixels(encoded: bytes, where: str) -> int:
+    """The pixels an image's header declares. Reads the header only, as PNG or JPEG (`read_header`, as ingest
+    does): Pillow would otherwise decode (and allocate) a 20000x20000 PNG of a few hundred kilobytes first.
+
+    Raises:
+        BadRequest: what the decoder would refuse from the header alone (not PNG or JPEG, 16-bit).
+    """
     try:
         header = read_header(encoded)
     except BadImageError as error:
         raise BadRequest(f"{where}: {error}") from None
-    if header.width * header.height > MAX_IMAGE_PIXELS:
-        raise BadRequest(f"{where}: an image of {header.width}x{header.height} pixels; send at most "
-                         f"{MAX_IMAGE_PIXELS} pixels (the model resizes to its own size anyway)")
+    return header.width * header.height
 
 
-def images_or_numbers(value: Any, spec: InputSpec, where: str) -> np.ndarray:
+def images_or_numbers(value: Any, spec: InputSpec, where: str, budget: RequestBudget) -> np.ndarray:
     """A batch [N, height, width, channels] from a list of `{"b64": ...}` images or from nested numbers.
 
     Raises:
         BadRequest: a mix of both, or values that are not numbers.
+        PayloadTooLarge: more images, or more pixels to decode, than `budget` allows (before decoding).
     """
+    budget.count_images(len(value) if isinstance(value, list) else 1)
     if isinstance(value, list) and value and all(is_b64(item) for item in value):
-        return np.stack([b64_image(item, spec, f"{where}[{index}]") for index, item in enumerate(value)])
+        return np.stack([b64_image(item, spec, f"{where}[{index}]", budget) for index, item in enumerate(value)])
     if is_b64(value):
-        return b64_image(value, spec, where)[np.newaxis]
+        return b64_image(value, spec, where, budget)[np.newaxis]
     if isinstance(value, list) and any(isinstance(item, dict) for item in value):
         raise BadRequest(f'{where}: a list mixing {{"b64": ...}} images with other values')
     return numeric_array(value, where)

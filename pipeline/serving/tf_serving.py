@@ -20,12 +20,14 @@ from starlette.routing import Route
 
 from components.loaded_model import InputSpec, LoadedModel
 from pipeline.serving.errors import BadRequest
+from pipeline.serving.limits import RequestBudget, RequestLimits
 from pipeline.serving.shared import (
+    admitted_body,
+    admitted_probabilities,
     json_response,
     off_the_loop,
     parse_json_object,
     path_version,
-    read_body,
     requested_model,
     serving,
 )
@@ -93,18 +95,20 @@ async def predict(request: Request) -> Response:
     """Probabilities for the images of a row (`instances`) or columnar (`inputs`) request."""
     model = requested_model(request)
     state = serving(request)
-    body = await read_body(request, state.max_body_bytes)
-    pixels, rows = await off_the_loop(body, state.parse_slots, request_pixels, model.input)
-    probabilities = await state.batcher.probabilities(model, pixels)
+    async with admitted_body(request) as body:  # its bytes count as in flight until the answer is computed
+        pixels, rows = await off_the_loop(body, state.parse_slots, request_pixels, model.input, state.limits)
+        probabilities = await admitted_probabilities(state, model, pixels)
     return json_response({"predictions" if rows else "outputs": probabilities.tolist()})
 
 
-def request_pixels(body: bytes, spec: InputSpec) -> tuple[np.ndarray, bool]:
+def request_pixels(body: bytes, spec: InputSpec, limits: RequestLimits) -> tuple[np.ndarray, bool]:
     """The pixels [N, height, width, channels] a predict request carries, and whether it is in row format.
 
     Raises:
         BadRequest: not a predict request, an unknown signature or input name, or values that are no images.
+        PayloadTooLarge: more images, or encoded images declaring more pixels, than `limits` allow.
     """
+    budget = RequestBudget(limits)
     request = parse_json_object(body)
     signature = request.get("signature_name") or "serving_default"
     if not isinstance(signature, str) or signature not in SIGNATURE_DTYPES:
@@ -113,28 +117,30 @@ def request_pixels(body: bytes, spec: InputSpec) -> tuple[np.ndarray, bool]:
         raise BadRequest('give either "instances" (row format: a list with one image per entry) or "inputs" '
                          "(columnar format), not both nor neither")
     if "instances" in request:
-        return _rows(request["instances"], spec), True
+        return _rows(request["instances"], spec, budget), True
     inputs = request["inputs"]
     if isinstance(inputs, dict) and not is_b64(inputs):
         inputs = _named_input(inputs, spec, '"inputs"')
-    return images_or_numbers(inputs, spec, '"inputs"'), False
+    return images_or_numbers(inputs, spec, '"inputs"', budget), False
 
 
-def _rows(instances: Any, spec: InputSpec) -> np.ndarray:
+def _rows(instances: Any, spec: InputSpec, budget: RequestBudget) -> np.ndarray:
     """Row format: one image per entry, as numbers, `{"b64": ...}` or `{"<input name>": either}`."""
     if not isinstance(instances, list) or not instances:
         raise BadRequest('"instances" must be a non-empty list with one image per entry')
+    budget.count_images(len(instances))
     if not any(isinstance(instance, dict) for instance in instances):
         return numeric_array(instances, '"instances"')
-    return np.stack([_instance(instance, spec, f'"instances"[{index}]') for index, instance in enumerate(instances)])
+    return np.stack([_instance(instance, spec, f'"instances"[{index}]', budget)
+                     for index, instance in enumerate(instances)])
 
 
-def _instance(instance: Any, spec: InputSpec, where: str) -> np.ndarray:
+def _instance(instance: Any, spec: InputSpec, where: str, budget: RequestBudget) -> np.ndarray:
     """One image [height, width, channels] of the model's shape."""
     if isinstance(instance, dict) and not is_b64(instance):
         instance = _named_input(instance, spec, where)
     if is_b64(instance):
-        return b64_image(instance, spec, where)
+        return b64_image(instance, spec, where, budget)
     array = numeric_array(instance, where)
     if array.shape != spec.shape:
         raise BadRequest(f"{where}: an image of shape {list(array.shape)}; this model takes {list(spec.shape)} "

@@ -27,12 +27,14 @@ from starlette.routing import Route
 
 from components.loaded_model import InputSpec, LoadedModel
 from pipeline.serving.errors import BadRequest
+from pipeline.serving.limits import RequestBudget, RequestLimits
 from pipeline.serving.shared import (
+    admitted_body,
+    admitted_probabilities,
     json_response,
     off_the_loop,
     parse_json_object,
     path_version,
-    read_body,
     requested_model,
     serving,
 )
@@ -112,30 +114,33 @@ async def infer(request: Request) -> Response:
     """Probabilities for the request's one input tensor, as JSON or binary tensor data."""
     model = requested_model(request)
     state = serving(request)
-    body = await read_body(request, state.max_body_bytes)
-    parsed = await off_the_loop(body, state.parse_slots, parse_infer_request,
-                                request.headers.get(HEADER_LENGTH), model)
-    probabilities = await state.batcher.probabilities(model, parsed.pixels)
+    async with admitted_body(request) as body:  # its bytes count as in flight until the answer is computed
+        parsed = await off_the_loop(body, state.parse_slots, parse_infer_request,
+                                    request.headers.get(HEADER_LENGTH), model, state.limits)
+        probabilities = await admitted_probabilities(state, model, parsed.pixels)
     return infer_response(model, parsed, probabilities)
 
 
-def parse_infer_request(body: bytes, header_length: str | None, model: LoadedModel) -> InferRequest:
+def parse_infer_request(body: bytes, header_length: str | None, model: LoadedModel,
+                        limits: RequestLimits) -> InferRequest:
     """An inference request's id, input pixels and output format.
 
     Args:
         body: the JSON, then any binary tensor data.
         header_length: the `Inference-Header-Content-Length` header (the JSON's length), None without binary data.
         model: the model version asked for.
+        limits: what one request may ask for.
 
     Raises:
         BadRequest: anything the protocol or this model does not allow.
+        PayloadTooLarge: a shape of more images than `limits` allow.
     """
     json_part, binary = _split_body(body, header_length)
     request = parse_json_object(json_part, "the inference request")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
-    pixels = _input_tensor(request.get("inputs"), binary, model.input)
+    pixels = _input_tensor(request.get("inputs"), binary, model.input, RequestBudget(limits))
     return InferRequest(request_id, pixels, _binary_output(request, model.output_name))
 
 
@@ -149,7 +154,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:int(header_length)], body[int(header_length):]
 
 
-def _input_tensor(inputs: Any, binary: bytes, spec: InputSpec) -> np.ndarray:
+def _input_tensor(inputs: Any, binary: bytes, spec: InputSpec, budget: RequestBudget) -> np.ndarray:
     """The one input tensor, from its JSON `data` (flat or nested) or from the binary data."""
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(f'"inputs" must be a list holding one tensor, {spec.name!r}')
@@ -160,6 +165,7 @@ def _input_tensor(inputs: Any, binary: bytes, spec: InputSpec) -> np.ndarray:
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(f"{where}: datatype {datatype!r}; give {' or '.join(DATATYPES)}")
     shape, size = _shape(tensor.get("shape"), where), _binary_data_size(tensor, where)
+    budget.count_images(shape[0] if shape else 1)
     if size is None:
         if binary:
             raise BadRequest("binary data follows the JSON, but the input has no parameters.binary_data_size")
