@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import subprocess
@@ -71,9 +73,29 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> PipelineRun:
-    """The whole pipeline on the smoke preset, profiler on, shared by every test that inspects outputs."""
-    run = run_pipeline_cli(tmp_path_factory.mktemp("smoke"), "--preset", "smoke", "train.profile_batches=(2, 3)")
+def smoke_run(tmp_path_factory, worker_id) -> PipelineRun:
+    """The whole pipeline on the smoke preset, profiler on, shared by every test that inspects outputs.
+
+    Under pytest-xdist the workers share one run (about 15 s each to make): the first worker to
+    need it makes it while the others wait on a file lock, then read what it recorded.
+    """
+    if worker_id == "master":
+        return _smoke_run(tmp_path_factory.mktemp("smoke"))
+    session_dir = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+    record = session_dir / "smoke_run.json"
+    with open(session_dir / "smoke_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.exists():
+            fields = json.loads(record.read_text())
+            return PipelineRun(**{**fields, "workdir": Path(fields["workdir"]), "run_dir": Path(fields["run_dir"])})
+        run = _smoke_run(session_dir / "smoke")
+        record.write_text(json.dumps({**dataclasses.asdict(run), "workdir": str(run.workdir),
+                                      "run_dir": str(run.run_dir)}))
+        return run
+
+
+def _smoke_run(workdir: Path) -> PipelineRun:
+    run = run_pipeline_cli(workdir, "--preset", "smoke", "train.profile_batches=(2, 3)")
     assert run.returncode == 0, run.stderr
     return run
 
