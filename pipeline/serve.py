@@ -124,9 +124,13 @@ def _check_limits(args: argparse.Namespace) -> None:
     for cap, largest in (("max_images_in_flight", "max_batch_images"), ("max_bytes_in_flight", "max_body_bytes")):
         capacity, amount = getattr(args, cap), getattr(args, largest)
         if amount > Admission(capacity, "", "").room_for(amount):
-            raise UserError(f"--{cap.replace('_', '-')} {capacity}: give at least --{largest.replace('_', '-')} "
-                            f"({amount}) and a {RESERVED_FRACTION}th more (kept for small requests), or the "
-                            "largest request could never be answered")
+            least = amount + amount // (RESERVED_FRACTION - 1)
+            while Admission(least, "", "").room_for(amount) < amount:
+                least += 1
+            option, largest_option = f"--{cap.replace('_', '-')}", f"--{largest.replace('_', '-')}"
+            raise UserError(f"{option} {capacity}: give at least {least} ({largest_option} {amount} and the last "
+                            f"{RESERVED_FRACTION}th kept for small requests), or the largest request could never be "
+                            "answered")
 
 
 def bind(host: str, port: int) -> socket.socket:

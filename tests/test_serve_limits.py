@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
@@ -32,7 +33,8 @@ from PIL import Image
 from components.loaded_model import LoadedModel, load_exported
 from pipeline.serving.app import ServeSettings
 from pipeline.serving.batching import Batcher
-from pipeline.serving.limits import BUSY_PAUSE_SECONDS
+from pipeline.serving.errors import ServiceUnavailable
+from pipeline.serving.limits import BUSY_PAUSE_SECONDS, Admission
 from tests.conftest import QUIET_ENV, REPO_DIR
 from tests.test_serve import ATOL, INFER, PREDICT, Server, copy_saved_models, start_server
 
@@ -220,7 +222,26 @@ def test_cli_refuses_caps_that_a_request_allowed_alone_would_not_fit_under(tmp_p
                              "--max-batch-images", "64", "--max-images-in-flight", "32"],
                             cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr.count("\n")) == (2, 1)
-    assert result.stderr.startswith("error: --max-images-in-flight 32: give at least --max-batch-images (64)")
+    assert result.stderr.startswith("error: --max-images-in-flight 32: give at least 68 (--max-batch-images 64 ")
+    # 68 is the least that takes a request of 64: 67 keeps its last 4 for small requests, leaving 63
+    assert [Admission(cap, "", "").room_for(64) >= 64 for cap in (67, 68)] == [False, True]
+
+
+def test_at_the_defaults_large_requests_leave_the_reserve_to_small_ones():
+    """Bodies just under --max-body-bytes fill 15/16 of --max-bytes-in-flight; a small one still gets in."""
+    settings = ServeSettings(saved_models_dir=REPO_DIR)
+    for capacity, largest, small in ((settings.max_bytes_in_flight, settings.max_body_bytes - 1, 300),
+                                     (settings.max_images_in_flight, settings.max_batch_images // 4 - 1, 1)):
+        admission = Admission(capacity, "", "")
+        with contextlib.ExitStack() as held:
+            while True:
+                try:
+                    held.enter_context(admission.admitted(largest))
+                except ServiceUnavailable:
+                    break
+            assert admission.in_flight <= capacity - capacity // 16  # the reserve stays free ...
+            with admission.admitted(small):  # ... for a small request (raises if refused)
+                pass
 
 
 @pytest.mark.parametrize("path, body", [(PREDICT, b'{"inputs": 5}'),

@@ -48,12 +48,12 @@ class ServeSettings:
     max_batch_images: int = 1024
     # a request whose images do not fit beside those in flight (parsed, not yet answered) gets 503 with
     # Retry-After: 3 requests of 1024 images at once, or thousands of small ones. Counting images, not
-    # requests, and keeping the last 1/16 for requests of fewer than 256 (limits.RESERVED_FRACTION), leaves
+    # requests, and keeping the last 256 for requests of 16 or fewer (limits.RESERVED_FRACTION), leaves
     # room for small requests however many large ones arrive
     max_images_in_flight: int = 4096
     # a body whose bytes (its Content-Length) do not fit beside the bodies being read and answered gets 503
     # with Retry-After: bodies hold at most 64 MiB however many clients connect; 15 bodies of 4 MiB, the
-    # last 4 MiB kept for smaller ones
+    # last 4 MiB kept for bodies of 256 KiB or less
     max_bytes_in_flight: int = 64 * 1024 * 1024
     # the pixels a request's encoded images ({"b64": ...}) may declare in all, read from their headers
     # before decoding (413 over it): one 4096x4096 photo, or 21,000 28x28 images; a few hundred tiny PNGs

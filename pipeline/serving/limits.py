@@ -5,7 +5,8 @@ encoded images declaring too many pixels in all (`--max-decoded-pixels`), a body
 (`--max-body-bytes`, in `shared.read_body`). Work in flight is counted in images and in body bytes, not
 in requests: a request is admitted when its own work fits beside what is in flight, else it gets 503 with
 Retry-After at once, so a refused client holds no memory while it waits. The last sixteenth of each cap
-is kept for small requests, so however many large requests arrive, a small one still finds room.
+is kept for small requests (a sixteenth of that or less), so however many large requests arrive, a small
+one still finds room.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ RETRY_AFTER_SECONDS = 1
 # storm of refused 4 MiB uploads took the CPU from the requests admitted (bench/serve_load.py --abuse: the
 # ordinary client's p99 94 ms without it, 22 ms with it). Its connection waits, its body unread (no memory).
 BUSY_PAUSE_SECONDS = 0.25
-# The last 1/16 of a cap is kept for requests of less than 1/16 of it: large requests fill 15/16 at most.
+# The last 1/16 of a cap is kept for small requests, those of at most 1/16 of that (1/256 of the cap): the
+# others fill 15/16 at most. ("Small" as under 1/16 of the cap let 16 bodies just under 4 MiB fill 64 MiB.)
 RESERVED_FRACTION = 16
 
 
@@ -67,8 +69,8 @@ class RequestBudget:
 class Admission:
     """Work in flight (images, body bytes) under a cap: work that fits is admitted, the rest refused with 503.
 
-    A request of less than 1/RESERVED_FRACTION of the cap may fill it; a larger one only up to the last
-    1/RESERVED_FRACTION. Used on the event loop only, so the count needs no lock.
+    A small request (at most 1/RESERVED_FRACTION of the reserve) may fill the cap; a larger one only up to
+    the reserve, its last 1/RESERVED_FRACTION. Used on the event loop only, so the count needs no lock.
     """
 
     def __init__(self, capacity: int, unit: str, option: str):
@@ -79,12 +81,13 @@ class Admission:
             option: the command-line option that sets `capacity`, for the message.
         """
         self.capacity, self.unit, self.option = capacity, unit, option
-        self.reserved = capacity // RESERVED_FRACTION  # the last of the cap, for requests smaller than it
+        self.reserved = capacity // RESERVED_FRACTION  # the last of the cap, kept for small requests
+        self.small = self.reserved // RESERVED_FRACTION  # the most a small request needs
         self.in_flight = 0
 
     def room_for(self, amount: int) -> int:
         """How much a request of `amount` may find in flight, its own included."""
-        return self.capacity if amount < self.reserved else self.capacity - self.reserved
+        return self.capacity if amount <= self.small else self.capacity - self.reserved
 
     @contextlib.contextmanager
     def admitted(self, amount: int) -> Iterator[None]:
@@ -94,8 +97,10 @@ class Admission:
             ServiceUnavailable: `amount` does not fit beside the work in flight now.
         """
         if self.in_flight + amount > self.room_for(amount):
+            kept = (f", the last {self.reserved} kept for requests of {self.small} or fewer"
+                    if self.in_flight + amount <= self.capacity else "")
             raise ServiceUnavailable(f"the server is busy: {self.in_flight} {self.unit} in flight, no room for this "
-                                     f"request's {amount} ({self.option} {self.capacity}); retry after "
+                                     f"request's {amount} ({self.option} {self.capacity}{kept}); retry after "
                                      f"{RETRY_AFTER_SECONDS} s", RETRY_AFTER_SECONDS)
         self.in_flight += amount
         try:
