@@ -260,11 +260,19 @@ class ExportedModel(Artifact):
         return file_sha256(self.version_dir / METADATA_FILE)
 
     def facts(self) -> dict[str, Any]:
+        metadata = json.loads((self.version_dir / METADATA_FILE).read_text())
         return {"model_name": self.version_dir.parent.name, "version": self.version,
-                "version_dir": str(self.version_dir), "onnx_path": str(self.onnx_path)}
+                "version_dir": str(self.version_dir), "onnx_path": str(self.onnx_path),
+                "files": sorted(metadata["files"]), "int8_left_out": (metadata["int8"] or {}).get("left_out", {})}
 
     def summary(self) -> list[str]:
-        return [f"SavedModel   {self.version_dir}", f"ONNX         {self.onnx_path}"]
+        metadata = json.loads((self.version_dir / METADATA_FILE).read_text())
+        lines = [f"SavedModel   {self.version_dir}", f"ONNX         {self.onnx_path}",
+                 f"LiteRT       {self.version_dir / 'model.tflite'}"]
+        lines += [f"int8         {self.version_dir / name}" for name in sorted(metadata["files"]) if "_int8." in name]
+        lines += [f"int8         {name} left out: {reason}"
+                  for name, reason in (metadata["int8"] or {}).get("left_out", {}).items()]
+        return lines
 
 
 @dataclass(frozen=True)

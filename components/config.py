@@ -392,6 +392,18 @@ class ExportConfig(Section):
     parity_atol: float = setting(1e-4, "largest allowed absolute difference between their probabilities",
                                  between(1e-9, 0.1))
     onnx_opset: int = setting(17, "ONNX opset of model.onnx", between(13, 18))
+    int8: bool = setting(False, "also write model_int8.tflite and model_int8.onnx (8-bit integer weights and "
+                         "activations, calibrated on training images); each is published only if it keeps "
+                         "int8_max_drop")
+    int8_max_drop: float = setting(0.5, "percentage points of test accuracy an int8 file may lose against its "
+                                   "float twin; more and it is left out, the reason in metadata.json, the model "
+                                   "card and report.html", between(0.0, 100.0))
+    calibration_examples: int = setting(256, "training images the int8 files are calibrated on (the value range "
+                                        "of every activation)", between(1, 100_000))
+    score_examples: int = setting(10_000, "test images each exported file is scored on: its accuracy, its "
+                                  "agreement with the Keras model, the int8 gate", between(1, 10_000_000))
+    measure_speed: bool = setting(True, "time each exported file here (batch 1 p50/p99, batch 256 images/s) "
+                                  "for metadata.json, the model card and report.html")
 
 
 @dataclass(frozen=True)
@@ -399,7 +411,6 @@ class ReportConfig(Section):
     name: ClassVar[str] = "report"
     mistakes: int = setting(32, "misclassified test images shown in report.html and TensorBoard, most confident "
                             "first; 0 = none", between(0, 400))
-    measure_latency: bool = setting(True, "time the exported ONNX model (batch 1 and 256) for report.html")
 
 
 def check_sections_together(sections: Mapping[str, Section]) -> None:

@@ -1,9 +1,11 @@
-"""Export: a whole TF Serving version folder with a SavedModel, an ONNX model, labels and metadata.
+"""Export: a whole TF Serving version folder with a SavedModel, an ONNX model, a LiteRT model (and, with
+`export.int8=true`, their int8 twins), labels and metadata.
 
 The version is written into a hidden temporary folder, checked for parity (Keras, the reloaded
-SavedModel and ONNX Runtime must agree), and only then renamed to its number, so a version folder
-is either complete or absent. Its model card (`model_card.md`) names the version, so it is written
-last, for the number the folder is renamed to.
+SavedModel, ONNX Runtime and LiteRT must agree), every file scored (size, test accuracy, agreement with
+Keras, speed; an int8 file that loses too much accuracy is left out), and only then renamed to its
+number, so a version folder is either complete or absent. Its model card (`model_card.md`) names the
+version, so it is written last, for the number the folder is renamed to.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ import tensorflow as tf
 from components.artifacts import ExportedModel, Metrics, SchemaAndStatistics, Splits, TrainedModel
 from components.atomic import locked, make_readable_by_all, new_hidden_dir, remove_abandoned
 from components.config import ExportConfig
+from components.converters import write_onnx_int8, write_tflite, write_tflite_int8
 from components.errors import UserError
+from components.file_scores import SCORING_BATCH, FileScore, int8_refusal, score_file
+from components.loaded_model import file_runner
 from components.model import OUTPUT_NAME, load_trained
 from components.model_card import ModelCard, write_model_card
+from components.model_files import BACKENDS, FLOAT_TWIN, model_file
 from components.onnx_session import onnx_session
 from components.saved_models import METADATA_FILE, ModelKind, kind_of, numbered_entries, read_metadata, version_dirs
 from components.shards.tf_reader import load_split
@@ -62,7 +68,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
 
     Raises:
         UserError: the newest version under this name takes other images or predicts other classes.
-        ParityError: Keras, SavedModel and ONNX Runtime disagree beyond `config.parity_atol`.
+        ParityError: Keras, SavedModel, ONNX Runtime and LiteRT disagree beyond `config.parity_atol`.
     """
     model_dir = saved_models_dir / config.model_name
     check_same_kind(model_dir, ModelKind(schema.image_shape, splits.class_names))
@@ -77,13 +83,19 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
     try:
         write_saved_model(model, schema.image_shape, staging_dir)
         write_onnx(model, schema.image_shape, staging_dir / "model.onnx", config.onnx_opset)
+        write_tflite(staging_dir, model_file("litert").path(staging_dir))
         (staging_dir / "labels.txt").write_text("\n".join(splits.class_names) + "\n")
         write_warm_start_files(model, trained, staging_dir)
         images = load_split(splits, "test", limit=config.parity_examples)[0]
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
-        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config.onnx_opset)
+        if config.int8:
+            write_int8_files(splits, staging_dir, config.calibration_examples)
+        scores, left_out = score_files(config, model, splits, staging_dir)
+        int8 = {"max_drop_points": config.int8_max_drop, "calibration_examples": config.calibration_examples,
+                "left_out": left_out} if config.int8 else None
+        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config, scores, int8)
         card = _model_card(config, model, splits, schema, metrics, trained, max_diff, len(images), run_id,
-                           command, reproduction)
+                           command, reproduction, scores, int8)
         with locked(model_dir):  # another run may have published another kind of model meanwhile
             check_same_kind(model_dir, ModelKind(schema.image_shape, splits.class_names))
             version_dir = _publish(staging_dir, model_dir,
@@ -97,7 +109,7 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
 
 def _already_published(model_dir: Path, trained: TrainedModel, splits: Splits,
                        config: ExportConfig) -> ExportedModel | None:
-    """The newest version, if it holds these weights trained on this data in this ONNX opset.
+    """The newest version, if it holds these weights trained on this data, exported with these settings.
 
     A rerun that changes nothing in the model (a code edit, a killed run resumed after its rename)
     then points at it instead of publishing the same model again under a new number.
@@ -106,16 +118,27 @@ def _already_published(model_dir: Path, trained: TrainedModel, splits: Splits,
     if not newest:
         return None
     metadata = read_metadata(newest[0])
-    same = (metadata.get("weights_sha256"), metadata.get("data_fingerprint"), metadata.get("onnx_opset"),
-            metadata.get("exported_with")) == (trained.weights_sha256, splits.data_sha256, config.onnx_opset,
+    same = (metadata.get("weights_sha256"), metadata.get("data_fingerprint"), metadata.get("export_settings"),
+            metadata.get("exported_with")) == (trained.weights_sha256, splits.data_sha256, export_settings(config),
                                                exporter_versions())
     return ExportedModel(newest[0], int(newest[0].name), newest[0] / "model.onnx",
                          metadata["parity_max_abs_diff"]) if same else None
 
 
 def exporter_versions() -> dict[str, str]:
-    """The versions of the libraries that write the SavedModel and the ONNX model."""
-    return {name: importlib.metadata.version(name) for name in ("tensorflow", "keras", "tf2onnx", "onnx")}
+    """The versions of the libraries that write the files (TensorFlow also converts to LiteRT, ONNX Runtime
+    quantizes the ONNX model) and run them while export scores them."""
+    return {name: importlib.metadata.version(name)
+            for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")}
+
+
+def export_settings(config: ExportConfig) -> dict[str, Any]:
+    """The settings that shape a version's files or what its metadata records of them: a version exported
+    with others is not this export. (Its name and the parity check's settings are not among them.)"""
+    return {name: getattr(config, name) for name in FILE_SETTINGS}
+
+
+FILE_SETTINGS = ("onnx_opset", "int8", "int8_max_drop", "calibration_examples", "score_examples", "measure_speed")
 
 
 def _record(exported: ExportedModel, out_dir: Path) -> ExportedModel:
@@ -192,15 +215,53 @@ def check_parity(model: keras.Model, version_dir: Path, images: np.ndarray, atol
 
 
 def exported_predictions(version_dir: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Probabilities for `images` (uint8) from each way a consumer can load the version."""
+    """Probabilities for `images` (uint8) from each way a consumer can load the version's float files."""
     pixels = images.astype(np.float32)
     signatures = tf.saved_model.load(str(version_dir)).signatures
     session = onnx_session(version_dir / "model.onnx", batch_hint=len(images))
+    num_classes = int(session.get_outputs()[0].shape[1])
+    litert = file_runner(version_dir, "litert", INPUT_NAME, OUTPUT_NAME, num_classes, batch_hint=len(images))
     return {
         "SavedModel serving_default": signatures["serving_default"](**{INPUT_NAME: tf.constant(pixels)}),
         "SavedModel serving_uint8": signatures["serving_uint8"](**{INPUT_NAME: tf.constant(images.astype(np.uint8))}),
         "ONNX Runtime": {OUTPUT_NAME: session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]},
+        "LiteRT": {OUTPUT_NAME: litert(pixels)},
     }
+
+
+def write_int8_files(splits: Splits, version_dir: Path, num_calibration: int) -> None:
+    """`model_int8.tflite` and `model_int8.onnx`, calibrated on the first `num_calibration` training images
+    (train is stored in a seeded random order: a random sample, the same one on every run)."""
+    calibration = load_split(splits, "train", limit=num_calibration)[0]
+    write_tflite_int8(version_dir, model_file("litert-int8").path(version_dir), calibration, INPUT_NAME)
+    write_onnx_int8(model_file("onnx").path(version_dir), model_file("onnx-int8").path(version_dir), calibration,
+                    INPUT_NAME)
+
+
+def score_files(config: ExportConfig, model: keras.Model, splits: Splits,
+                version_dir: Path) -> tuple[dict[str, FileScore], dict[str, str]]:
+    """Score every file of the version on the test split, and remove each int8 file that loses more than
+    `config.int8_max_drop` points against its float twin.
+
+    Returns:
+        The scores of the files kept, by backend; the reason each removed file was left out, by file name.
+    """
+    images, labels = load_split(splits, "test", limit=config.score_examples)
+    float_classes = model.predict(images.astype(np.float32), batch_size=SCORING_BATCH, verbose=0).argmax(1)
+    num_classes = len(splits.class_names)
+    scores = {backend: score_file(version_dir, backend,
+                                  lambda hint, backend=backend: file_runner(version_dir, backend, INPUT_NAME,
+                                                                            OUTPUT_NAME, num_classes, hint),
+                                  images, labels, float_classes, config.measure_speed)
+              for backend in BACKENDS if model_file(backend).path(version_dir).is_file()}
+    left_out = {}
+    for backend in FLOAT_TWIN:
+        if backend in scores and (reason := int8_refusal(scores, backend, config.int8_max_drop)):
+            model_file(backend).path(version_dir).unlink()
+            left_out[model_file(backend).file_name] = reason
+            del scores[backend]
+            log.warning("export: %s left out: %s", model_file(backend).file_name, reason)
+    return scores, left_out
 
 
 def compare(name: str, expected: np.ndarray, actual: Any, atol: float) -> float:
@@ -217,7 +278,8 @@ def compare(name: str, expected: np.ndarray, actual: Any, atol: float) -> float:
 
 
 def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: SchemaAndStatistics, metrics: Metrics,
-                    trained: TrainedModel, parity_max_abs_diff: float, onnx_opset: int) -> None:
+                    trained: TrainedModel, parity_max_abs_diff: float, config: ExportConfig,
+                    scores: dict[str, FileScore], int8: dict[str, Any] | None) -> None:
     metadata = {
         "run_id": run_id,
         "data_fingerprint": splits.fingerprint,
@@ -231,7 +293,10 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
         "trained_precision": trained.precision,
         "exported_precision": "float32",
         "parity_max_abs_diff": parity_max_abs_diff,
-        "onnx_opset": onnx_opset,
+        "onnx_opset": config.onnx_opset,
+        "files": {score.file_name: score.record() for score in scores.values()},  # what each scored, by file
+        "int8": int8,  # null: export.int8=false; else its gate, and the files it left out with why
+        "export_settings": export_settings(config),
         "exported_with": exporter_versions(),
     }
     (version_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
@@ -239,7 +304,8 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
 
 def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema: SchemaAndStatistics, metrics: Metrics,
                 trained: TrainedModel, parity_max_abs_diff: float, num_parity_examples: int, run_id: str,
-                command: str, reproduction: dict[str, Any] | None) -> ModelCard:
+                command: str, reproduction: dict[str, Any] | None, scores: dict[str, FileScore],
+                int8: dict[str, Any] | None) -> ModelCard:
     """What the model card says, gathered before the version number is known."""
     record = trained.record() if trained.training_path.is_file() else None
     return ModelCard(
@@ -266,6 +332,8 @@ def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema
         parent=trained.parent,
         trainable_parameters=record.trainable_parameters if record else 0,
         frozen_parameters=record.frozen_parameters if record else 0,
+        files=tuple(scores.values()),
+        int8=int8,
     )
 
 

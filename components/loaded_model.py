@@ -1,9 +1,10 @@
 """An exported version as its consumers see it: raw images in, labels and probabilities out.
 
-Used by `pipeline.predict`, `pipeline.serve` and `pipeline.load_model`. The ONNX backend needs only
-ONNX Runtime, NumPy and Pillow (no TensorFlow); the SavedModel backend imports TensorFlow when it is
-chosen. Image files are decoded by `components.images`, the reader ingest uses too, into the size and
-channels the model takes (read from `metadata.json`).
+Used by `pipeline.predict`, `pipeline.serve` and `pipeline.load_model`. The ONNX and LiteRT backends
+(float or int8: `components.model_files`) need only ONNX Runtime or LiteRT, NumPy and Pillow (no
+TensorFlow); the SavedModel backend imports TensorFlow when it is chosen. Image files are decoded by
+`components.images`, the reader ingest uses too, into the size and channels the model takes (read from
+`metadata.json`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import numpy as np
 from components.errors import UserError, first_line
 from components.images import BadImageError
 from components.images import decode_image as decode_image_file
+from components.litert_runtime import litert_runner
+from components.model_files import BACKENDS, model_file
 from components.onnx_session import onnx_session
 from components.saved_models import METADATA_FILE, read_metadata, version_dirs
 from components.source_data import ImageFormat
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("onnx", "savedmodel")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class LoadedModel:
         name, version: the model's name and version number.
         class_names: the classes, in the order of the output's probabilities.
         input: the input tensor's name and image shape.
-        backend: `onnx` (ONNX Runtime) or `savedmodel` (TensorFlow).
+        backend: which file runs it (`components.model_files`): `onnx` (ONNX Runtime), `savedmodel`
+            (TensorFlow), `litert` (LiteRT), `onnx-int8` or `litert-int8`.
     """
 
     def __init__(self, version_dir: Path, backend: str = "onnx", batch_hint: int = 1):
@@ -75,7 +77,9 @@ class LoadedModel:
         self.input = InputSpec(metadata["input"]["name"], height, width, channels)
         self.output_name: str = metadata["output"]["name"]
         self.metadata = metadata
-        self._run = _onnx_runner(self, batch_hint) if backend == "onnx" else _saved_model_runner(self)
+        check_file_exists(version_dir, backend, metadata)
+        self._run = file_runner(version_dir, backend, self.input.name, self.output_name, len(self.class_names),
+                                batch_hint)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities [batch, classes] (float32) for raw pixels [batch, height, width, channels], 0..255.
@@ -208,18 +212,40 @@ def check_pixels(pixels: np.ndarray, spec: InputSpec) -> None:
         raise UserError("pixels must be finite numbers from 0 to 255 (raw pixels; the model normalizes them)")
 
 
-def _onnx_runner(model: LoadedModel, batch_hint: int) -> Callable[[np.ndarray], np.ndarray]:
-    session = onnx_session(model.version_dir / "model.onnx", batch_hint)
+def check_file_exists(version_dir: Path, backend: str, metadata: dict) -> None:
+    """Refuse, in one line saying why, a backend whose file this version lacks (an int8 file left out, say)."""
+    file = model_file(backend)
+    if file.path(version_dir).is_file():
+        return
+    present = [each for each in BACKENDS if model_file(each).path(version_dir).is_file()]
+    int8 = metadata.get("int8") or {}
+    left_out = int8.get("left_out", {}).get(file.file_name)
+    why = (f"export left it out: {left_out}" if left_out else
+           "exported without export.int8=true" if file.int8 and not int8 else
+           "exported before this file was written, or removed")
+    raise UserError(f"{version_dir} has no {file.file_name} ({why}); choose another backend: {', '.join(present)}")
+
+
+def file_runner(version_dir: Path, backend: str, input_name: str, output_name: str, num_classes: int,
+                batch_hint: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from float32 pixels [batch, height, width, channels] to probabilities, by the backend's file."""
+    file = model_file(backend)
+    if file.runtime == "LiteRT":
+        return litert_runner(file.path(version_dir), input_name, output_name, num_classes, batch_hint)
+    if file.runtime == "ONNX Runtime":
+        return _onnx_runner(file.path(version_dir), input_name, output_name, num_classes, batch_hint)
+    from components.saved_model_backend import saved_model_runner
+
+    return saved_model_runner(version_dir, input_name, output_name, num_classes)
+
+
+def _onnx_runner(onnx_path: Path, input_name: str, output_name: str, num_classes: int,
+                 batch_hint: int) -> Callable[[np.ndarray], np.ndarray]:
+    session = onnx_session(onnx_path, batch_hint)
 
     def run(pixels: np.ndarray) -> np.ndarray:
         if not len(pixels):
-            return np.zeros((0, len(model.class_names)), np.float32)
-        return session.run([model.output_name], {model.input.name: pixels})[0]
+            return np.zeros((0, num_classes), np.float32)
+        return session.run([output_name], {input_name: pixels})[0]
 
     return run
-
-
-def _saved_model_runner(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
-    from components.saved_model_backend import saved_model_runner
-
-    return saved_model_runner(model.version_dir, model.input.name, model.output_name, len(model.class_names))

@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from components.blessing import Blessing
+from components.file_scores import FileScore
 from components.findings import class_results, confusions, headline, worst_classes
 
 MODEL_CARD_FILE = "model_card.md"  # in every exported version folder, beside metadata.json
@@ -52,6 +53,8 @@ class ModelCard:
     parent: str = ""  # the export warm-started from (model.init), NAME/VERSION; "" = none
     trainable_parameters: int = 0  # trained in the last phase of training
     frozen_parameters: int = 0  # never trained in it: a frozen body's, batch norms' statistics
+    files: tuple[FileScore, ...] = ()  # each file a consumer can load, scored by export
+    int8: dict[str, Any] | None = None  # export.int8's gate and the files it left out; None = not asked for
 
 
 def render_model_card(card: ModelCard, version: int) -> str:
@@ -103,9 +106,14 @@ def _environment() -> jinja2.Environment:
     )
     # int() and float() of a missing field raise StrictUndefined's error; a format spec would not.
     environment.filters.update(md=escape_markdown, count=lambda number: f"{int(number):,}",
-                               decimal=lambda number: f"{float(number):.4f}",
+                               decimal=lambda number: f"{float(number):.4f}", kib=kibibytes,
                                version_name=lambda path: f"{Path(path).parent.name}/{Path(path).name}")
     return environment
+
+
+def kibibytes(num_bytes: int) -> str:
+    """`1,234.5 KiB`: file sizes, in the unit small models are read in."""
+    return f"{int(num_bytes) / 1024:,.1f} KiB"
 
 
 def escape_markdown(text: str) -> str:

@@ -14,8 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,6 @@ from components.artifacts import (
 from components.blessing import Blessing
 from components.config import ReportConfig
 from components.findings import class_results, confusions, headline, verdict
-from components.onnx_session import onnx_session
 from components.saved_models import read_metadata
 from components.shards.layout import split_labels
 from components.shards.record_reader import read_images_at
@@ -98,7 +95,7 @@ def report(config: ReportConfig, splits: Splits, schema: SchemaAndStatistics, tr
         "tuning": _tuning(tuning) if tuning else None,
         "training": _training(trained, record),
         "data": _data(splits, schema),
-        "model": _model(config, trained, record, exported, splits),
+        "model": _model(trained, record, exported),
         "reproduce": _reproduce(splits, changed_settings, run_id, command, reproduction),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,8 +103,7 @@ def report(config: ReportConfig, splits: Splits, schema: SchemaAndStatistics, tr
     report_path.write_text(TEMPLATES.get_template("report.html.j2").render(**page))
     _log_to_tensorboard(tensorboard_dir, results, _mistakes_grid(mistake_images, mistakes),
                         config_values or changed_settings, f"{title_name}/{run_id}", record.best_epoch - 1)
-    log.info("report: %d mistakes shown, %s", len(mistakes), "latency measured" if page["model"]["latency"]
-             else "no latency measured")
+    log.info("report: %d mistakes shown", len(mistakes))
     return Report(report_path)
 
 
@@ -240,53 +236,19 @@ def _data(splits: Splits, schema: SchemaAndStatistics) -> dict[str, Any]:
             "balance_png": _data_uri(plots.class_balance(counts, splits.class_names)), "samples": samples}
 
 
-def _model(config: ReportConfig, trained: TrainedModel, record: TrainingRecord, exported: ExportedModel | None,
-           splits: Splits) -> dict[str, Any]:
-    """Parameters, sizes on disk and ONNX Runtime latency of the exported model."""
+def _model(trained: TrainedModel, record: TrainingRecord, exported: ExportedModel | None) -> dict[str, Any]:
+    """Parameters, and each exported file as export scored it (size, accuracy, agreement, speed)."""
     facts: dict[str, Any] = {"network": trained.network, "starting_weights": record.starting_weights,
                              "parent": trained.parent, "parameters": record.parameters,
                              "trainable_parameters": record.trainable_parameters,
                              "frozen_parameters": record.frozen_parameters, "head_epochs": record.head_epochs,
                              "epochs_run": record.epochs_run,
-                             "precision": trained.precision, "export": None, "latency": None}
-    if exported is None:
-        return facts
-    saved_model_files = [path for path in exported.version_dir.rglob("*")
-                         if path.is_file() and (path.name.startswith("saved_model") or "variables" in path.parts)]
-    facts["export"] = {"version_dir": str(exported.version_dir),
-                       "saved_model_bytes": sum(path.stat().st_size for path in saved_model_files),
-                       "onnx_bytes": exported.onnx_path.stat().st_size}
-    if config.measure_latency:
-        count = min(LATENCY_BATCH, splits.num_examples["test"])
-        facts["latency"] = measure_latency(exported, read_images_at(splits, "test", np.arange(count)))
+                             "precision": trained.precision, "export": None}
+    if exported is not None:
+        metadata = read_metadata(exported.version_dir)
+        facts["export"] = {"version_dir": str(exported.version_dir), "files": list(metadata["files"].values()),
+                           "int8": metadata["int8"]}
     return facts
-
-
-def measure_latency(exported: ExportedModel, images: np.ndarray) -> dict[str, float]:
-    """ONNX Runtime's median time for one image and for a batch of 256 (test images, repeated if fewer)."""
-    input_name = read_metadata(exported.version_dir)["input"]["name"]
-    batch = np.resize(images, (LATENCY_BATCH, *images.shape[1:])).astype(np.float32)
-    one = batch[:1]
-    single = onnx_session(exported.onnx_path, batch_hint=1)
-    many = onnx_session(exported.onnx_path, batch_hint=LATENCY_BATCH)
-    one_seconds = _median_seconds(lambda: single.run(None, {input_name: one}), repeats=200)
-    batch_seconds = _median_seconds(lambda: many.run(None, {input_name: batch}), repeats=5)
-    return {"batch_1_ms": one_seconds * 1e3, "batch_256_ms": batch_seconds * 1e3,
-            "images_per_second": LATENCY_BATCH / batch_seconds}
-
-
-LATENCY_BATCH = 256  # images per batch of the batch latency (the report's "256 images")
-
-
-def _median_seconds(call, repeats: int) -> float:
-    for _ in range(3):  # warm-up: the first runs allocate
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _reproduce(splits: Splits, changed_settings: dict[str, Any], run_id: str, command: str,

@@ -1,9 +1,10 @@
-"""Command line: `python -m pipeline.predict MODEL_DIR IMAGE_OR_FOLDER... [--top-k K] [--format table|json|csv]`.
+"""Command line: `python -m pipeline.predict MODEL_DIR IMAGE_OR_FOLDER... [--top-k K] [--format table|json|csv]
+[--backend onnx|litert|onnx-int8|litert-int8|savedmodel]`.
 
-Classifies image files with an exported version through ONNX Runtime (`components.loaded_model`, the
-same code as `pipeline.load_model`), in batches. It imports no TensorFlow, so it starts in a fraction
-of a second. Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else, 141
-stdout's reader closed the pipe (`| head`).
+Classifies image files with an exported version (`components.loaded_model`, the same code as
+`pipeline.load_model`), in batches, through ONNX Runtime by default. It imports no TensorFlow unless
+`--backend savedmodel` asks for it, so it starts in a fraction of a second. Exit codes: 0 success,
+2 a user's mistake (one line on stderr), 1 anything else, 141 stdout's reader closed the pipe (`| head`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 from components.errors import UserError
 from components.images import IMAGE_SUFFIXES  # what a folder is searched for, as ingest does
 from components.loaded_model import LoadedModel, Prediction, load_exported, to_pixels, version_dir_of
+from components.model_files import BACKEND_HELP, BACKENDS
 
-DEFAULT_BATCH_SIZE = 256  # images per ONNX Runtime call
+DEFAULT_BATCH_SIZE = 256  # images per model call
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         argv: the arguments after the program's name (`sys.argv[1:]` if None).
 
     Returns:
-        model_dir, images, top_k, format, skip_bad and batch_size.
+        model_dir, images, top_k, format, skip_bad, batch_size and backend.
     """
     parser = _ArgumentParser(
         prog="python -m pipeline.predict",
-        description="Classify image files with an exported model (ONNX Runtime; no TensorFlow).")
+        description="Classify image files with an exported model (ONNX Runtime or LiteRT; no TensorFlow).")
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
                         help="a version folder (saved_models/digits/3) or a model folder (its newest version)")
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
@@ -74,7 +76,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip files that are not readable images, and list them on stderr")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                        help=f"images per ONNX Runtime call (default: {DEFAULT_BATCH_SIZE})")
+                        help=f"images per model call (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnx",
+                        help=f"which file classifies (default: onnx). {BACKEND_HELP}")
     return parser.parse_args(argv)
 
 
@@ -122,7 +126,7 @@ def classify_files(model: LoadedModel, paths: Sequence[Path], batch_size: int = 
     Args:
         model: the exported version to classify with.
         paths: image files; each is decoded, converted and resized to what the model takes.
-        batch_size: files decoded and classified per ONNX Runtime call.
+        batch_size: files decoded and classified per model call.
         top_k: classes kept per image, most probable first (all if None).
         skip_bad: skip files that are not readable images instead of stopping.
 
@@ -205,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         version_dir_of(args.model_dir)  # no export there: said before the images are looked for
         paths = find_images(args.images)
         # ONNX Runtime's thread pool pays from batches of 17 images on (components/onnx_session.py).
-        model = load_exported(args.model_dir, batch_hint=min(args.batch_size, len(paths)))
+        model = load_exported(args.model_dir, args.backend, batch_hint=min(args.batch_size, len(paths)))
         result = classify_files(model, paths, args.batch_size, args.top_k, args.skip_bad)
         if result.skipped:
             print(skipped_report(result.skipped, len(paths)), file=sys.stderr)

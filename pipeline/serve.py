@@ -22,7 +22,7 @@ from pathlib import Path
 import uvicorn
 
 from components.errors import UserError
-from components.loaded_model import BACKENDS
+from components.model_files import BACKEND_HELP, BACKENDS
 from pipeline.serving.app import ServeSettings, build_app
 from pipeline.serving.limits import RESERVED_FRACTION, Admission
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     parser.add_argument("--port", type=int, default=8501, help="port to listen on; 0 picks a free one (logged)")
     parser.add_argument("--backend", choices=BACKENDS, default=ServeSettings.backend,
-                        help="onnx: ONNX Runtime, no TensorFlow loaded; savedmodel: TensorFlow")
+                        help=BACKEND_HELP)
     parser.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes,
                         help="larger request bodies are refused with 413; each JSON byte takes ~30 bytes of "
                              "memory while parsed, so raise it with care")

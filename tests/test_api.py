@@ -111,7 +111,7 @@ def test_run_returns_the_manifest_of_a_run_that_exports(smoke_run, tmp_path):
     workdir = tmp_path / "work"
     shutil.copytree(smoke_run.workdir, workdir, symlinks=True)
     manifest = run("smoke", {"train.profile_batches": (2, 3), "train.epochs": 3, "model.conv_widths": (8, 16),
-                             "export.model_name": "digits_api", "report.measure_latency": False}, workdir=workdir)
+                             "export.model_name": "digits_api", "export.measure_speed": False}, workdir=workdir)
     assert json.loads(json.dumps(manifest, default=str)) == \
         json.loads((Path(manifest["run_dir"]) / "manifest.json").read_text())
     statuses = {stage["name"]: stage["status"] for stage in manifest["stages"]}
@@ -119,7 +119,7 @@ def test_run_returns_the_manifest_of_a_run_that_exports(smoke_run, tmp_path):
     assert statuses["train"] == "cached", "Python values resolved to another training config than the CLI's"
     version_dir = workdir.resolve() / "saved_models" / "digits_api" / "1"
     assert manifest["results"]["version_dir"] == str(version_dir) and (version_dir / "model.onnx").is_file()
-    assert manifest["config"]["report"]["measure_latency"] is False
+    assert manifest["config"]["export"]["measure_speed"] is False
     images = read_split(Path(manifest["run_dir"]) / "ingest", limit=16)[0]
     exported = load_model(workdir / "saved_models" / "digits_api").probabilities(images)
     trained = load_model(smoke_run.workdir / "saved_models" / "digits").probabilities(images)

@@ -91,8 +91,12 @@ PROBES: dict[str, str | tuple[str, ...]] = {
     "export.parity_examples": "8",
     "export.parity_atol": "0.001",
     "export.onnx_opset": "18",
+    "export.int8": "true",
+    "export.int8_max_drop": "2.0",
+    "export.calibration_examples": "8",
+    "export.score_examples": "8",
+    "export.measure_speed": "false",
     "report.mistakes": "5",
-    "report.measure_latency": "false",
     # A search of one trial: the config as given, so train learns the base run's weights with tune's values.
     "tune.max_seconds": ("tune.max_trials=1", "tune.max_seconds=30"),
     "tune.max_trials": ("tune.max_seconds=30", "tune.max_trials=1"),
@@ -169,8 +173,13 @@ RERUNS: dict[str, str] = {
     "export.parity_examples": "export report",  # the same model: version 1 is kept, not published again
     "export.parity_atol": "export report",
     "export.onnx_opset": "export report",  # another ONNX file: published as version 2
+    # Other files, or other records of them in metadata.json: published as version 2
+    "export.int8": "export report",
+    "export.int8_max_drop": "export report",
+    "export.calibration_examples": "export report",
+    "export.score_examples": "export report",
+    "export.measure_speed": "export report",
     "report.mistakes": "report",
-    "report.measure_latency": "report",
     # The search's one trial is the config as given: train reruns (its input, tune's values, is new) and learns
     # the same weights; the report shows the search.
     "tune.max_seconds": "tune train report",

@@ -70,6 +70,9 @@ BAD_VALUES = {
     "export.parity_examples": [0, -1],
     "export.parity_atol": [0, -1],
     "export.onnx_opset": [7, 99],
+    "export.int8_max_drop": [-0.1, 101],
+    "export.calibration_examples": [0, 100_001],
+    "export.score_examples": [0],
     "report.mistakes": [-1, 401],
     "tune.max_seconds": [-1, 10],  # 10: below the 30 s a search needs (a trial of the defaults, cut short)
     "tune.max_trials": [-1],
@@ -78,7 +81,7 @@ BAD_VALUES = {
     "tune.space": [{"train.learning_rate": [0.001, 0.01]}, [1, 2]],
 }
 ANY_VALUE_WORKS = {"data.tfds_data_dir", "data.download", "model.batch_norm", "train.deterministic",
-                   "evaluate.fail_if_not_blessed", "report.measure_latency"}
+                   "evaluate.fail_if_not_blessed", "export.int8", "export.measure_speed"}
 
 
 def test_every_key_is_covered():

@@ -20,7 +20,7 @@ from components.errors import UserError
 from pipeline import run
 from pipeline.config import PRESETS, default_config, resolve, resolve_settings, to_dict, valid_keys
 from pipeline.registry import sections
-from tests.conftest import QUIET_ENV, REPO_DIR, run_pipeline_cli
+from tests.conftest import QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, run_pipeline_cli
 from tests.test_config import BAD_VALUES
 
 CNN_KEYS = [f"model.{key}" for key in ModelConfig.CNN_KEYS]
@@ -258,7 +258,7 @@ def rerun_from_config_json(smoke_run, tmp_path_factory) -> tuple[dict, dict]:
     """
     workdir = tmp_path_factory.mktemp("rerun") / "work"
     shutil.copytree(smoke_run.workdir, workdir, symlinks=True)
-    first = run_pipeline_cli(workdir, "--preset", "smoke", "train.profile_batches=(2, 3)")  # smoke_run's command
+    first = run_pipeline_cli(workdir, "--preset", "smoke", *SMOKE_OVERRIDES)  # smoke_run's command
     assert first.returncode == 0, first.stderr
     first_manifest = first.manifest  # read now: `manifest` is the newest run's
     again = run_pipeline_cli(workdir, "--config", str(first.run_dir / "config.json"))

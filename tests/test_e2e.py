@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import resolve, to_dict
 from pipeline.registry import STAGE_NAMES
-from tests.conftest import QUIET_ENV, REPO_DIR, read_split, run_pipeline_cli, run_python
+from tests.conftest import QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, read_split, run_pipeline_cli, run_python
 
 STAGES = list(STAGE_NAMES)
 OFF_BY_DEFAULT = {"tune": "tune.max_seconds=0"}  # a stage the smoke run skips, and the reason it gives
@@ -37,7 +37,7 @@ def test_every_stage_succeeds_and_the_manifest_says_so(smoke_run):
 
 def test_config_json_is_the_resolved_config(smoke_run):
     written = json.loads((smoke_run.run_dir / "config.json").read_text())
-    expected = json.loads(json.dumps(to_dict(resolve("smoke", ["train.profile_batches=(2, 3)"]))))
+    expected = json.loads(json.dumps(to_dict(resolve("smoke", list(SMOKE_OVERRIDES)))))
     assert written == expected
 
 
@@ -318,7 +318,7 @@ def _get_json(url: str, body: dict | None = None):
 def test_a_rerun_that_changes_nothing_in_the_model_does_not_publish_it_again(smoke_run, tmp_path):
     workdir = tmp_path / "work"
     shutil.copytree(smoke_run.workdir, workdir, symlinks=True)
-    again = run_pipeline_cli(workdir, "--preset", "smoke", "train.profile_batches=(2, 3)", "--force", "export")
+    again = run_pipeline_cli(workdir, "--preset", "smoke", *SMOKE_OVERRIDES, "--force", "export")
     assert again.returncode == 0, again.stderr
     assert {s["name"]: s["status"] for s in again.manifest["stages"]}["export"] == "succeeded"
     assert again.manifest["results"]["version_dir"] == str(workdir.resolve() / "saved_models" / "digits" / "1")

@@ -9,6 +9,7 @@ import pytest
 from components.blessing import Blessing, ChanceTest
 from components.config import ModelConfig
 from components.errors import UserError
+from components.converters import write_tflite
 from components.export import ParityError, check_parity, check_same_kind, compare, write_onnx, write_saved_model
 from components.model import NetworkSpec, build_model
 from components.saved_models import ModelKind
@@ -27,11 +28,12 @@ def tiny_model(seed: int):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny model written as a SavedModel and ONNX into one folder."""
+    """A tiny model written as a SavedModel, ONNX and LiteRT into one folder."""
     model = tiny_model(0)
     version_dir = tmp_path_factory.mktemp("version")
     write_saved_model(model, SHAPE, version_dir)
     write_onnx(model, SHAPE, version_dir / "model.onnx", 17)
+    write_tflite(version_dir, version_dir / "model.tflite")
     return model, version_dir
 
 
@@ -46,21 +48,34 @@ def test_parity_fails_for_another_model_with_the_same_shapes(exported):
         check_parity(tiny_model(1), version_dir, make_images(8)[0], 1e-4)
 
 
-def test_every_exported_path_is_compared_uint8_included(exported, monkeypatch):
+@pytest.mark.parametrize("path", ["SavedModel serving_default", "SavedModel serving_uint8", "ONNX Runtime", "LiteRT"])
+def test_every_exported_path_is_compared_uint8_and_litert_included(exported, monkeypatch, path):
     import components.export as export_module
 
     model, version_dir = exported
     real = export_module.exported_predictions
 
-    def broken_uint8(version_dir, images):
+    def broken(version_dir, images):
         outputs = real(version_dir, images)
-        outputs["SavedModel serving_uint8"] = {"probabilities": np.roll(
-            np.asarray(outputs["SavedModel serving_uint8"]["probabilities"]), 1, axis=1)}
+        assert path in outputs
+        outputs[path] = {"probabilities": np.roll(np.asarray(outputs[path]["probabilities"]), 1, axis=1)}
         return outputs
 
-    monkeypatch.setattr(export_module, "exported_predictions", broken_uint8)
-    with pytest.raises(ParityError, match="SavedModel serving_uint8 disagrees"):
+    monkeypatch.setattr(export_module, "exported_predictions", broken)
+    with pytest.raises(ParityError, match=f"{path} disagrees"):
         check_parity(model, version_dir, make_images(8)[0], 1e-4)
+
+
+def test_the_litert_file_of_another_model_fails_parity(exported, tmp_path):
+    import shutil
+
+    model, version_dir = exported
+    other = tmp_path / "other"
+    write_saved_model(tiny_model(1), SHAPE, other)
+    shutil.copytree(version_dir, tmp_path / "mixed")
+    write_tflite(other, tmp_path / "mixed" / "model.tflite")
+    with pytest.raises(ParityError, match="LiteRT disagrees"):
+        check_parity(model, tmp_path / "mixed", make_images(8)[0], 1e-4)
 
 
 def test_a_flip_between_near_tied_classes_is_tolerated_a_decisive_one_is_not():

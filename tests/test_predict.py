@@ -122,6 +122,31 @@ def test_json_gives_each_file_the_probabilities_onnx_runtime_and_the_loaded_mode
         assert labels[0] == CLASS_NAMES[row.argmax()] == prediction.label
 
 
+@pytest.mark.parametrize("backend, file_name", [("litert", "model.tflite"), ("litert-int8", "model_int8.tflite")])
+def test_the_litert_backends_give_what_litert_itself_gives_on_the_file(capsys, version_dir, image_dir, backend,
+                                                                       file_name):
+    from ai_edge_litert.interpreter import Interpreter
+
+    paths = [image_dir / name for name in FOLDER_ORDER]
+    code, out, err = predict(capsys, version_dir, *paths, "--format", "json", "--top-k", "10", "--backend", backend)
+    assert code == 0, err
+    runner = Interpreter(model_path=str(version_dir / file_name)).get_signature_runner("serving_default")
+    direct = runner(pixels=np.stack([expected_pixels(path) for path in paths]).astype(np.float32))["probabilities"]
+    for result, row in zip(json.loads(out), direct):
+        given = {entry["label"]: entry["probability"] for entry in result["predictions"]}
+        assert given == pytest.approx(dict(zip(CLASS_NAMES, row.tolist())), abs=1e-6)
+
+
+def test_a_backend_whose_file_the_version_lacks_exits_2_with_one_line_saying_why(capsys, version_dir, image_dir,
+                                                                                  tmp_path):
+    copy = tmp_path / "digits" / "1"
+    shutil.copytree(version_dir, copy)
+    (copy / "model_int8.tflite").unlink()
+    code, out, err = predict(capsys, copy, image_dir, "--backend", "litert-int8")
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert err.startswith(f"error: {copy} has no model_int8.tflite (") and "choose another backend: onnx," in err
+
+
 def test_top_k_keeps_the_k_most_probable_classes_best_first(capsys, version_dir, image_dir):
     paths = [image_dir / name for name in FOLDER_ORDER]
     code, out, _ = predict(capsys, version_dir, *paths, "--format", "json", "--top-k", "3")
@@ -244,10 +269,11 @@ def test_a_bad_option_exits_2_with_one_line(capsys, version_dir, image_dir, opti
     assert exited.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: argument {option[0]}")
 
 
-def test_the_command_loads_no_tensorflow(version_dir, image_dir):
+@pytest.mark.parametrize("backend", ["onnx", "litert", "onnx-int8", "litert-int8"])
+def test_the_command_loads_no_tensorflow(version_dir, image_dir, backend):
     result = subprocess.run([sys.executable, "-c", RUN_AND_REPORT_IMPORTS, str(version_dir.parent), str(image_dir),
-                             "--format", "json"], cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True,
-                            timeout=120)
+                             "--format", "json", "--backend", backend], cwd=REPO_DIR, env=QUIET_ENV,
+                            capture_output=True, text=True, timeout=120)
     report = json.loads(result.stderr.splitlines()[-1])
     assert report["code"] in (0, None) and len(json.loads(result.stdout)) == len(FOLDER_ORDER)
     assert report["loaded"] == [], "".join(report["imported_at"]) or report["loaded"]

@@ -150,7 +150,7 @@ def test_the_engineers_terms_are_in_the_details_not_the_headline(artifacts, tmp_
     from components.report import report
 
     trained = dataclasses.replace(artifacts["train"], precision="mixed_bfloat16")
-    made = report(ReportConfig(mistakes=0, measure_latency=False), artifacts["ingest"], artifacts["validate"],
+    made = report(ReportConfig(mistakes=0), artifacts["ingest"], artifacts["validate"],
                   trained, artifacts["evaluate"], artifacts["export"],
                   {}, "digits", tmp_path / "out",
                   tmp_path / "tensorboard", "run-x")
@@ -248,7 +248,7 @@ def test_a_model_that_was_not_exported_gets_a_report_that_says_why(artifacts, tm
     assert _headline_text(text).startswith(f"Not published: {100 * accuracy:.1f} % of test images classified "
                                            "correctly; the minimum set is 99.0 %. ")
     assert f"not exported: {html.escape(reason)}" in text
-    assert "latency" not in text and "SavedModel on disk" not in text
+    assert "Exported files" not in text and "model.tflite" not in text
     assert "3 of the" in text and "Every setting is at its default." in text
 
 
@@ -261,7 +261,7 @@ def test_the_change_against_the_previous_export_is_shown_in_points(artifacts, tm
                                    baseline=str(tmp_path / "saved_models" / "digits" / "4"),
                                    baseline_accuracy=accuracy - 0.0125)
     metrics = dataclasses.replace(artifacts["evaluate"], blessing_path=blessing_path)
-    made = report(ReportConfig(measure_latency=False), artifacts["ingest"], artifacts["validate"], artifacts["train"],
+    made = report(ReportConfig(), artifacts["ingest"], artifacts["validate"], artifacts["train"],
                   metrics, artifacts["export"], {}, "digits", tmp_path / "out",
                   tmp_path / "tensorboard", "run-x")
     text = made.report_path.read_text()
@@ -269,14 +269,22 @@ def test_the_change_against_the_previous_export_is_shown_in_points(artifacts, tm
     assert "+1.25 points" in headline_text
     assert f"digits version 4 got {100 * accuracy - 1.25:.2f} % of the same test images right" in headline_text
     assert "<code>digits/4</code>" in text  # the baseline, in the details
-    assert "SavedModel on disk" in text and "latency" not in text
+    assert "Exported files" in text
 
 
-def test_latency_and_sizes_are_measured_on_the_export(smoke_run):
+def test_every_exported_file_is_shown_with_its_size_accuracy_and_speed(smoke_run):
     text = (smoke_run.run_dir / "report.html").read_text()
-    onnx_kib = Path(smoke_run.manifest["results"]["onnx_path"]).stat().st_size / 1024
-    assert f"<td>{onnx_kib:,.1f} KiB</td>" in text
-    assert "latency, 1 image (ONNX Runtime, median)" in text and "latency, 256 images" in text
+    version_dir = Path(smoke_run.manifest["results"]["version_dir"])
+    files = json.loads((version_dir / "metadata.json").read_text())["files"]
+    assert {"model.onnx", "model.tflite", "saved_model.pb"} <= set(files)
+    table = text[text.index('id="files"'):]
+    for name, score in files.items():
+        row = table[table.index(f"<code>{name}</code>"):]
+        row = row[:row.index("</tr>")]
+        size = version_dir / name if name != "saved_model.pb" else None
+        if size is not None:
+            assert f"{size.stat().st_size / 1024:,.1f} KiB" in row
+        assert f"{score['test_accuracy']:.4f}" in row and "images/s" in row and " ms</td>" in row
     parameters = json.loads((smoke_run.run_dir / "train" / "training.json").read_text())["parameters"]
     assert parameters > 1000 and f"<td>{parameters:,}</td>" in text
 

@@ -35,9 +35,11 @@ import tritonclient.http as triton
 from PIL import Image
 
 from components.loaded_model import InputSpec, LoadedModel, decode_image, load_exported
+from components.model_files import BACKENDS
 from pipeline.serving.batching import Batcher
 from pipeline.serving.errors import NotFound
 from pipeline.serving.models import ModelRepository
+from pipeline.serving.v2 import PLATFORMS
 from tests.conftest import QUIET_ENV, REPO_DIR, read_split, run_python
 
 MAX_BODY_BYTES = 1_000_000  # the module's server: small, so that a 413 costs little to provoke
@@ -763,26 +765,35 @@ def test_cli_refuses_a_port_in_use(server):
     assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
 
 
-def test_onnx_server_loads_no_tensorflow(smoke_run):
+def test_onnx_and_litert_servers_load_no_tensorflow(smoke_run):
     result = run_python(
         "import sys; from pathlib import Path; import pipeline.serve\n"
         "from pipeline.serving.models import ModelRepository\n"
-        "repository = ModelRepository(Path(sys.argv[1]), 'onnx'); repository.refresh()\n"
-        "assert list(repository.models) == ['digits'], repository.models\n"
+        "for backend in ('onnx', 'litert', 'onnx-int8', 'litert-int8'):\n"
+        "    repository = ModelRepository(Path(sys.argv[1]), backend); repository.refresh()\n"
+        "    assert list(repository.models) == ['digits'], (backend, repository.models)\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))",
         str(smoke_run.workdir / "saved_models"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
-def test_savedmodel_backend_serves_both_protocols(smoke_run, tmp_path, model, images):
-    server = start_server(copy_saved_models(smoke_run, tmp_path), "--backend", "savedmodel")
+def test_every_backend_has_a_platform_name_for_the_v2_metadata():
+    assert set(PLATFORMS) == set(BACKENDS)
+
+
+@pytest.mark.parametrize("backend, platform", [("savedmodel", "tensorflow_savedmodel"),
+                                               ("litert-int8", "litert_tflite")])
+def test_another_backend_serves_both_protocols(smoke_run, tmp_path, images, backend, platform):
+    server = start_server(copy_saved_models(smoke_run, tmp_path), "--backend", backend)
     try:
-        expected = model.probabilities(images)  # ONNX Runtime's, which export checked against the SavedModel
+        # As the backend's own file answers in this process (export checked the SavedModel against Keras;
+        # the int8 file answers otherwise)
+        expected = load_exported(smoke_run.workdir / "saved_models" / "digits", backend).probabilities(images)
         rows = requests.post(f"{server.url}{PREDICT}", json={"instances": images.tolist()})
         np.testing.assert_allclose(rows.json()["predictions"], expected, atol=ATOL)
         client = triton.InferenceServerClient(server.host_port)
-        assert client.get_model_metadata("digits")["platform"] == "tensorflow_savedmodel"
+        assert client.get_model_metadata("digits")["platform"] == platform
         tensor = triton.InferInput("pixels", list(images.shape), "UINT8")
         tensor.set_data_from_numpy(images)
         np.testing.assert_allclose(client.infer("digits", [tensor]).as_numpy("probabilities"), expected, atol=ATOL)

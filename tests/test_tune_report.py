@@ -70,7 +70,7 @@ def render(artifacts: dict, out_dir: Path, tuning: Tuning | None) -> str:
     from components.config import ReportConfig
     from components.report import report
 
-    made = report(ReportConfig(mistakes=4, measure_latency=False), artifacts["ingest"], artifacts["validate"],
+    made = report(ReportConfig(mistakes=4), artifacts["ingest"], artifacts["validate"],
                   artifacts["train"], artifacts["evaluate"], artifacts["export"], {}, "digits", out_dir,
                   out_dir / "tensorboard", "run-x", tuning=tuning)
     return made.report_path.read_text()

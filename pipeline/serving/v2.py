@@ -42,7 +42,9 @@ from pipeline.serving.tensors import flat_tensor, tensor_from_bytes
 
 DATATYPES = {"FP32": np.dtype(np.float32), "UINT8": np.dtype(np.uint8)}
 HEADER_LENGTH = "Inference-Header-Content-Length"
-PLATFORMS = {"onnx": "onnxruntime_onnx", "savedmodel": "tensorflow_savedmodel"}  # Triton's platform names
+# Triton's platform names; LiteRT has none there, so it gets one in Triton's runtime_format style
+PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx-int8": "onnxruntime_onnx", "savedmodel": "tensorflow_savedmodel",
+             "litert": "litert_tflite", "litert-int8": "litert_tflite"}
 
 
 @dataclass(frozen=True)
