@@ -86,6 +86,8 @@ RUN_BY = {
     ("docs/scaling.md", "Training on several workers"): "test_two_workers",
     ("docs/report.md", "TensorBoard"): "test_tensorboard",
     ("docs/using-the-model.md", "With TensorFlow"): "test_tensorflow_examples",
+    ("docs/using-the-model.md", "With LiteRT"): "test_litert_example",
+    ("docs/using-the-model.md", "int8 files"): "test_int8_files",
     ("docs/inference-speed.md", "The SavedModel from TensorFlow"): "test_tensorflow_examples",
 }
 
@@ -111,6 +113,7 @@ NOT_RUN = {
     "time python -m pipeline.run --help": "a timing; test_running_it runs python -m pipeline.run --help",
     "python bench/inference.py": _MEASUREMENT,
     "python bench/inference.py saved_models/digits/1": _MEASUREMENT,
+    "python bench/exported_files.py saved_models/digits/1 saved_models/fashion_mnist/1 --repeats 3": _MEASUREMENT,
     "python bench/ingest_memory.py": _MEASUREMENT,
     "python bench/peers.py": _MEASUREMENT,
     "python bench/peers.py --repeats 3": _MEASUREMENT,
@@ -135,6 +138,9 @@ NOT_RUN = {
     "python -m pipeline.run --preset fashion": "20 epochs of Fashion-MNIST: 25 min on this machine's 2 cores in float32 "
                                               "(its CPU has no bfloat16; a clean-clone CI run); tests/test_fashion.py runs the same preset "
                                               "for 2 epochs, and docs/measurements.md has the measured figures",
+    "python -m pipeline.run --preset fashion export.int8=true": "the Fashion run of docs/inference-speed.md's "
+                                                               "table (minutes); test_int8_files runs digits' "
+                                                               "with export.int8=true",
     "python -m pipeline.run model.builder=examples/networks.py:mlp export.model_name=mlp":
         "one of the table's measurements (the model.builder tests train every example network)",
 }
@@ -494,7 +500,9 @@ def test_predict_and_the_python_api(sample_images, docs_workdir):
     with documented(sections_of("test_predict_and_the_python_api"), docs_workdir) as ran:
         predicted, python = ran.outputs
     table, _, as_json = predicted.partition("\n[")
-    assert all(f"sample_images/{path.name}" in table for path in sample_images)
+    assert all(table.count(f"sample_images/{path.name}") == 2 for path in sample_images)  # ONNX, then LiteRT
+    onnx_table, litert_table = (table[start:] for start in (0, table.index("path", 1)))
+    assert onnx_table[:len(onnx_table) - len(litert_table)].split() == litert_table.split()  # the same answers
     classified = json.loads("[" + as_json)
     assert [entry["path"] for entry in classified] == [f"sample_images/{path.name}" for path in sample_images]
     assert [len(entry["predictions"]) for entry in classified] == [3] * len(sample_images)
@@ -636,6 +644,25 @@ def test_tensorboard(docs_workdir):
 
 
 @pytest.mark.slow
+def test_litert_example(sample_images, docs_workdir):
+    with documented(sections_of("test_onnx_runtime_examples"), docs_workdir) as ran:
+        onnx_classes = ran.outputs[0]
+    with documented(sections_of("test_litert_example"), docs_workdir) as ran:
+        (litert_classes,) = ran.outputs
+    assert litert_classes == onnx_classes and len(litert_classes.strip("[]\n").split()) == len(sample_images)
+
+
+@pytest.mark.slow
+def test_int8_files(sample_images, tmp_path):
+    workdir = new_workdir(tmp_path)
+    shutil.copytree(sample_images[0].parent, workdir / "sample_images")
+    with documented(sections_of("test_int8_files"), workdir) as ran:
+        pass
+    metadata = json.loads((workdir / "saved_models" / "digits" / "1" / "metadata.json").read_text())
+    assert metadata["int8"]["left_out"] == {} and {"model_int8.tflite", "model_int8.onnx"} <= set(metadata["files"])
+    assert all(f"sample_images/{path.name}" in ran.stdout for path in sample_images)
+
+
 def test_tensorflow_examples(sample_images, docs_workdir):
     with documented(sections_of("test_tensorflow_examples"), docs_workdir) as ran:
         signature, compiled = ran.outputs
