@@ -410,6 +410,27 @@ def test_a_body_that_stalls_is_refused_with_408(monkeypatch):
         asyncio.run(shared.read_body(request, 1000))
 
 
+def test_a_body_is_read_no_further_than_its_content_length_which_admission_counted():
+    """uvicorn's h11 parser (not httptools) passes on a chunked body sent beside `Content-Length: 10`: the
+    server counted 10 bytes in flight, so it must not read 100 MB."""
+    from starlette.requests import Request
+
+    from pipeline.serving import shared
+    from pipeline.serving.errors import BadRequest
+
+    chunks = [{"type": "http.request", "body": b"0123456789" * 4, "more_body": True} for _ in range(1000)]
+    sent = len(chunks)
+
+    async def receive() -> dict:
+        return chunks.pop()
+
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"10")]},
+                      receive)
+    with pytest.raises(BadRequest, match=r"^the request body is longer than its Content-Length \(10 bytes\)$"):
+        asyncio.run(shared.read_body(request, 4 * 1024 * 1024))
+    assert sent - len(chunks) == 1  # stopped at the first chunk past 10 bytes
+
+
 def test_a_compressed_body_is_refused_with_415_saying_to_send_it_uncompressed():
     from starlette.requests import Request
 

@@ -39,7 +39,7 @@ class ServeSettings:
     """How the server serves (the CLI's options, checked by `pipeline.serve`)."""
 
     saved_models_dir: Path  # <model>/<version>/ folders, TF Serving's layout
-    backend: str = "onnx"  # onnx (ONNX Runtime, no TensorFlow) | savedmodel (TensorFlow)
+    backend: str = "onnx"  # onnx, litert, onnx-int8, litert-int8 (no TensorFlow) | savedmodel (components.model_files)
     # larger request bodies get 413; 4 MiB holds about 10,000 8x8 images as JSON numbers, 750 of 28x28.
     # Not more by default: a parsed JSON body takes ~30x its size in memory (4 MiB -> ~120 MiB)
     max_body_bytes: int = 4 * 1024 * 1024

@@ -115,12 +115,17 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
+    # No more than it declared, either: admission counted those bytes (h11, unlike httptools, lets a chunked
+    # body run past a Content-Length sent beside it)
+    limit = int(declared) if declared.isdigit() else max_bytes
     try:
-        body = await asyncio.wait_for(_read_up_to(request, max_bytes), BODY_TIMEOUT_SECONDS)
+        body = await asyncio.wait_for(_read_up_to(request, limit), BODY_TIMEOUT_SECONDS)
     except asyncio.TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s") from None
     except ClientDisconnect:
         raise BadRequest("the request body ended before its Content-Length (client disconnected)") from None
+    if body is None and limit < max_bytes:
+        raise BadRequest(f"the request body is longer than its Content-Length ({limit} bytes)")
     if body is None:
         raise _too_large(max_bytes)
     return body
