@@ -85,12 +85,13 @@ def png_declaring(width: int, height: int) -> dict[str, str]:
     return {"b64": base64.b64encode(data).decode()}
 
 
-def refused(server: Server, path: str, body: bytes, status: int, *needles: str) -> http.client.HTTPMessage:
+def refused(server: Server, path: str, body: bytes, status: int, *needles: str,
+            headers: dict[str, str] | None = None) -> http.client.HTTPMessage:
     """Send `body`, check it is refused with `status` and one line of `{"error": ...}` naming `needles`;
     returns the response's headers."""
     connection = http.client.HTTPConnection(server.host_port, timeout=30)
     try:
-        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        connection.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
         answer = json.loads(response.read())
     finally:
@@ -105,6 +106,10 @@ def test_more_images_than_max_batch_images_get_413_before_any_is_decoded(server,
     refused(server, PREDICT, predict_body(pixels(9)), 413, "9 images", "--max-batch-images")
     v2 = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [9, 8, 8, 1], "data": [0] * 9 * 64}]}
     refused(server, INFER, json.dumps(v2).encode(), 413, "9 images")
+    head = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [9, 8, 8, 1],
+                                   "parameters": {"binary_data_size": 9 * 64}}]}).encode()
+    refused(server, INFER, head + bytes(9 * 64), 413, "9 images", "--max-batch-images",
+            headers={"Inference-Header-Content-Length": str(len(head))})  # the binary tensor extension
     # not base64: decoding any of them would end in 400
     refused(server, PREDICT, json.dumps({"instances": [{"b64": "?"}] * 9}).encode(), 413, "--max-batch-images")
     answer = requests.post(f"{server.url}{PREDICT}", data=predict_body(pixels(8)), timeout=30)
