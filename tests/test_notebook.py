@@ -1,7 +1,8 @@
 """The notebooks run top to bottom against the smoke run, and are committed without outputs.
 
 `classify_with_exported_model.ipynb` is a consumer that knows nothing of the project: it imports only
-ONNX Runtime, NumPy, Pillow and the standard library, and runs where the project cannot be imported.
+ONNX Runtime, LiteRT (`ai_edge_litert`), NumPy, Pillow and the standard library, and runs where the project
+cannot be imported.
 `quickstart.ipynb` is the project's own tour: the pipeline through the Python API, then the export.
 """
 
@@ -25,7 +26,7 @@ from tests.conftest import QUIET_ENV, REPO_DIR, read_split, write_image_folder
 
 NOTEBOOK = REPO_DIR / "notebooks" / "classify_with_exported_model.ipynb"
 QUICKSTART = REPO_DIR / "notebooks" / "quickstart.ipynb"
-CONSUMER_MODULES = {"json", "os", "pathlib", "tempfile", "numpy", "onnxruntime", "PIL"}
+CONSUMER_MODULES = {"json", "os", "pathlib", "tempfile", "numpy", "onnxruntime", "ai_edge_litert", "PIL"}
 # Shadows the project's packages on a kernel's PYTHONPATH: importing either fails, naming the notebook's mistake.
 REFUSING_PACKAGE = 'raise ImportError("the consumer notebook must not import the project")\n'
 
@@ -61,6 +62,13 @@ def _onnx_predicted(onnx_path: str, images: np.ndarray) -> np.ndarray:
     return session.run(["probabilities"], {"pixels": images.astype(np.float32)})[0]
 
 
+def _litert_predicted(tflite_path: Path, images: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(tflite_path)).get_signature_runner("serving_default")
+    return runner(pixels=images.astype(np.float32))["probabilities"]
+
+
 @pytest.mark.parametrize("path", [NOTEBOOK, QUICKSTART], ids=lambda path: path.stem)
 def test_notebook_is_committed_without_outputs(path):
     notebook = nbformat.read(path, as_version=4)
@@ -68,9 +76,9 @@ def test_notebook_is_committed_without_outputs(path):
     assert code and all(not cell.get("outputs") and not cell.get("execution_count") for cell in code)
 
 
-def test_consumer_notebook_imports_only_onnx_runtime_numpy_pillow_and_the_standard_library():
+def test_consumer_notebook_imports_only_onnx_runtime_litert_numpy_pillow_and_the_standard_library():
     sources = _code(NOTEBOOK)
-    assert _imported_modules(sources) <= CONSUMER_MODULES and "onnxruntime" in _imported_modules(sources)
+    assert {"onnxruntime", "ai_edge_litert"} <= _imported_modules(sources) <= CONSUMER_MODULES
     assert not any(re.search(r"\b(components|pipeline)\b|tensorflow|import_module|__import__", source)
                    for source in sources)
 
@@ -117,6 +125,15 @@ def test_notebook_classifies_as_the_exported_model_does(smoke_run, monkeypatch, 
     assert re.findall(r"predicted\s+(\S+)", printed) == [str(p) for p in predicted]
     assert f"{(predicted == labels).mean():.0%} of these 8 images of known class classified correctly" in printed
     assert re.findall(r"true\s+(\S+)", printed) == [class_names[label] for label in labels]
+
+    assert "model.tflite agrees with model.onnx on all 8 images" in printed  # the notebook asserts how closely
+    int8_path = Path(smoke_run.manifest["results"]["onnx_path"]).with_name("model_int8.tflite")
+    if int8_path.is_file():  # the smoke run exports with export.int8=true; its gate decides whether the file stays
+        int8 = _litert_predicted(int8_path, images).argmax(1)
+        assert (f"model_int8.tflite: {', '.join(class_names[guess] for guess in int8)} "
+                f"({(int8 == predicted).sum()} of 8 as model.onnx)") in printed
+    else:
+        assert "model_int8.tflite" not in printed
 
 
 @pytest.mark.slow
