@@ -5,8 +5,8 @@
 For docs/inference-speed.md's "Which file to load". The versions must be exported with `export.int8=true`
 for their int8 files to be in the table. Accuracy and agreement are export's (metadata.json: the test split,
 scored when the version was exported). Speed: each file is timed in a fresh interpreter, through
-`load_exported` as predict and serve load it (ONNX Runtime and LiteRT on one thread for batch 1, their
-default threads for batch 256; `components/speed.py`: 200 one-image calls, the median of 5 batch-256 calls);
+`load_exported` as predict and serve load it (ONNX Runtime and LiteRT on one thread for batch 1, a thread
+per core for batch 256; `components/speed.py`: 200 one-image calls, the median of 5 batch-256 calls);
 the files take turns, `--repeats` rounds, and the table gives each figure's median over the rounds. Pixels
 are the random 0..255 values of a fixed seed; the figures do not depend on them.
 """
@@ -59,7 +59,8 @@ def table(version_dir: Path, repeats: int) -> str:
              for backend, measured in rounds.items()}
     by_backend = {record["backend"]: record for record in files.values()}
     lines = [f"`{version_dir}` ({repeats} rounds, medians)", "",
-             "| file | runtime | size | vs float | test accuracy | agreement | 1 image p50 / p99 | 256 images | vs float |",
+             "| file | runtime | size | vs float | test accuracy | agreement | 1 image p50 / p99 | 256 images "
+             "| vs float |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for backend in backends:
         record, twin = by_backend[backend], FLOAT_TWIN.get(backend)

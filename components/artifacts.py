@@ -263,15 +263,15 @@ class ExportedModel(Artifact):
         metadata = json.loads((self.version_dir / METADATA_FILE).read_text())
         return {"model_name": self.version_dir.parent.name, "version": self.version,
                 "version_dir": str(self.version_dir), "onnx_path": str(self.onnx_path),
-                "files": sorted(metadata["files"]), "int8_left_out": (metadata["int8"] or {}).get("left_out", {})}
+                "files": sorted(metadata.get("files", {})), "left_out": metadata.get("left_out", {})}
 
     def summary(self) -> list[str]:
         metadata = json.loads((self.version_dir / METADATA_FILE).read_text())
-        lines = [f"SavedModel   {self.version_dir}", f"ONNX         {self.onnx_path}",
-                 f"LiteRT       {self.version_dir / 'model.tflite'}"]
-        lines += [f"int8         {self.version_dir / name}" for name in sorted(metadata["files"]) if "_int8." in name]
-        lines += [f"int8         {name} left out: {reason}"
-                  for name, reason in (metadata["int8"] or {}).get("left_out", {}).items()]
+        files = metadata.get("files", {})
+        lines = [f"SavedModel   {self.version_dir}", f"ONNX         {self.onnx_path}"]
+        lines += [f"LiteRT       {self.version_dir / name}" for name in ("model.tflite",) if name in files]
+        lines += [f"int8         {self.version_dir / name}" for name in sorted(files) if "_int8." in name]
+        lines += [f"left out     {name}: {reason}" for name, reason in metadata.get("left_out", {}).items()]
         return lines
 
 

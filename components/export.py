@@ -29,14 +29,16 @@ from components.artifacts import ExportedModel, Metrics, SchemaAndStatistics, Sp
 from components.atomic import locked, make_readable_by_all, new_hidden_dir, remove_abandoned
 from components.config import ExportConfig
 from components.converters import write_onnx_int8, write_tflite, write_tflite_int8
-from components.errors import UserError
-from components.file_scores import SCORING_BATCH, FileScore, int8_refusal, score_file
+from components.errors import UserError, first_line
+from components.file_scores import SCORING_BATCH, FileScore, int8_refusal, score_files, scored_indices
 from components.loaded_model import file_runner
 from components.model import OUTPUT_NAME, load_trained
 from components.model_card import ModelCard, write_model_card
 from components.model_files import BACKENDS, FLOAT_TWIN, model_file
 from components.onnx_session import onnx_session
 from components.saved_models import METADATA_FILE, ModelKind, kind_of, numbered_entries, read_metadata, version_dirs
+from components.shards.layout import split_labels
+from components.shards.record_reader import read_images_at
 from components.shards.tf_reader import load_split
 
 log = logging.getLogger(__name__)
@@ -83,19 +85,21 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
     try:
         write_saved_model(model, schema.image_shape, staging_dir)
         write_onnx(model, schema.image_shape, staging_dir / "model.onnx", config.onnx_opset)
-        write_tflite(staging_dir, model_file("litert").path(staging_dir))
+        left_out: dict[str, str] = {}  # file name -> why it is not in the version
+        write_or_leave_out("litert", staging_dir, lambda path: write_tflite(staging_dir, path), left_out)
         (staging_dir / "labels.txt").write_text("\n".join(splits.class_names) + "\n")
         write_warm_start_files(model, trained, staging_dir)
         images = load_split(splits, "test", limit=config.parity_examples)[0]
         max_diff = check_parity(model, staging_dir, images, config.parity_atol)
         if config.int8:
-            write_int8_files(splits, staging_dir, config.calibration_examples)
-        scores, left_out = score_files(config, model, splits, staging_dir)
-        int8 = {"max_drop_points": config.int8_max_drop, "calibration_examples": config.calibration_examples,
-                "left_out": left_out} if config.int8 else None
-        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config, scores, int8)
+            write_int8_files(splits, staging_dir, config.calibration_examples, left_out)
+        scores = score_and_gate(config, model, splits, staging_dir, left_out)
+        int8 = {"max_drop_points": config.int8_max_drop, "calibration_examples": config.calibration_examples} \
+            if config.int8 else None
+        _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config, scores, int8,
+                        left_out)
         card = _model_card(config, model, splits, schema, metrics, trained, max_diff, len(images), run_id,
-                           command, reproduction, scores, int8)
+                           command, reproduction, scores, int8, left_out)
         with locked(model_dir):  # another run may have published another kind of model meanwhile
             check_same_kind(model_dir, ModelKind(schema.image_shape, splits.class_names))
             version_dir = _publish(staging_dir, model_dir,
@@ -119,8 +123,8 @@ def _already_published(model_dir: Path, trained: TrainedModel, splits: Splits,
         return None
     metadata = read_metadata(newest[0])
     same = (metadata.get("weights_sha256"), metadata.get("data_fingerprint"), metadata.get("export_settings"),
-            metadata.get("exported_with")) == (trained.weights_sha256, splits.data_sha256, export_settings(config),
-                                               exporter_versions())
+            metadata.get("exported_with")) == (trained.weights_sha256, splits.data_sha256,
+                                               export_settings(config, splits), exporter_versions())
     return ExportedModel(newest[0], int(newest[0].name), newest[0] / "model.onnx",
                          metadata["parity_max_abs_diff"]) if same else None
 
@@ -132,10 +136,16 @@ def exporter_versions() -> dict[str, str]:
             for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")}
 
 
-def export_settings(config: ExportConfig) -> dict[str, Any]:
-    """The settings that shape a version's files or what its metadata records of them: a version exported
-    with others is not this export. (Its name and the parity check's settings are not among them.)"""
-    return {name: getattr(config, name) for name in FILE_SETTINGS}
+def export_settings(config: ExportConfig, splits: Splits) -> dict[str, Any]:
+    """The settings that shape a version's files or what its metadata records of them, as they take effect
+    on these splits: a version exported with others is not this export. (Its name and the parity check's
+    settings are not among them; nor are the int8 settings without export.int8, nor counts past a split's.)"""
+    settings = {"onnx_opset": config.onnx_opset, "int8": config.int8, "measure_speed": config.measure_speed,
+                "score_examples": min(config.score_examples, splits.num_examples["test"])}
+    if config.int8:
+        settings.update(int8_max_drop=config.int8_max_drop,
+                        calibration_examples=min(config.calibration_examples, splits.num_examples["train"]))
+    return settings
 
 
 FILE_SETTINGS = ("onnx_opset", "int8", "int8_max_drop", "calibration_examples", "score_examples", "measure_speed")
@@ -199,7 +209,7 @@ def write_onnx(model: keras.Model, image_shape: tuple[int, int, int], path: Path
 
 
 def check_parity(model: keras.Model, version_dir: Path, images: np.ndarray, atol: float) -> float:
-    """Largest |difference| between Keras and each exported path (float32 and uint8 signatures, ONNX).
+    """Largest |difference| between Keras and each exported path (float32 and uint8 signatures, ONNX, LiteRT).
 
     The predicted class must match too, except on near-ties: images whose two most likely classes
     are within `atol` of each other, where rounding alone may flip the order.
@@ -219,49 +229,72 @@ def exported_predictions(version_dir: Path, images: np.ndarray) -> dict[str, np.
     pixels = images.astype(np.float32)
     signatures = tf.saved_model.load(str(version_dir)).signatures
     session = onnx_session(version_dir / "model.onnx", batch_hint=len(images))
-    num_classes = int(session.get_outputs()[0].shape[1])
-    litert = file_runner(version_dir, "litert", INPUT_NAME, OUTPUT_NAME, num_classes, batch_hint=len(images))
-    return {
+    predictions = {
         "SavedModel serving_default": signatures["serving_default"](**{INPUT_NAME: tf.constant(pixels)}),
         "SavedModel serving_uint8": signatures["serving_uint8"](**{INPUT_NAME: tf.constant(images.astype(np.uint8))}),
         "ONNX Runtime": {OUTPUT_NAME: session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]},
-        "LiteRT": {OUTPUT_NAME: litert(pixels)},
     }
+    if model_file("litert").path(version_dir).is_file():  # absent only when its conversion failed (left_out)
+        num_classes = int(session.get_outputs()[0].shape[1])
+        litert = file_runner(version_dir, "litert", INPUT_NAME, OUTPUT_NAME, num_classes, batch_hint=len(images))
+        predictions["LiteRT"] = {OUTPUT_NAME: litert(pixels)}
+    return predictions
 
 
-def write_int8_files(splits: Splits, version_dir: Path, num_calibration: int) -> None:
+def write_or_leave_out(backend: str, version_dir: Path, write: Callable[[Path], None],
+                       left_out: dict[str, str]) -> None:
+    """`write(path)` the backend's file; a conversion that fails leaves the file out, the reason in `left_out`,
+    instead of failing the export: a network LiteRT cannot convert still gets its SavedModel and ONNX model."""
+    path = model_file(backend).path(version_dir)
+    try:
+        write(path)
+    except Exception as error:  # noqa: BLE001 - each converter raises its own types (TensorFlow's, ONNX Runtime's)
+        path.unlink(missing_ok=True)
+        left_out[path.name] = f"its conversion failed: {type(error).__name__}: {first_line(error)[:300]}"
+        log.warning("export: %s left out: %s", path.name, left_out[path.name])
+
+
+def write_int8_files(splits: Splits, version_dir: Path, num_calibration: int, left_out: dict[str, str]) -> None:
     """`model_int8.tflite` and `model_int8.onnx`, calibrated on the first `num_calibration` training images
     (train is stored in a seeded random order: a random sample, the same one on every run)."""
     calibration = load_split(splits, "train", limit=num_calibration)[0]
-    write_tflite_int8(version_dir, model_file("litert-int8").path(version_dir), calibration, INPUT_NAME)
-    write_onnx_int8(model_file("onnx").path(version_dir), model_file("onnx-int8").path(version_dir), calibration,
-                    INPUT_NAME)
+    write_or_leave_out("litert-int8", version_dir,
+                       lambda path: write_tflite_int8(version_dir, path, calibration, INPUT_NAME), left_out)
+    write_or_leave_out("onnx-int8", version_dir,
+                       lambda path: write_onnx_int8(model_file("onnx").path(version_dir), path, calibration,
+                                                    INPUT_NAME), left_out)
 
 
-def score_files(config: ExportConfig, model: keras.Model, splits: Splits,
-                version_dir: Path) -> tuple[dict[str, FileScore], dict[str, str]]:
-    """Score every file of the version on the test split, and remove each int8 file that loses more than
-    `config.int8_max_drop` points against its float twin.
+def score_and_gate(config: ExportConfig, model: keras.Model, splits: Splits, version_dir: Path,
+                   left_out: dict[str, str]) -> dict[str, FileScore]:
+    """Score every file of the version on `config.score_examples` test images spread over the split, read
+    256 at a time, and remove each int8 file that loses more than `config.int8_max_drop` points against its
+    float twin (the reason goes into `left_out`).
 
     Returns:
-        The scores of the files kept, by backend; the reason each removed file was left out, by file name.
+        The scores of the files kept, by backend.
     """
-    images, labels = load_split(splits, "test", limit=config.score_examples)
-    float_classes = model.predict(images.astype(np.float32), batch_size=SCORING_BATCH, verbose=0).argmax(1)
+    indices = scored_indices(splits.num_examples["test"], config.score_examples)
+    labels = split_labels(splits, "test")[indices]
+    batches = ((read_images_at(splits, "test", indices[start:start + SCORING_BATCH]),
+                labels[start:start + SCORING_BATCH]) for start in range(0, len(indices), SCORING_BATCH))
     num_classes = len(splits.class_names)
-    scores = {backend: score_file(version_dir, backend,
-                                  lambda hint, backend=backend: file_runner(version_dir, backend, INPUT_NAME,
-                                                                            OUTPUT_NAME, num_classes, hint),
-                                  images, labels, float_classes, config.measure_speed)
-              for backend in BACKENDS if model_file(backend).path(version_dir).is_file()}
-    left_out = {}
-    for backend in FLOAT_TWIN:
-        if backend in scores and (reason := int8_refusal(scores, backend, config.int8_max_drop)):
+    scores = score_files(version_dir, [each for each in BACKENDS if model_file(each).path(version_dir).is_file()],
+                         lambda backend, hint: file_runner(version_dir, backend, INPUT_NAME, OUTPUT_NAME,
+                                                           num_classes, hint),
+                         batches, lambda pixels: np.asarray(model.predict_on_batch(pixels)).argmax(1),
+                         config.measure_speed)
+    for backend, twin in FLOAT_TWIN.items():
+        if backend not in scores:
+            continue
+        reason = int8_refusal(scores, backend, config.int8_max_drop) if twin in scores else \
+            f"its float twin {model_file(twin).file_name} was left out, so its loss cannot be measured"
+        if reason:
             model_file(backend).path(version_dir).unlink()
             left_out[model_file(backend).file_name] = reason
             del scores[backend]
             log.warning("export: %s left out: %s", model_file(backend).file_name, reason)
-    return scores, left_out
+    return scores
 
 
 def compare(name: str, expected: np.ndarray, actual: Any, atol: float) -> float:
@@ -279,7 +312,7 @@ def compare(name: str, expected: np.ndarray, actual: Any, atol: float) -> float:
 
 def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: SchemaAndStatistics, metrics: Metrics,
                     trained: TrainedModel, parity_max_abs_diff: float, config: ExportConfig,
-                    scores: dict[str, FileScore], int8: dict[str, Any] | None) -> None:
+                    scores: dict[str, FileScore], int8: dict[str, Any] | None, left_out: dict[str, str]) -> None:
     metadata = {
         "run_id": run_id,
         "data_fingerprint": splits.fingerprint,
@@ -295,8 +328,9 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
         "parity_max_abs_diff": parity_max_abs_diff,
         "onnx_opset": config.onnx_opset,
         "files": {score.file_name: score.record() for score in scores.values()},  # what each scored, by file
-        "int8": int8,  # null: export.int8=false; else its gate, and the files it left out with why
-        "export_settings": export_settings(config),
+        "left_out": left_out,  # files not published, each with why (a failed conversion, the int8 gate)
+        "int8": int8,  # null: export.int8=false; else its gate
+        "export_settings": export_settings(config, splits),
         "exported_with": exporter_versions(),
     }
     (version_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
@@ -305,7 +339,7 @@ def _write_metadata(version_dir: Path, run_id: str, splits: Splits, schema: Sche
 def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema: SchemaAndStatistics, metrics: Metrics,
                 trained: TrainedModel, parity_max_abs_diff: float, num_parity_examples: int, run_id: str,
                 command: str, reproduction: dict[str, Any] | None, scores: dict[str, FileScore],
-                int8: dict[str, Any] | None) -> ModelCard:
+                int8: dict[str, Any] | None, left_out: dict[str, str]) -> ModelCard:
     """What the model card says, gathered before the version number is known."""
     record = trained.record() if trained.training_path.is_file() else None
     return ModelCard(
@@ -334,6 +368,7 @@ def _model_card(config: ExportConfig, model: keras.Model, splits: Splits, schema
         frozen_parameters=record.frozen_parameters if record else 0,
         files=tuple(scores.values()),
         int8=int8,
+        left_out=left_out,
     )
 
 

@@ -1,4 +1,4 @@
-"""What each exported file scores: its size, its test accuracy, how often it agrees with the float model, and
+"""What each exported file scores: its size, its test accuracy, how often it agrees with the Keras model, and
 how fast it answers; and whether an int8 file loses too much accuracy to be published.
 
 Export scores every file it writes (`metadata.json`'s `files`, the model card, report.html), so a consumer
@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from components.model_files import FLOAT_TWIN, model_file
 from components.speed import Speed, measure_speed
 
-SCORING_BATCH = 256  # images per call while scoring: bounds the activations' memory on large test splits
+SCORING_BATCH = 256  # images per call while scoring: the test split is read, and run, this many at a time
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -28,38 +28,62 @@ class FileScore:
     backend: str
     file_name: str
     runtime: str
-    bytes: int  # on disk; for the SavedModel, saved_model.pb and variables/
+    bytes: int  # on disk; for the SavedModel, its .pb files and variables/
     num_images: int  # test images scored
     test_accuracy: float  # on them
-    agreement: float  # share of those images on which its top class is the float Keras model's
+    agreement: float  # share of them on which its top class is the Keras model's
     speed: Speed | None  # None: export.measure_speed=false
 
     def record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def score_file(version_dir: Path, backend: str, runner: Callable[[int], Runner], images: np.ndarray,
-               labels: np.ndarray, float_classes: np.ndarray, measure: bool) -> FileScore:
-    """Score one file of `version_dir` on test `images`.
+def scored_indices(num_test: int, num_scored: int) -> np.ndarray:
+    """`num_scored` positions spread evenly over a test split of `num_test` (all of it when it is no larger):
+    a folder's test split is stored class by class, so its first images would be of its first classes."""
+    if num_scored >= num_test:
+        return np.arange(num_test)
+    return np.unique(np.linspace(0, num_test - 1, num_scored).round().astype(np.int64))
+
+
+def score_files(version_dir: Path, backends: Iterable[str], runner: Callable[[str, int], Runner],
+                batches: Iterable[tuple[np.ndarray, np.ndarray]], keras_classes: Callable[[np.ndarray], np.ndarray],
+                measure: bool) -> dict[str, FileScore]:
+    """Score files of `version_dir` on test images that arrive a batch at a time.
 
     Args:
-        runner: makes the file's runner for calls of about the given number of images.
-        images: uint8 test pixels; `labels` their classes; `float_classes` the Keras model's top classes.
-        measure: time it too (`components.speed`).
+        backends: the files to score, by backend.
+        runner: makes a backend's runner for calls of about the given number of images.
+        batches: (uint8 images, labels) of the scored test images, at most `SCORING_BATCH` at a time.
+        keras_classes: the Keras model's top classes for a float32 batch.
+        measure: time each file too (`components.speed`), on the first batch.
+
+    Returns:
+        The score of each backend's file.
     """
-    batched = runner(SCORING_BATCH)
-    pixels = images.astype(np.float32)
-    classes = np.concatenate([batched(pixels[start:start + SCORING_BATCH]).argmax(1)
-                              for start in range(0, len(pixels), SCORING_BATCH)])
-    speed = measure_speed(runner(1), batched, pixels) if measure else None
-    file = model_file(backend)
-    return FileScore(backend, file.file_name, file.runtime, file_bytes(version_dir, backend), len(images),
-                     test_accuracy=float(np.mean(classes == labels)),
-                     agreement=float(np.mean(classes == float_classes)), speed=speed)
+    runners = {backend: runner(backend, SCORING_BATCH) for backend in backends}
+    classes: dict[str, list[np.ndarray]] = {backend: [] for backend in runners}
+    labels, expected, sample = [], [], None
+    for images, batch_labels in batches:
+        pixels = images.astype(np.float32)
+        sample = pixels if sample is None else sample
+        labels.append(batch_labels)
+        expected.append(keras_classes(pixels))
+        for backend, run in runners.items():
+            classes[backend].append(run(pixels).argmax(1))
+    all_labels, all_expected = np.concatenate(labels), np.concatenate(expected)
+    scores = {}
+    for backend, run in runners.items():
+        answers, file = np.concatenate(classes[backend]), model_file(backend)
+        scores[backend] = FileScore(
+            backend, file.file_name, file.runtime, file_bytes(version_dir, backend), len(all_labels),
+            test_accuracy=float(np.mean(answers == all_labels)), agreement=float(np.mean(answers == all_expected)),
+            speed=measure_speed(runner(backend, 1), run, sample) if measure else None)
+    return scores
 
 
 def file_bytes(version_dir: Path, backend: str) -> int:
-    """Size on disk of what a backend loads (the SavedModel: saved_model.pb, fingerprint.pb and variables/)."""
+    """Size on disk of what a backend loads (the SavedModel: its .pb files and variables/)."""
     if backend != "savedmodel":
         return model_file(backend).path(version_dir).stat().st_size
     files = [path for path in version_dir.rglob("*")

@@ -17,6 +17,7 @@ from ai_edge_litert.interpreter import Interpreter
 from components.onnx_session import SINGLE_THREAD_MAX_BATCH
 
 SIGNATURE = "serving_default"  # the SavedModel signature the file was converted from: pixels -> probabilities
+MAX_CALL_IMAGES = 256  # images per interpreter call; larger calls are chunked (the same answers)
 
 
 def litert_runner(tflite_path: Path, input_name: str, output_name: str, num_classes: int,
@@ -25,18 +26,23 @@ def litert_runner(tflite_path: Path, input_name: str, output_name: str, num_clas
 
     Calls are serialized with a lock: an interpreter holds its tensors, so two threads may not run one
     at once. The batch dimension is resized to each call's (LiteRT's signature runner does it when the
-    shape changes). Threads as for ONNX Runtime (`components.onnx_session`): one up to
-    `SINGLE_THREAD_MAX_BATCH` images a call, else one per core (LiteRT's default is one: on 2 cores a second
-    thread ran the Fashion model's batches of 256 1.9x faster, float and int8 alike).
+    shape changes), and calls of more than `MAX_CALL_IMAGES` run in chunks of it: the interpreter keeps the
+    memory of its largest call. Threads as for ONNX Runtime (`components.onnx_session`): one up to
+    `SINGLE_THREAD_MAX_BATCH` images a call, else one per CPU this process may use (LiteRT's default is
+    one: on 2 cores a second thread ran the Fashion model's batches of 256 1.9x faster, float and int8
+    alike). The file is read into memory, not mapped: a file rewritten in place under a mapping would kill
+    the process (SIGBUS) at its next call.
     """
-    threads = 1 if batch_hint <= SINGLE_THREAD_MAX_BATCH else os.cpu_count() or 1
-    signature = Interpreter(model_path=str(tflite_path), num_threads=threads).get_signature_runner(SIGNATURE)
+    threads = 1 if batch_hint <= SINGLE_THREAD_MAX_BATCH else len(os.sched_getaffinity(0))
+    interpreter = Interpreter(model_content=tflite_path.read_bytes(), num_threads=threads)
+    signature = interpreter.get_signature_runner(SIGNATURE)
     lock = threading.Lock()
 
     def run(pixels: np.ndarray) -> np.ndarray:
         if not len(pixels):
             return np.zeros((0, num_classes), np.float32)
         with lock:
-            return signature(**{input_name: pixels})[output_name].copy()
+            return np.concatenate([signature(**{input_name: pixels[start:start + MAX_CALL_IMAGES]})[output_name]
+                                   for start in range(0, len(pixels), MAX_CALL_IMAGES)])
 
     return run

@@ -125,11 +125,13 @@ def ranked(probabilities: np.ndarray, class_names: Sequence[str], top_k: int | N
 
 def load_exported(model_or_version_dir: Path | str, backend: str = "onnx", batch_hint: int = 1) -> LoadedModel:
     """The exported version at `model_or_version_dir`, or the newest version of the model folder there
-    that loads: a broken or half-copied newer version is skipped with a warning, as the server does.
+    that loads: a broken or half-copied newer version is skipped with a warning, as the server does. A
+    newer version that lacks the backend's file is not skipped: an older model would answer in its place.
 
     Raises:
         UserError: the folder holds no exported version, or the version given (or every version) cannot
             be loaded.
+        MissingModelFile: the version (the newest, for a model folder) lacks the backend's file.
     """
     path = Path(model_or_version_dir)
     if (path / METADATA_FILE).is_file():
@@ -138,6 +140,8 @@ def load_exported(model_or_version_dir: Path | str, backend: str = "onnx", batch
     for version_dir in reversed(versions[1:]):
         try:
             return _load(version_dir, backend, batch_hint)
+        except MissingModelFile:
+            raise
         except UserError as error:
             log.warning("%s; trying the version before it", error)
     return _load(versions[0], backend, batch_hint)
@@ -212,18 +216,27 @@ def check_pixels(pixels: np.ndarray, spec: InputSpec) -> None:
         raise UserError("pixels must be finite numbers from 0 to 255 (raw pixels; the model normalizes them)")
 
 
+class MissingModelFile(UserError):
+    """The version lacks the file a backend loads: another version or backend is the user's choice, never made
+    for them (an older version would answer for a newer one)."""
+
+
 def check_file_exists(version_dir: Path, backend: str, metadata: dict) -> None:
-    """Refuse, in one line saying why, a backend whose file this version lacks (an int8 file left out, say)."""
+    """Refuse, in one line saying why, a backend whose file this version lacks (an int8 file left out, say).
+
+    Raises:
+        MissingModelFile: the file is not in the version folder.
+    """
     file = model_file(backend)
     if file.path(version_dir).is_file():
         return
     present = [each for each in BACKENDS if model_file(each).path(version_dir).is_file()]
-    int8 = metadata.get("int8") or {}
-    left_out = int8.get("left_out", {}).get(file.file_name)
+    left_out = (metadata.get("left_out") or {}).get(file.file_name)
     why = (f"export left it out: {left_out}" if left_out else
-           "exported without export.int8=true" if file.int8 and not int8 else
+           "exported without export.int8=true" if file.int8 and not metadata.get("int8") else
            "exported before this file was written, or removed")
-    raise UserError(f"{version_dir} has no {file.file_name} ({why}); choose another backend: {', '.join(present)}")
+    raise MissingModelFile(f"{version_dir} has no {file.file_name} ({why}); choose another backend: "
+                           f"{', '.join(present)}")
 
 
 def file_runner(version_dir: Path, backend: str, input_name: str, output_name: str, num_classes: int,

@@ -9,7 +9,7 @@ StrictUndefined turns a field the template names but the card lacks into an erro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ class ModelCard:
     trainable_parameters: int = 0  # trained in the last phase of training
     frozen_parameters: int = 0  # never trained in it: a frozen body's, batch norms' statistics
     files: tuple[FileScore, ...] = ()  # each file a consumer can load, scored by export
-    int8: dict[str, Any] | None = None  # export.int8's gate and the files it left out; None = not asked for
+    int8: dict[str, Any] | None = None  # export.int8's gate; None = not asked for
+    left_out: dict[str, str] = field(default_factory=dict)  # files not published, each with why
 
 
 def render_model_card(card: ModelCard, version: int) -> str:

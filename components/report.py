@@ -246,8 +246,9 @@ def _model(trained: TrainedModel, record: TrainingRecord, exported: ExportedMode
                              "precision": trained.precision, "export": None}
     if exported is not None:
         metadata = read_metadata(exported.version_dir)
-        facts["export"] = {"version_dir": str(exported.version_dir), "files": list(metadata["files"].values()),
-                           "int8": metadata["int8"]}
+        facts["export"] = {"version_dir": str(exported.version_dir),
+                           "files": list(metadata.get("files", {}).values()), "int8": metadata.get("int8"),
+                           "left_out": metadata.get("left_out", {})}
     return facts
 
 

@@ -24,7 +24,7 @@ PROJECT_PACKAGES = ("components", "pipeline")
 NOT_CODE_INPUTS = ("components.config", "components.errors")
 # The libraries whose versions can change what a stage computes.
 PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "tensorflow-datasets", "tf2onnx", "onnx", "onnxruntime",
-            "pillow", "optuna")
+            "ai-edge-litert", "pillow", "optuna")
 
 
 digest = json_sha256  # sha256 of data as canonical JSON: one definition, shared with the artifacts

@@ -659,7 +659,7 @@ def test_int8_files(sample_images, tmp_path):
     with documented(sections_of("test_int8_files"), workdir) as ran:
         pass
     metadata = json.loads((workdir / "saved_models" / "digits" / "1" / "metadata.json").read_text())
-    assert metadata["int8"]["left_out"] == {} and {"model_int8.tflite", "model_int8.onnx"} <= set(metadata["files"])
+    assert metadata["left_out"] == {} and {"model_int8.tflite", "model_int8.onnx"} <= set(metadata["files"])
     assert all(f"sample_images/{path.name}" in ran.stdout for path in sample_images)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from components.blessing import Blessing, ChanceTest
 from components.config import ModelConfig
-from components.errors import UserError
 from components.converters import write_tflite
+from components.errors import UserError
 from components.export import ParityError, check_parity, check_same_kind, compare, write_onnx, write_saved_model
 from components.model import NetworkSpec, build_model
 from components.saved_models import ModelKind

@@ -60,7 +60,8 @@ class ModelRepository:
         """
         Args:
             saved_models_dir: holds `<model>/<version>/` folders (TF Serving's layout).
-            backend: `onnx` or `savedmodel` (see `components.loaded_model`).
+            backend: which file each version is served from (`components.model_files`); a version without
+                it is not served, and a request for its model is told why when no version of it is.
             num_versions: how many of each model's newest versions to keep loaded; 0 keeps every version.
             load: loads one version folder; `components.loaded_model.load_exported` by default.
         """
@@ -68,6 +69,7 @@ class ModelRepository:
         self._load = load or load_exported
         self._models: Mapping[str, ServedModel] = {}
         self._failed: dict[Path, tuple] = {}  # version folder -> its files' stamp when it failed to load
+        self._errors: dict[Path, str] = {}  # version folder -> why it failed to load
         self.ready = threading.Event()  # set once the first poll has loaded what was there at start
 
     @property
@@ -82,9 +84,13 @@ class ModelRepository:
             NotFound: no model of that name is being served.
         """
         models = self._models
-        if name not in models:
-            raise NotFound(f"no model {name!r}; this server serves {', '.join(sorted(models)) or 'no model yet'}")
-        return models[name]
+        if name in models:
+            return models[name]
+        failed = [path for path in self._errors if path.parent.name == name]
+        if failed:
+            newest = max(failed, key=lambda path: int(path.name))
+            raise NotFound(f"model {name!r} is not being served: {self._errors[newest]}")
+        raise NotFound(f"no model {name!r}; this server serves {', '.join(sorted(models)) or 'no model yet'}")
 
     def refresh(self) -> None:
         """Look at the folder once: load new versions, then switch to them and drop removed ones."""
@@ -101,6 +107,7 @@ class ModelRepository:
                 after[model_dir.name] = ServedModel(model_dir.name, versions)
         self._models = after
         self._failed = {path: stamp for path, stamp in self._failed.items() if path.exists()}
+        self._errors = {path: why for path, why in self._errors.items() if path in self._failed}
         _log_changes(before, after)
         self.ready.set()
 
@@ -136,6 +143,7 @@ class ModelRepository:
             model = self._load(version_dir, self.backend)
         except Exception as error:  # noqa: BLE001 - one broken export must not stop the others being served
             self._failed[version_dir] = stamp
+            self._errors[version_dir] = str(error)
             logger.warning("not serving %s: %s: %s (retried when its files change)", version_dir,
                            type(error).__name__, error)
             return None
