@@ -62,6 +62,7 @@ def digits_workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("backbones")
 
 
+@pytest.mark.slow  # 3 to 4 s each: a backbone built and its weights saved
 @pytest.mark.parametrize("application, options", [("MobileNetV3Large", {}), ("MobileNetV3Small", {"alpha": 0.75})],
                          ids=["another network", "another width"])
 def test_a_weights_file_of_another_network_is_refused_in_one_line(application, options, digits_workdir, tmp_path,
@@ -156,6 +157,7 @@ def test_the_exported_onnx_model_matches_keras(name, channels, tmp_path):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # 6 s: a MobileNet built and run
 def test_grayscale_becomes_three_channels_inside_the_model():
     gray = build_model(ModelConfig(builder=MOBILENET), (32, 32, 1), 10, 0.0, 1.0)
     rgb = build_model(ModelConfig(builder=MOBILENET), (32, 32, 3), 10, 0.0, 1.0)

@@ -41,6 +41,7 @@ print(json.dumps({"same": before == describe(), "before": repr(before), "loaded_
 """
 
 
+@pytest.mark.slow  # 7 s: TensorFlow started in a fresh process for each described device set
 def test_devices_described_without_tensorflow_are_what_tensorflow_reports():
     result = run_python(DESCRIBED_WITHOUT_AND_WITH_TENSORFLOW)
     assert result.returncode == 0, result.stderr

@@ -663,6 +663,7 @@ def test_int8_files(sample_images, tmp_path):
     assert all(f"sample_images/{path.name}" in ran.stdout for path in sample_images)
 
 
+@pytest.mark.slow  # 15 s: XLA compiles the page's jit_compile example
 def test_tensorflow_examples(sample_images, docs_workdir):
     with documented(sections_of("test_tensorflow_examples"), docs_workdir) as ran:
         signature, compiled = ran.outputs

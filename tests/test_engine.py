@@ -101,6 +101,7 @@ def test_touching_the_source_files_reruns_ingest_but_not_what_the_same_content_f
         "train": "cached", "evaluate": "cached", "export": "cached", "report": "cached"}
 
 
+@pytest.mark.slow  # 9 s: two more runs
 def test_a_forced_stage_writes_a_new_cache_entry_and_earlier_runs_keep_theirs(workdir):
     base = ("--preset", "smoke", "export.model_name=engine")
     earlier_link = Path(run_pipeline_cli(workdir, *base).manifest["run_dir"]) / "validate"

@@ -803,8 +803,9 @@ def test_every_backend_has_a_platform_name_for_the_v2_metadata():
     assert set(PLATFORMS) == set(BACKENDS)
 
 
-@pytest.mark.parametrize("backend, platform", [("savedmodel", "tensorflow_savedmodel"),
-                                               ("litert-int8", "litert_tflite")])
+@pytest.mark.parametrize("backend, platform", [
+    pytest.param("savedmodel", "tensorflow_savedmodel", marks=pytest.mark.slow),  # 7 s: TensorFlow's start-up
+    ("litert-int8", "litert_tflite")])
 def test_another_backend_serves_both_protocols(smoke_run, tmp_path, images, backend, platform):
     server = start_server(copy_saved_models(smoke_run, tmp_path), "--backend", backend)
     try:
