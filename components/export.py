@@ -94,7 +94,8 @@ def export(config: ExportConfig, trained: TrainedModel, splits: Splits, schema: 
         if config.int8:
             write_int8_files(splits, staging_dir, config.calibration_examples, left_out)
         scores = score_and_gate(config, model, splits, staging_dir, left_out)
-        int8 = {"max_drop_points": config.int8_max_drop, "calibration_examples": config.calibration_examples} \
+        int8 = {"max_drop_points": config.int8_max_drop,
+                "calibration_examples": min(config.calibration_examples, splits.num_examples["train"])} \
             if config.int8 else None
         _write_metadata(staging_dir, run_id, splits, schema, metrics, trained, max_diff, config, scores, int8,
                         left_out)
@@ -146,9 +147,6 @@ def export_settings(config: ExportConfig, splits: Splits) -> dict[str, Any]:
         settings.update(int8_max_drop=config.int8_max_drop,
                         calibration_examples=min(config.calibration_examples, splits.num_examples["train"]))
     return settings
-
-
-FILE_SETTINGS = ("onnx_opset", "int8", "int8_max_drop", "calibration_examples", "score_examples", "measure_speed")
 
 
 def _record(exported: ExportedModel, out_dir: Path) -> ExportedModel:

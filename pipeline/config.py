@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import logging
 import re
 import sys
 import textwrap
@@ -28,6 +29,12 @@ from components.config import ModelConfig, Section, check_sections_together, def
 from components.errors import UserError
 from components.tune_space import check_tuning
 from pipeline.registry import derived_defaults, sections
+
+log = logging.getLogger(__name__)
+
+# Keys a release removed, and what took their place: an older run's config.json still runs (`--config`), the
+# key ignored with a warning; on the command line it is refused, with the nearest key as the hint.
+RETIRED_KEYS = {"report.measure_latency": "export.measure_speed (export times every file it writes)"}
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -277,6 +284,9 @@ def _section_values(data: Any, path: Path) -> dict[str, Any]:
             raise UserError(f"{path}: {section_name!r} = {table!r} is not in a section{hint}; put each key in "
                             f"its section's table: {example}")
         values.update({f"{section_name}.{key}": value for key, value in table.items()})
+    for key in RETIRED_KEYS.keys() & values.keys():
+        log.warning("%s: %s is retired, ignored; its place: %s", path, key, RETIRED_KEYS[key])
+        del values[key]
     return values
 
 

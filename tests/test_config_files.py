@@ -93,6 +93,22 @@ def test_a_runs_config_json_resolves_to_that_runs_config(tmp_path, network):
             assert resolve(loaded_with, (), [path]) == config, (preset, overrides, loaded_with)
 
 
+def test_an_older_runs_config_json_with_a_retired_key_still_resolves_with_a_warning(tmp_path, caplog):
+    from pipeline.config import RETIRED_KEYS
+
+    written = to_dict(resolve("smoke"))
+    for key in RETIRED_KEYS:
+        section, name = key.split(".")
+        written[section][name] = True
+    path = write(tmp_path / "config.json", json.dumps(written))
+    assert resolve("default", (), [path]) == resolve("smoke")
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: {key} is retired, ignored; its place: {place}" for key, place in RETIRED_KEYS.items()]
+    with pytest.raises(UserError, match="unknown config key 'report.measure_latency'; did you mean "
+                                        "export.measure_speed"):
+        resolve("default", ["report.measure_latency=true"])
+
+
 def test_another_builder_drops_the_presets_cnn_keys_and_refuses_those_set_by_a_file(tmp_path, network, capsys):
     builder = write(tmp_path / "builder.toml", f'[model]\nbuilder = "{network}"\n')
     for config in (resolve("smoke", (), [builder]), resolve("smoke", [f"model.builder={network}"])):

@@ -186,14 +186,14 @@ def test_a_version_exported_without_int8_says_how_to_get_the_file(version_dir, t
 
 def test_a_version_exported_with_other_file_settings_is_not_this_export(smoke_run, version_dir):
     from components.config import ExportConfig
-    from components.export import FILE_SETTINGS, _already_published
+    from components.export import _already_published, export_settings
 
     train, ingest = (read_entry((smoke_run.run_dir / name).resolve()) for name in ("train", "ingest"))
     smoke = ExportConfig(int8=True, int8_max_drop=2.0)
     assert _already_published(version_dir.parent, train, ingest, smoke) is not None
     changed = {"onnx_opset": 18, "int8": False, "int8_max_drop": 0.5, "calibration_examples": 8, "score_examples": 8,
                "measure_speed": False}
-    assert set(changed) == set(FILE_SETTINGS)
+    assert set(changed) == set(export_settings(smoke, ingest))  # every setting export compares
     model_dir = version_dir.parent
     for name, value in changed.items():
         assert _already_published(model_dir, train, ingest, dataclasses.replace(smoke, **{name: value})) is None, name
