@@ -146,8 +146,10 @@ def test_quickstart_runs_the_pipeline_reads_its_results_and_classifies(smoke_run
     run_dir = max((workdir / "runs").iterdir(), key=lambda path: (path / "config.json").stat().st_mtime_ns)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert run_dir.name != smoke_run.manifest["run_id"] and manifest["status"] == "succeeded"
+    # Trained as the smoke run was; exported anew, without the int8 files and timings the shared run adds
     assert {stage["name"]: stage["status"] for stage in manifest["stages"]} == {
-        stage["name"]: "skipped" if stage["name"] == "tune" else "cached" for stage in manifest["stages"]
+        stage["name"]: "skipped" if stage["name"] == "tune" else "succeeded" if stage["name"] in ("export", "report")
+        else "cached" for stage in manifest["stages"]
     }, "the notebook's config is not smoke's"
 
     results = manifest["results"]
