@@ -33,7 +33,7 @@ def litert_runner(tflite_path: Path, input_name: str, output_name: str, num_clas
     alike). The file is read into memory, not mapped: a file rewritten in place under a mapping would kill
     the process (SIGBUS) at its next call.
     """
-    threads = 1 if batch_hint <= SINGLE_THREAD_MAX_BATCH else len(os.sched_getaffinity(0))
+    threads = 1 if batch_hint <= SINGLE_THREAD_MAX_BATCH else usable_cpus()
     interpreter = Interpreter(model_content=tflite_path.read_bytes(), num_threads=threads)
     signature = interpreter.get_signature_runner(SIGNATURE)
     lock = threading.Lock()
@@ -46,3 +46,8 @@ def litert_runner(tflite_path: Path, input_name: str, output_name: str, num_clas
                                    for start in range(0, len(pixels), MAX_CALL_IMAGES)])
 
     return run
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, on Linux); all of them where the OS cannot say (macOS)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
