@@ -55,12 +55,12 @@ def finished_run(workdir: Path, process: subprocess.CompletedProcess, runs_befor
     return PipelineRun(workdir, process.returncode, process.stdout, process.stderr, made[-1] if made else None)
 
 
-def run_pipeline_cli(workdir: Path, *args: str, timeout: int = 600) -> PipelineRun:
-    """`python -m pipeline.run --workdir workdir *args` in a subprocess."""
+def run_pipeline_cli(workdir: Path, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> PipelineRun:
+    """`python -m pipeline.run --workdir workdir *args` in a subprocess (with `env` added to its environment)."""
     runs_before = run_dirs_of(workdir)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.run", "--workdir", str(workdir), *args],
-        cwd=REPO_DIR, env=QUIET_ENV, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO_DIR, env={**QUIET_ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout,
         preexec_fn=lambda: os.umask(0o022),  # the usual umask, whatever the test runner's is
     )
     return finished_run(workdir, result, runs_before)
@@ -70,6 +70,30 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter (no pytest, no project imports unless it makes them)."""
     return subprocess.run([sys.executable, "-c", code, *args], env=QUIET_ENV, capture_output=True,
                           text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint (moto's server) on 127.0.0.1 for this test process (tests/s3_server.py)."""
+    from tests.s3_server import S3Server
+
+    with S3Server.started() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def locked_s3_server():
+    """A second S3 endpoint that checks keys and knows none: every request is refused, as a wrong key is."""
+    from tests.s3_server import S3Server
+
+    with S3Server.started(locked=True) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, request):
+    """`s3_server` with a new empty bucket for this test (`s3.bucket`), its name made from the test's."""
+    return s3_server.with_new_bucket(request.node.name)
 
 
 @pytest.fixture(scope="session")
