@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 from components.backbones import BACKBONES, WEIGHTS_CHOICES, WEIGHTS_SUFFIX
 from components.errors import UserError
+from components.remote import is_url
 from components.user_code import find_function
 
 
@@ -113,7 +114,8 @@ class Section:
 @dataclass(frozen=True)
 class DataConfig(Section):
     name: ClassVar[str] = "data"
-    source: str = setting("digits", "digits | idx:DIR (MNIST-format files) | npz:FILE | folder:DIR | tfds:NAME",
+    source: str = setting("digits", "digits | idx:DIR (MNIST-format files) | npz:FILE | folder:DIR | tfds:NAME; "
+                          "DIR and FILE may be bucket URLs (s3://, gs://; docs/buckets.md)",
                           Check(_is_source, "digits, idx:DIR, npz:FILE, folder:DIR or tfds:NAME (offline: digits, "
                                 "or idx:/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)"))
     tfds_data_dir: str = setting("", "tfds: where TFDS keeps prepared datasets; \"\" = TFDS's default")
@@ -151,6 +153,11 @@ class DataConfig(Section):
 
     def _check_source_path(self) -> None:
         kind, _, argument = self.source.partition(":")
+        if is_url(argument):
+            if kind not in ("idx", "npz", "folder"):
+                raise UserError(f"data.source={self.source}: a bucket URL works with idx:, npz: and folder: "
+                                "sources only; copy the data to a local folder, or use one of those formats")
+            return  # a bucket is listed by ingest's fingerprint, before any stage runs: one line if it fails
         path = Path(argument)
         if kind in ("idx", "folder") and not path.is_dir():
             what = ("MNIST-format files (Fashion-MNIST: apt-get install dataset-fashion-mnist)" if kind == "idx"

@@ -27,8 +27,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from components import remote
 from components.config import is_class_name
-from components.errors import UserError
+from components.errors import UserError, first_line
 from components.images import IMAGE_SUFFIXES, BadImageError, ImageHeader, WrongSizeError, decode_image, read_header
 from components.source_data import DecodedChunk, ImageFiles, ImageFolder, ImageFormat
 
@@ -50,14 +51,15 @@ DECODE_TASK_BYTES = 4 * 2**20
 MAX_CHUNK_FILES = 1024  # files per task at most, so small images still spread over the workers
 
 
-def list_image_folder(folder_dir: Path, image_size: tuple[int, ...], channels: int) -> ImageFolder:
+def list_image_folder(folder_dir: Path | str, image_size: tuple[int, ...], channels: int) -> ImageFolder:
     """List `folder_dir/<class>/*.png|jpg`, or `folder_dir/{train,test}/<class>/...` when `train/` exists.
 
     Only headers are read here, of a few hundred training images at most (for the size and channels
     not configured); `decode_chunks` decodes the images.
 
     Args:
-        folder_dir: the folder named by `data.source=folder:DIR`.
+        folder_dir: the folder named by `data.source=folder:DIR`: a local folder, or a bucket URL (one
+            listing, then the sampled headers fetched; `list_bucket_image_folder`).
         image_size: (height, width) to resize every image to; () keeps the most common size (as shown
             upright), and an image of another size is a bad file.
         channels: 1 or 3 to convert every image to; 0: the most common (grayscale -> 1, else 3).
@@ -69,6 +71,8 @@ def list_image_folder(folder_dir: Path, image_size: tuple[int, ...], channels: i
         UserError: no such folder, no class folders, an empty class, a test class missing from train,
             or no readable training image.
     """
+    if isinstance(folder_dir, str):
+        return list_bucket_image_folder(folder_dir, image_size, channels)
     if not folder_dir.is_dir():
         raise UserError(f"data.source=folder:{folder_dir}: no such folder; point it at a folder with one "
                         "sub-folder of PNG or JPEG images per class")
@@ -77,6 +81,47 @@ def list_image_folder(folder_dir: Path, image_size: tuple[int, ...], channels: i
     files = {split: list_image_files(split_dir, class_names) for split, split_dir in split_dirs.items()}
     image_format = _image_format(files["train"], split_dirs["train"], image_size, channels)
     return ImageFolder(folder_dir, files["train"], files.get("test"), class_names, image_format)
+
+
+def list_bucket_image_folder(url: str, image_size: tuple[int, ...], channels: int) -> ImageFolder:
+    """`list_image_folder` for a folder in a bucket: the same layout, from one listing of its objects."""
+    names = [item.name for item in remote.list_objects(url)]
+    parts = {"train": names}
+    if any(name.startswith("train/") for name in names):
+        parts = {split: [name.partition("/")[2] for name in names if name.startswith(f"{split}/")]
+                 for split in ("train", "test")}
+    class_names = _class_names_of(url if len(parts) == 1 else remote.join(url, "train"),
+                                  sorted({name.split("/")[0] for name in parts["train"] if "/" in name}))
+    files = {split: _bucket_image_files(url if len(parts) == 1 else remote.join(url, split), split_names, class_names)
+             for split, split_names in parts.items() if split_names}
+    image_format = _image_format(files["train"], url, image_size, channels)
+    return ImageFolder(url, files["train"], files.get("test"), class_names, image_format)
+
+
+def _bucket_image_files(split_url: str, names: list[str], class_names: tuple[str, ...]) -> ImageFiles:
+    """The PNG and JPEG objects of `split_url/<class>/...` (`names` relative to it), as `list_image_files` lists."""
+    by_class: dict[str, list[str]] = {}
+    for name in names:
+        if "/" in name:
+            by_class.setdefault(name.split("/")[0], []).append(name)
+    paths: list[str] = []
+    labels: list[int] = []
+    ignored: list[str] = []
+    for class_name in sorted(by_class):
+        class_url = remote.join(split_url, class_name)
+        if class_name not in class_names:
+            raise UserError(f"{class_url}: class {class_name!r} has no folder in the training data "
+                            f"(classes: {', '.join(class_names)}); add training images for it or remove it")
+        images = [name for name in sorted(by_class[class_name]) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise UserError(f"{class_url}: class folder has no PNG or JPEG images; add images or remove the folder")
+        ignored += [name for name in by_class[class_name] if Path(name).suffix.lower() not in IMAGE_SUFFIXES]
+        paths += [remote.join(split_url, name) for name in images]
+        labels += [class_names.index(class_name)] * len(images)
+    if ignored:
+        log.warning("folder: ignored %d object(s) that are not PNG or JPEG by name, e.g. %s", len(ignored),
+                    remote.join(split_url, ignored[0]))
+    return ImageFiles(tuple(paths), np.array(labels, dtype=np.int64))
 
 
 def decode_chunks(files: ImageFiles, rows: np.ndarray, image_format: ImageFormat) -> Iterator[DecodedChunk]:
@@ -149,14 +194,19 @@ def list_image_files(split_dir: Path, class_names: tuple[str, ...]) -> ImageFile
     return ImageFiles(tuple(paths), np.array(labels, dtype=np.int64))
 
 
-def _decode_files(paths: tuple[Path, ...], image_format: ImageFormat) -> tuple[np.ndarray, np.ndarray, list]:
-    """Decode `paths` into one uint8 array; returns the images read, which paths they are, and the bad files."""
+def _decode_files(paths: tuple[Path | str, ...], image_format: ImageFormat) -> tuple[np.ndarray, np.ndarray, list]:
+    """Decode `paths` into one uint8 array; returns the images read, which paths they are, and the bad files.
+
+    Objects in a bucket are fetched together first (concurrently: one at a time, a small image costs a
+    round trip each), then decoded from their bytes.
+    """
     images = np.empty((len(paths), image_format.height, image_format.width, image_format.channels), dtype=np.uint8)
     keep = np.ones(len(paths), dtype=bool)
     bad_files = []
+    contents = remote.read_many([str(path) for path in paths]) if paths and _in_bucket(paths[0]) else {}
     for index, path in enumerate(paths):
         try:
-            images[index] = decode_image(path, image_format)
+            images[index] = decode_image(_readable(path, contents), image_format)
         except WrongSizeError as error:
             keep[index] = False
             bad_files.append((str(path), f"{error} {_resize_advice(image_format)}"))
@@ -166,13 +216,27 @@ def _decode_files(paths: tuple[Path, ...], image_format: ImageFormat) -> tuple[n
     return images[keep], keep, bad_files
 
 
+def _in_bucket(path: Path | str) -> bool:
+    return isinstance(path, str) and remote.is_url(path)
+
+
+def _readable(path: Path | str, contents: dict[str, bytes | Exception]) -> Path | str | bytes:
+    """What `decode_image` reads for `path`: the file, or the object's bytes fetched (a missing one is a bad file)."""
+    if not contents:
+        return path
+    content = contents[str(path)]
+    if isinstance(content, Exception):
+        raise BadImageError(f"cannot be read from the store ({type(content).__name__}: {first_line(content)})")
+    return content
+
+
 def _resize_advice(image_format: ImageFormat) -> str:
     """What a wrong-size file's reason ends with; the same words for all, so the message says them once."""
     return (f"like most images; set data.image_size=({image_format.height}, {image_format.width}) "
             f"{RESIZE_ADVICE_END}")
 
 
-def _image_format(files: ImageFiles, train_dir: Path, image_size: tuple[int, ...], channels: int) -> ImageFormat:
+def _image_format(files: ImageFiles, train_dir: Path | str, image_size: tuple[int, ...], channels: int) -> ImageFormat:
     """The configured size and channels; what is not configured is the most common in a sample of the headers.
 
     The most common, not the first file's: a folder whose first image alone had another size once
@@ -188,21 +252,32 @@ def _image_format(files: ImageFiles, train_dir: Path, image_size: tuple[int, ...
     return ImageFormat(height, width, channels, resize=bool(image_size))
 
 
-def _sample_headers(paths: tuple[Path, ...]) -> list[ImageHeader]:
+def _sample_headers(paths: tuple[Path | str, ...]) -> list[ImageHeader]:
     """The readable headers of up to MAX_SAMPLED_HEADERS files spread over `paths`; if none of them is
     readable, the first readable header of all (one readable file is enough to start)."""
     rows = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), MAX_SAMPLED_HEADERS)).round().astype(int))
-    headers = [header for header in map(_header_or_none, (paths[row] for row in rows)) if header]
-    if headers:
+    headers = [header for header in _headers_or_none([paths[row] for row in rows]) if header]
+    if headers or len(rows) == len(paths):
         return headers
-    return next(([header] for header in map(_header_or_none, paths) if header), [])
+    sampled = set(rows.tolist())
+    rest = [path for row, path in enumerate(paths) if row not in sampled]
+    for start in range(0, len(rest), MAX_SAMPLED_HEADERS):
+        headers = [header for header in _headers_or_none(rest[start: start + MAX_SAMPLED_HEADERS]) if header]
+        if headers:
+            return headers[:1]
+    return []
 
 
-def _header_or_none(path: Path) -> ImageHeader | None:
-    try:
-        return read_header(path)
-    except BadImageError:
-        return None  # reported with its reason when it is decoded
+def _headers_or_none(paths: list[Path | str]) -> list[ImageHeader | None]:
+    """Each file's header, None where it cannot be read (reported with its reason when it is decoded)."""
+    contents = remote.read_many([str(path) for path in paths]) if paths and _in_bucket(paths[0]) else {}
+    headers: list[ImageHeader | None] = []
+    for path in paths:
+        try:
+            headers.append(read_header(_readable(path, contents)))
+        except BadImageError:
+            headers.append(None)
+    return headers
 
 
 def _split_dirs(folder_dir: Path) -> dict[str, Path]:
@@ -214,7 +289,12 @@ def _split_dirs(folder_dir: Path) -> dict[str, Path]:
 
 
 def _class_names(train_dir: Path) -> tuple[str, ...]:
-    names = tuple(sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
+    return _class_names_of(train_dir, sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
+
+
+def _class_names_of(train_dir: Path | str, folder_names: list[str]) -> tuple[str, ...]:
+    """The class folders' names, checked: at least one, each printable on one line of labels.txt."""
+    names = tuple(folder_names)
     if not names:
         raise UserError(f"{train_dir}: no class sub-folders, so no images; put each class's PNG or JPEG "
                         "files in a sub-folder named after the class")
@@ -225,7 +305,7 @@ def _class_names(train_dir: Path) -> tuple[str, ...]:
     return names
 
 
-def bad_files_message(folder_dir: Path, bad_files: tuple[tuple[str, str], ...]) -> str:
+def bad_files_message(folder_dir: Path | str, bad_files: tuple[tuple[str, str], ...]) -> str:
     """One line for any number of bad files: how many cannot be read and how many have another size, then
     each reason once, with its count and a few examples.
 
@@ -261,7 +341,9 @@ def _bad_files_count(bad_files: tuple[tuple[str, str], ...]) -> str:
     return " and ".join(counts)
 
 
-def _relative(path: str, folder_dir: Path) -> str:
+def _relative(path: str, folder_dir: Path | str) -> str:
+    if isinstance(folder_dir, str):  # a bucket URL
+        return path.removeprefix(folder_dir.rstrip("/") + "/")
     try:
         return str(Path(path).relative_to(folder_dir))
     except ValueError:

@@ -27,7 +27,7 @@ class SourceData:
 class ImageFiles:
     """The images of one split: paths and their class indices, in a fixed (sorted) order."""
 
-    paths: tuple[Path, ...]
+    paths: tuple[Path | str, ...]  # str: an object in a bucket, by its URL
     labels: np.ndarray
 
 
@@ -45,7 +45,7 @@ class ImageFormat:
 class ImageFolder:
     """A `folder:` source as listed, not yet decoded: the files of each part, the classes, the image format."""
 
-    folder_dir: Path
+    folder_dir: Path | str  # str: a bucket URL
     train_files: ImageFiles
     test_files: ImageFiles | None  # None without a `test/` folder
     class_names: tuple[str, ...]

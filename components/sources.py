@@ -1,5 +1,7 @@
 """Readers for the data sources ingest understands: `digits`, `idx:DIR`, `npz:FILE`, `folder:DIR`, `tfds:NAME`.
 
+DIR and FILE may be bucket URLs (`s3://`, `gs://`, any fsspec protocol; `components/remote.py`).
+
 Every reader returns raw pixel values (uint8, 0..255, shape [N, H, W, C]) and integer labels,
 so the rest of the pipeline, and the exported model's users, see one convention. The `folder:`
 reader returns the listed files instead, which ingest decodes a chunk at a time.
@@ -19,8 +21,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from components import remote
 from components.config import DataConfig
 from components.errors import UserError, first_line
+from components.remote import is_url
 from components.source_data import ImageFolder, SourceData
 
 log = logging.getLogger(__name__)
@@ -44,13 +48,13 @@ def read_source(config: DataConfig) -> SourceData | ImageFolder:
     if kind == "digits" and not arg:
         return read_digits()
     if kind == "idx" and arg:
-        return read_idx_dir(Path(arg))
+        return read_idx_bucket(arg) if is_url(arg) else read_idx_dir(Path(arg))
     if kind == "npz" and arg:
-        return read_npz(Path(arg))
+        return read_npz(arg if is_url(arg) else Path(arg))
     if kind == "folder" and arg:
         from components.image_folder import list_image_folder  # Pillow, only when needed
 
-        return list_image_folder(Path(arg), config.image_size, config.channels)
+        return list_image_folder(arg if is_url(arg) else Path(arg), config.image_size, config.channels)
     if kind == "tfds" and arg:
         return read_tfds(arg, config.tfds_data_dir, config.download)
     raise UserError(
@@ -69,13 +73,28 @@ def read_digits() -> SourceData:
     return SourceData(images, digits.target.astype(np.int64), None, None, names)
 
 
+IDX_PREFIXES = ("train-images", "train-labels", "t10k-images", "t10k-labels")
+
+
 def read_idx_dir(data_dir: Path) -> SourceData:
     """MNIST-format files `train-images*`, `train-labels*`, `t10k-images*`, `t10k-labels*` in `data_dir`."""
     if not data_dir.is_dir():
         raise UserError(f"data.source=idx:{data_dir}: no such folder; point it at a folder of MNIST-format files")
-    arrays = {prefix: read_idx(_find_idx_file(data_dir, prefix)) for prefix in
-              ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-    names = _numbered_classes(arrays["train-labels"], arrays["t10k-labels"], f"idx:{data_dir}")
+    names = [path.name for path in data_dir.iterdir() if path.is_file()]
+    arrays = {prefix: read_idx(data_dir / _find_idx_file(str(data_dir), names, prefix)) for prefix in IDX_PREFIXES}
+    return _idx_data(arrays, f"idx:{data_dir}")
+
+
+def read_idx_bucket(url: str) -> SourceData:
+    """The same four MNIST-format files in a bucket folder (`s3://`, `gs://`, ...), streamed as they are parsed."""
+    names = [item.name for item in remote.list_objects(url) if "/" not in item.name]
+    arrays = {prefix: read_idx_object(remote.join(url, _find_idx_file(url, names, prefix)))
+              for prefix in IDX_PREFIXES}
+    return _idx_data(arrays, f"idx:{url}")
+
+
+def _idx_data(arrays: dict[str, np.ndarray], source: str) -> SourceData:
+    names = _numbered_classes(arrays["train-labels"], arrays["t10k-labels"], source)
     return SourceData(
         _with_channels(arrays["train-images"]), arrays["train-labels"].astype(np.int64),
         _with_channels(arrays["t10k-images"]), arrays["t10k-labels"].astype(np.int64), names,
@@ -94,7 +113,17 @@ def read_idx(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read it ({error}); download or copy it again") from None
 
 
-def _read_idx_stream(f: BinaryIO, path: Path) -> np.ndarray:
+def read_idx_object(url: str) -> np.ndarray:
+    """One IDX object in a bucket, parsed as it downloads (gunzipped on the way when its name ends in .gz)."""
+    with remote.store_errors(url), remote.open_binary(url) as raw:
+        try:
+            with (gzip.GzipFile(fileobj=raw, mode="rb") if url.endswith(".gz") else raw) as f:
+                return _read_idx_stream(f, url)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise UserError(f"{url}: cannot read it ({error}); upload it again") from None
+
+
+def _read_idx_stream(f: BinaryIO, path: Path | str) -> np.ndarray:
     magic = f.read(4)
     if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in _IDX_DTYPES:
         raise UserError(f"{path}: not an IDX file (magic number {magic.hex() or 'missing'}); "
@@ -224,13 +253,30 @@ def _grown(array: np.ndarray, min_length: int) -> np.ndarray:
     return grown
 
 
-def read_npz(path: Path) -> SourceData:
-    """A NumPy `.npz` with `x_train`, `y_train`, `x_test`, `y_test` (Keras' `mnist.npz` layout); pickles refused."""
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        raise UserError(f"data.source=npz:{path}: {'not an .npz (zip) file' if path.is_file() else 'no such file'}; "
-                        "point it at a file written by numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)")
+def read_npz(path: Path | str) -> SourceData:
+    """A NumPy `.npz` with `x_train`, `y_train`, `x_test`, `y_test` (Keras' `mnist.npz` layout); pickles refused.
+
+    `path` is a local file or a bucket URL (read in blocks as NumPy asks for them, not downloaded first).
+    """
+    if isinstance(path, str):
+        remote.list_objects(path)  # one line if the bucket or object is missing, denied or unreachable
+        with remote.store_errors(path), remote.open_binary(path) as f:
+            return _read_npz(f, path)
+    if not path.is_file():
+        raise UserError(f"data.source=npz:{path}: no such file; point it at a file written by "
+                        "numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)")
+    return _read_npz(path, path)
+
+
+def _read_npz(file: Path | BinaryIO, path: Path | str) -> SourceData:
+    """`file` (named `path` in messages) as an .npz dataset."""
+    if not zipfile.is_zipfile(file):
+        raise UserError(f"data.source=npz:{path}: not an .npz (zip) file; point it at a file written by "
+                        "numpy.savez(x_train=..., y_train=..., x_test=..., y_test=...)")
+    if not isinstance(file, Path):
+        file.seek(0)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(file, allow_pickle=False) as data:
             missing = [key for key in NPZ_KEYS if key not in data.files]
             if missing:
                 raise UserError(f"{path}: no {', '.join(missing)} array(s) (it has {', '.join(data.files) or 'none'}); "
@@ -248,7 +294,7 @@ def read_npz(path: Path) -> SourceData:
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _npz_array(data, key: str, path: Path) -> np.ndarray:
+def _npz_array(data, key: str, path: Path | str) -> np.ndarray:
     try:
         return data[key]
     except ValueError as error:
@@ -258,7 +304,7 @@ def _npz_array(data, key: str, path: Path) -> np.ndarray:
         raise
 
 
-def _check_npz_pair(images: np.ndarray, labels: np.ndarray, split: str, path: Path) -> None:
+def _check_npz_pair(images: np.ndarray, labels: np.ndarray, split: str, path: Path | str) -> None:
     if images.ndim not in (3, 4) or labels.ndim != 1:
         raise UserError(f"{path}: x_{split} has shape {images.shape} and y_{split} {labels.shape}; expected "
                         "images [N, height, width] or [N, height, width, channels] and labels [N]")
@@ -267,13 +313,14 @@ def _check_npz_pair(images: np.ndarray, labels: np.ndarray, split: str, path: Pa
                         "each image needs exactly one label")
 
 
-def _find_idx_file(data_dir: Path, prefix: str) -> Path:
-    matches = sorted(p for p in data_dir.glob(f"{prefix}*") if p.is_file())
+def _find_idx_file(data_dir: str, names: list[str], prefix: str) -> str:
+    """The one name among `names` (the files of `data_dir`) that starts with `prefix`."""
+    matches = sorted(name for name in names if name.startswith(prefix))
     if not matches:
         raise UserError(f"{data_dir}: no {prefix}* file; an idx: folder needs train-images, train-labels, "
                         "t10k-images and t10k-labels files (raw or .gz)")
     if len(matches) > 1:
-        raise UserError(f"{data_dir}: {len(matches)} {prefix}* files ({', '.join(p.name for p in matches)}); "
+        raise UserError(f"{data_dir}: {len(matches)} {prefix}* files ({', '.join(matches)}); "
                         "keep one of them (raw or .gz) so it is clear which is read")
     return matches[0]
 

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from components.hashing import json_sha256
+from components.remote import is_url, list_objects
 
 PROJECT_PACKAGES = ("components", "pipeline")
 # What these modules mean to a stage is its config section (hashed as data) or an exception class;
@@ -43,14 +44,20 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def source_state(source: str) -> list[tuple[str, int, int, int, int]] | None:
+def source_state(source: str) -> list[tuple[str, int, int, int, int]] | list[tuple[str, int, str]] | None:
     """Every file and folder a `kind:PATH` source reads, with size, inode and times (None for others).
 
     Cheap enough to compute on every run (DVC-style). The change time is part of it: no tool can set
     it back, so a file rewritten in place and given its old modification time (`touch -r`, `cp -p`,
     `rsync -a`) still shows. Symbolic links to folders are followed, as the readers follow them.
+    In a bucket, every object with its size and identity (ETag, generation): one listing, no download.
+
+    Raises:
+        UserError: the bucket or object is missing, access is denied, or the store cannot be reached.
     """
     argument = source.partition(":")[2]
+    if is_url(argument):
+        return [(item.name, item.size, item.identity) for item in list_objects(argument)]
     path = Path(argument)
     if not argument or not path.exists():
         return None
