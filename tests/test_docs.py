@@ -55,7 +55,8 @@ import pytest
 from tests.conftest import REPO_DIR
 
 PAGES = ("README.md", *sorted(f"docs/{path.name}" for path in (REPO_DIR / "docs").glob("*.md")))
-LANGUAGES = {"bash": "commands", "python": "a program", "text": "synopses, diagrams, files", "toml": "a config file"}
+LANGUAGES = {"bash": "commands", "python": "a program", "text": "synopses, diagrams, files", "toml": "a config file",
+             "yaml": "a manifest on paper (Kubernetes)"}
 LINKED_INTO_WORKDIR = ("bench", "examples")  # what commands name by a path relative to the repository
 
 # Which test (or fixture) runs the blocks of which section: (page, heading) -> its name. It runs every
