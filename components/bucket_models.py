@@ -21,7 +21,6 @@ It loads no TensorFlow: predict and the server reach buckets through it.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -33,8 +32,6 @@ from typing import Sequence
 from components.errors import UserError
 from components.remote import RemoteObject, cache_root, fetch_tree, is_url, join, list_objects
 from components.saved_models import METADATA_FILE
-
-log = logging.getLogger(__name__)
 
 # A version's metadata.json, by where it lies under the URL listed: the URL names a version folder, a
 # model folder (`<N>/`) or a folder of model folders (`<model>/<N>/`). Hidden names are no model.
