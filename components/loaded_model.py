@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from components.bucket_models import local_model
 from components.errors import UserError, first_line
 from components.images import BadImageError
 from components.images import decode_image as decode_image_file
@@ -128,12 +129,16 @@ def load_exported(model_or_version_dir: Path | str, backend: str = "onnx", batch
     that loads: a broken or half-copied newer version is skipped with a warning, as the server does. A
     newer version that lacks the backend's file is not skipped: an older model would answer in its place.
 
+    A bucket's URL (`s3://BUCKET/models/digits[/3]`, any fsspec URL) is fetched into the local cache first,
+    the version it names or the newest complete version of the model folder it names
+    (`components.bucket_models.local_model`); only that version is fetched, so it is not passed over.
+
     Raises:
-        UserError: the folder holds no exported version, or the version given (or every version) cannot
-            be loaded.
+        UserError: the folder or URL holds no exported version, the version given (or every version)
+            cannot be loaded, or the bucket cannot be read.
         MissingModelFile: the version (the newest, for a model folder) lacks the backend's file.
     """
-    path = Path(model_or_version_dir)
+    path = local_model(model_or_version_dir)
     if (path / METADATA_FILE).is_file():
         return _load(path, backend, batch_hint)
     versions = _versions(path)

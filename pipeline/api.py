@@ -22,7 +22,9 @@ from pipeline.registry import STAGE_NAMES
 from pipeline.selection import select_stages
 from pipeline.workdir import check_workdir, create_workdir
 
-load_model = load_exported  # an exported version (a model folder means its newest), ready to predict
+# an exported version (a model folder means its newest), local or in a bucket (s3://..., fetched into the
+# cache once), ready to predict
+load_model = load_exported
 
 
 def run(preset: str = "default", overrides: Mapping[str, Any] | Sequence[str] = (), workdir: Path | str = ".", *,

@@ -1,10 +1,12 @@
-"""Command line: `python -m pipeline.predict MODEL_DIR IMAGE_OR_FOLDER... [--top-k K] [--format table|json|csv]
-[--backend onnx|litert|onnx-int8|litert-int8|savedmodel]`.
+"""Command line: `python -m pipeline.predict MODEL_DIR_OR_URL IMAGE_OR_FOLDER... [--top-k K]
+[--format table|json|csv] [--backend onnx|litert|onnx-int8|litert-int8|savedmodel]`.
 
 Classifies image files with an exported version (`components.loaded_model`, the same code as
 `pipeline.load_model`), in batches, through ONNX Runtime by default. It imports no TensorFlow unless
-`--backend savedmodel` asks for it, so it starts in a fraction of a second. Exit codes: 0 success,
-2 a user's mistake (one line on stderr), 1 anything else, 141 stdout's reader closed the pipe (`| head`).
+`--backend savedmodel` asks for it, so it starts in a fraction of a second. A model in a bucket
+(`s3://BUCKET/models/digits`) is fetched into the local cache once (`components.bucket_models`).
+Exit codes: 0 success, 2 a user's mistake (one line on stderr), 1 anything else, 141 stdout's reader
+closed the pipe (`| head`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable, NoReturn, Sequence
 
 import numpy as np
 
+from components.bucket_models import local_model
 from components.errors import UserError
 from components.images import IMAGE_SUFFIXES  # what a folder is searched for, as ingest does
 from components.loaded_model import LoadedModel, Prediction, load_exported, to_pixels, version_dir_of
@@ -64,8 +67,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = _ArgumentParser(
         prog="python -m pipeline.predict",
         description="Classify image files with an exported model (ONNX Runtime or LiteRT; no TensorFlow).")
-    parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
-                        help="a version folder (saved_models/digits/3) or a model folder (its newest version)")
+    # a text, not a Path: Path("s3://bucket/m") is "s3:/bucket/m"
+    parser.add_argument("model_dir", metavar="MODEL_DIR",
+                        help="a version folder (saved_models/digits/3) or a model folder (its newest version), "
+                             "or either in a bucket (s3://BUCKET/models/digits, gs://...), fetched into the cache")
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="image files (any extension), or folders searched recursively for "
                              f"{', '.join(IMAGE_SUFFIXES)} files")
@@ -206,10 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parse_args(argv)
     try:
-        version_dir_of(args.model_dir)  # no export there: said before the images are looked for
+        model_dir = local_model(args.model_dir)  # a bucket's version is fetched (once: the cache keeps it)
+        version_dir_of(model_dir)  # no export there: said before the images are looked for
         paths = find_images(args.images)
         # ONNX Runtime's thread pool pays from batches of 17 images on (components/onnx_session.py).
-        model = load_exported(args.model_dir, args.backend, batch_hint=min(args.batch_size, len(paths)))
+        model = load_exported(model_dir, args.backend, batch_hint=min(args.batch_size, len(paths)))
         result = classify_files(model, paths, args.batch_size, args.top_k, args.skip_bad)
         if result.skipped:
             print(skipped_report(result.skipped, len(paths)), file=sys.stderr)

@@ -1,6 +1,8 @@
-"""Command line: `python -m pipeline.serve [--workdir DIR] [--host 127.0.0.1] [--port 8501] [--backend onnx]`.
+"""Command line: `python -m pipeline.serve [--workdir DIR | --models DIR_OR_URL] [--host 127.0.0.1] [--port 8501]
+[--backend onnx]`.
 
-Serves every model under `DIR/saved_models/` over HTTP with TF Serving's REST API (`/v1/...`) and the
+Serves every model under `DIR/saved_models/` (or `--models`, a folder of model folders, in a bucket too:
+`components.bucket_models` mirrors it into the cache) over HTTP with TF Serving's REST API (`/v1/...`) and the
 Open Inference Protocol (`/v2/...`, which Triton's and KServe's clients speak), the newest version by
 default, following new and removed versions without a restart. The app lives in `pipeline/serving/`.
 Every request is held to limits (`--max-*`: its body, its images, the pixels it asks to decode, and the
@@ -21,8 +23,10 @@ from pathlib import Path
 
 import uvicorn
 
+from components.bucket_models import mirror_models
 from components.errors import UserError
 from components.model_files import BACKEND_HELP, BACKENDS
+from components.remote import is_url
 from pipeline.serving.app import ServeSettings, build_app
 from pipeline.serving.limits import RESERVED_FRACTION, Admission
 
@@ -35,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                  "(TF Serving's REST API and the Open Inference Protocol).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("."), help="holds saved_models/")
+    parser.add_argument("--models", metavar="DIR_OR_URL",
+                        help="serve this folder of model folders instead of WORKDIR/saved_models/: a local folder, "
+                             "or one in a bucket (s3://BUCKET/models, gs://...) whose newest --num-versions "
+                             "complete versions of each model are fetched into the cache at start and at every poll")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     parser.add_argument("--port", type=int, default=8501, help="port to listen on; 0 picks a free one (logged)")
     parser.add_argument("--backend", choices=BACKENDS, default=ServeSettings.backend,
@@ -66,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="newest versions of each model kept loaded (0: all); requests without a version "
                              "get the newest")
     parser.add_argument("--poll-seconds", type=float, default=ServeSettings.poll_seconds,
-                        help="how often saved_models/ is checked for new and removed versions")
+                        help="how often saved_models/ (or --models) is checked for new and removed versions")
     return parser.parse_args(argv)
 
 
@@ -93,12 +101,9 @@ def check_args(args: argparse.Namespace) -> ServeSettings:
     """The server's settings from the command line.
 
     Raises:
-        UserError: a value that cannot work, or a workdir without `saved_models/`.
+        UserError: a value that cannot work, a workdir without `saved_models/`, or `--models` that holds no
+            model (or a bucket that cannot be read).
     """
-    saved_models_dir = args.workdir / "saved_models"
-    if not saved_models_dir.is_dir():
-        raise UserError(f"--workdir {args.workdir}: no saved_models/ folder in it; give the workdir of "
-                        "`python -m pipeline.run` (it exports there)")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: give a port from 1 to 65535, or 0 for any free port")
     if args.max_body_bytes < 1024:
@@ -110,9 +115,33 @@ def check_args(args: argparse.Namespace) -> ServeSettings:
         raise UserError(f"--num-versions {args.num_versions}: give 0 (every version) or more")
     if not 0 < args.poll_seconds <= 3600:
         raise UserError(f"--poll-seconds {args.poll_seconds:g}: give more than 0 and at most 3600 seconds")
+    saved_models_dir, models_url = _models_location(args)  # last: a bucket's models are fetched
     # every other field is set by the option of its name (--max-body-bytes sets max_body_bytes)
-    return ServeSettings(saved_models_dir, **{field.name: getattr(args, field.name) for field in
-                                              dataclasses.fields(ServeSettings) if field.name != "saved_models_dir"})
+    return ServeSettings(saved_models_dir, models_url=models_url,
+                         **{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeSettings)
+                            if field.name not in ("saved_models_dir", "models_url")})
+
+
+def _models_location(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The folder of model folders to serve, and the bucket's URL it mirrors (None for a local folder).
+
+    A bucket's folder is mirrored here once, so that one unreachable, missing or refused is said at start.
+
+    Raises:
+        UserError: no such folder, no `saved_models/` in the workdir, or a bucket's folder that holds no
+            complete version or cannot be read.
+    """
+    if args.models is None:
+        if not (args.workdir / "saved_models").is_dir():
+            raise UserError(f"--workdir {args.workdir}: no saved_models/ folder in it; give the workdir of "
+                            "`python -m pipeline.run` (it exports there), or --models DIR_OR_URL")
+        return args.workdir / "saved_models", None
+    if is_url(args.models):
+        return mirror_models(args.models, args.num_versions), args.models
+    if not Path(args.models).is_dir():
+        raise UserError(f"--models {args.models}: no such folder; give a folder of model folders "
+                        "(saved_models/), or a bucket's URL")
+    return Path(args.models), None
 
 
 def _check_limits(args: argparse.Namespace) -> None:
@@ -156,8 +185,9 @@ def bind(host: str, port: int) -> socket.socket:
 def run(settings: ServeSettings, listener: socket.socket) -> None:
     """Serve until Ctrl-C or SIGTERM, logging where (uvicorn finishes the requests in flight first)."""
     host, port = listener.getsockname()[:2]
-    logger.info("listening on http://%s:%d (%s backend), serving %s", host, port,
-                                     settings.backend, settings.saved_models_dir)
+    served = f"{settings.models_url} (mirrored in {settings.saved_models_dir})" if settings.models_url else \
+        settings.saved_models_dir
+    logger.info("listening on http://%s:%d (%s backend), serving %s", host, port, settings.backend, served)
     config = uvicorn.Config(build_app(settings), log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[listener])

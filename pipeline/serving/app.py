@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from components.bucket_models import mirror_models
 from components.errors import UserError
 from pipeline.serving import tf_serving, v2
 from pipeline.serving.batching import Batcher
@@ -65,6 +67,9 @@ class ServeSettings:
     batch_window_ms: float = 0.0  # > 0: merge requests arriving within this many ms into one model call
     num_versions: int = 1  # newest versions of each model kept loaded; 0 = every version
     poll_seconds: float = 1.0  # how often saved_models/ is looked at for new and removed versions
+    # a bucket's folder of model folders that saved_models_dir mirrors (components.bucket_models), brought up
+    # to date before each look; None: saved_models_dir is the models' own folder
+    models_url: str | None = None
 
 
 def build_app(settings: ServeSettings, repository: ModelRepository | None = None) -> ASGIApp:
@@ -74,7 +79,10 @@ def build_app(settings: ServeSettings, repository: ModelRepository | None = None
         settings: the server's options.
         repository: the models to serve; by default one over `settings.saved_models_dir`.
     """
-    repository = repository or ModelRepository(settings.saved_models_dir, settings.backend, settings.num_versions)
+    sync = functools.partial(mirror_models, settings.models_url, settings.num_versions) if settings.models_url \
+        else None
+    repository = repository or ModelRepository(settings.saved_models_dir, settings.backend, settings.num_versions,
+                                               sync=sync)
     app = Starlette(
         routes=[*tf_serving.routes(), *v2.routes()],
         exception_handlers={RequestError: _request_error, UserError: _user_error, HTTPException: _http_error,

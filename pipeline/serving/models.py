@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+from components.errors import UserError
 from components.loaded_model import LoadedModel, load_exported
 from components.saved_models import version_dirs
 from pipeline.serving.errors import NotFound
@@ -56,7 +57,7 @@ class ModelRepository:
     """
 
     def __init__(self, saved_models_dir: Path, backend: str, num_versions: int = 1,
-                 load: Loader | None = None):
+                 load: Loader | None = None, sync: Callable[[], object] | None = None):
         """
         Args:
             saved_models_dir: holds `<model>/<version>/` folders (TF Serving's layout).
@@ -64,9 +65,13 @@ class ModelRepository:
                 it is not served, and a request for its model is told why when no version of it is.
             num_versions: how many of each model's newest versions to keep loaded; 0 keeps every version.
             load: loads one version folder; `components.loaded_model.load_exported` by default.
+            sync: brings `saved_models_dir` up to date before each look (a bucket's mirror:
+                `components.bucket_models.mirror_models`); a `UserError` from it leaves the folder as it was.
         """
         self.saved_models_dir, self.backend, self.num_versions = saved_models_dir, backend, num_versions
         self._load = load or load_exported
+        self._sync = sync
+        self._sync_error: str | None = None  # why the last sync failed, said once until it changes
         self._models: Mapping[str, ServedModel] = {}
         self._failed: dict[Path, tuple] = {}  # version folder -> its files' stamp when it failed to load
         self._errors: dict[Path, str] = {}  # version folder -> why it failed to load
@@ -94,6 +99,7 @@ class ModelRepository:
 
     def refresh(self) -> None:
         """Look at the folder once: load new versions, then switch to them and drop removed ones."""
+        self._sync_folder()
         before = self._models
         after = {}
         for model_dir in _model_dirs(self.saved_models_dir):
@@ -119,6 +125,23 @@ class ModelRepository:
             except Exception:  # noqa: BLE001 - the poller must outlive a folder that vanishes mid-scan
                 logger.exception("polling %s failed; retrying", self.saved_models_dir)
             stop.wait(interval_seconds)
+
+    def _sync_folder(self) -> None:
+        """Bring the folder up to date, if it mirrors a bucket. A store that fails (unreachable, say) is
+        logged, once until its error changes, and the folder is left as it was: what is served stays served."""
+        if self._sync is None:
+            return
+        try:
+            self._sync()
+        except UserError as error:
+            if str(error) != self._sync_error:
+                logger.warning("cannot update %s (still serving what it served; retried every poll): %s",
+                               self.saved_models_dir, error)
+            self._sync_error = str(error)
+            return
+        if self._sync_error is not None:
+            logger.info("updating %s works again", self.saved_models_dir)
+            self._sync_error = None
 
     def _newest_loadable(self, model_dir: Path, served: ServedModel | None) -> dict[int, LoadedModel]:
         """The newest `num_versions` versions of `model_dir` that load, reusing those already served."""
