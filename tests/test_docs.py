@@ -99,6 +99,8 @@ NOT_RUN = {
     'pip install -e ".[dev]" && python -m pipeline.run': f"installs the project; {_CI} (pip install, then "
                                                           "python -m pipeline.run in a fresh folder)",
     'pip install -e ".[gpu,dev]"': "installs TensorFlow's CUDA libraries, for a machine with a GPU",
+    'pip install -e ".[cloud]"': "installs s3fs and gcsfs; .ci/run installs s3fs with the dev extra, and "
+                                 "test_buckets runs the page's commands against a local S3 server",
     "pytest": f"the test suite itself; {_CI}",
     "python -m pipeline.run tune.max_seconds=600": "a 10-minute search; the page's smoke-preset search (30 s) runs "
                                                    "in test_tuning",
