@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 from components.backbones import BACKBONES, WEIGHTS_CHOICES, WEIGHTS_SUFFIX
 from components.errors import UserError
+from components.remote import is_url
 from components.user_code import find_function
 
 
@@ -90,6 +91,11 @@ def _is_source(text: str) -> bool:
 def is_model_name(text: str) -> bool:
     """A single plain folder name: it can never point outside `saved_models/`."""
     return bool(MODEL_NAME.fullmatch(text)) and ".." not in text
+
+
+def is_bucket_url(text: str) -> bool:
+    """`PROTOCOL://BUCKET[/PATH]` of a store other than the local disk (components.remote.is_url), bucket named."""
+    return is_url(text) and bool(text.partition("://")[2].strip("/"))
 
 
 class Section:
@@ -404,6 +410,11 @@ class ExportConfig(Section):
                                   "agreement with the Keras model, the int8 gate", between(1, 10_000_000))
     measure_speed: bool = setting(True, "time each exported file here (batch 1 p50/p99, batch 256 images/s) "
                                   "for metadata.json, the model card and report.html")
+    push_to: str = setting("", "a bucket URL to copy each blessed version to, as <push_to>/<model_name>/<version>/ "
+                           "(TF Serving's layout), e.g. s3://BUCKET/models; \"\" = no push",
+                           Check(lambda v: v == "" or is_bucket_url(v),
+                                 "\"\" or a bucket URL such as s3://BUCKET/models or gs://BUCKET/models (the local "
+                                 "copy is saved_models/ already)"))
 
 
 @dataclass(frozen=True)
