@@ -52,7 +52,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import REPO_DIR
+from tests.conftest import OFF_BY_DEFAULT, REPO_DIR
 
 PAGES = ("README.md", *sorted(f"docs/{path.name}" for path in (REPO_DIR / "docs").glob("*.md")))
 LANGUAGES = {"bash": "commands", "python": "a program", "text": "synopses, diagrams, files", "toml": "a config file"}
@@ -603,8 +603,9 @@ def test_caching_lineage_and_config_files(tmp_path):
         output = ran.stdout
     runs = [dict(re.findall(r"^(\w+) +(succeeded|cached|skipped) ", summary, re.M))
             for summary in re.findall(r"^run \S+: succeeded\n(.*?)^total", output, re.M | re.S)]
-    for run in runs:  # tune is off (tune.max_seconds=0): skipped in every run that reaches it
-        assert run.pop("tune", "skipped") == "skipped", runs
+    for run in runs:  # tune and push are off by default: skipped in every run that reaches them
+        for name in OFF_BY_DEFAULT:
+            assert run.pop(name, "skipped") == "skipped", runs
     first, epochs_40, forced, only_evaluate, from_train, until_validate, *from_files = runs
     stages = list(first)
     assert len(stages) == 7 and set(first.values()) == set(forced.values()) == {"succeeded"}, runs

@@ -248,6 +248,7 @@ def test_a_killed_push_is_never_seen_and_the_next_push_completes_and_cleans_up(v
     assert read() == {f"1/{name}": md5 for name, md5 in local.items()}  # the staging objects are gone
 
     remote.delete_objects(f"{model_url}/1", ["metadata.json"])  # as a push killed before its last copy leaves it
+    client.put_object(Bucket=s3.bucket, Key="models/digits/1/stray.bin", Body=b"of another killed push")
     assert push.push_version(version_dir, model_url) == "pushed"
     assert read() == {f"1/{name}": md5 for name, md5 in local.items()}
 
