@@ -276,6 +276,25 @@ class ExportedModel(Artifact):
 
 
 @dataclass(frozen=True)
+class PushedModel(Artifact):
+    """Push's output: where an exported version was copied to in a bucket, as recorded in `push.json`."""
+
+    record_path: Path  # push.json: the URL, the version, the outcome and the files copied
+    version_url: str  # <push_to>/<model_name>/<version>
+    outcome: str  # pushed | already pushed (the bucket held this very version: nothing was copied)
+
+    @property
+    def fingerprint(self) -> str:
+        return file_sha256(self.record_path)
+
+    def facts(self) -> dict[str, Any]:
+        return {"pushed_to": self.version_url, "push": self.outcome}
+
+    def summary(self) -> list[str]:
+        return [f"pushed       {self.version_url} ({self.outcome})"]
+
+
+@dataclass(frozen=True)
 class Report(Artifact):
     """Report's output: one self-contained `report.html` (charts and images inline)."""
 

@@ -93,6 +93,11 @@ def is_model_name(text: str) -> bool:
     return bool(MODEL_NAME.fullmatch(text)) and ".." not in text
 
 
+def is_bucket_url(text: str) -> bool:
+    """`PROTOCOL://BUCKET[/PATH]` of a store other than the local disk (components.remote.is_url), bucket named."""
+    return is_url(text) and bool(text.partition("://")[2].strip("/"))
+
+
 class Section:
     """Base of every config section: checks each field, then the section as a whole, when built."""
 
@@ -411,6 +416,11 @@ class ExportConfig(Section):
                                   "agreement with the Keras model, the int8 gate", between(1, 10_000_000))
     measure_speed: bool = setting(True, "time each exported file here (batch 1 p50/p99, batch 256 images/s) "
                                   "for metadata.json, the model card and report.html")
+    push_to: str = setting("", "a bucket URL to copy each blessed version to, as <push_to>/<model_name>/<version>/ "
+                           "(TF Serving's layout), e.g. s3://BUCKET/models; \"\" = no push",
+                           Check(lambda v: v == "" or is_bucket_url(v),
+                                 "\"\" or a bucket URL such as s3://BUCKET/models or gs://BUCKET/models (the local "
+                                 "copy is saved_models/ already)"))
 
 
 @dataclass(frozen=True)

@@ -132,14 +132,23 @@ def list_objects(url: str) -> list[RemoteObject]:
     Raises:
         UserError: nothing is there (no bucket, no object under that prefix), or the store fails.
     """
+    objects = find_objects(url)
+    if not objects:
+        raise UserError(f"{url}: no such object, nor any object under it; check the URL")
+    return objects
+
+
+def find_objects(url: str) -> list[RemoteObject]:
+    """Every object under `url` (or the one object `url` names), sorted; none is an empty list, not an error.
+
+    Raises:
+        UserError: the store fails (no such bucket, denied, unreachable).
+    """
     fs, root = filesystem(url)
     with store_errors(url):
         entries = fs.find(root, detail=True)
-    files = {path: info for path, info in entries.items() if info.get("type", "file") == "file"}
-    if not files:
-        raise UserError(f"{url}: no such object, nor any object under it; check the URL")
     return sorted(RemoteObject(_relative(path, root), int(info.get("size") or 0), _identity(info))
-                  for path, info in files.items())
+                  for path, info in entries.items() if info.get("type", "file") == "file")
 
 
 def _relative(path: str, root: str) -> str:
@@ -246,3 +255,19 @@ def copy_objects(source_url: str, target_url: str, names: Sequence[str]) -> None
     target = filesystem(target_url)[1]
     with store_errors(target_url):
         fs.copy([f"{source.rstrip('/')}/{name}" for name in names], [f"{target.rstrip('/')}/{name}" for name in names])
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole content of the object `url` (a small one: it is read into memory)."""
+    fs, path = filesystem(url)
+    with store_errors(url):
+        return fs.cat_file(path)
+
+
+def delete_objects(url: str, names: Sequence[str]) -> None:
+    """Delete `url/<name>` for every name, together; a name with no object is no error."""
+    if not names:
+        return
+    fs, root = filesystem(url)
+    with store_errors(url):
+        fs.rm([f"{root.rstrip('/')}/{name}" for name in names])

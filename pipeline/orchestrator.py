@@ -240,7 +240,8 @@ def fingerprint_parts(stage: Stage, config: PipelineConfig, artifacts: dict[str,
         "stage": stage.name,
         "code": code_fingerprint(stage.target.partition(":")[0]),
         "environment": environment(),
-        "config": {section.name: dataclasses.asdict(config.sections[section.name])
+        "config": {section.name: {key: value for key, value in dataclasses.asdict(config.sections[section.name]).items()
+                                  if f"{section.name}.{key}" not in stage.unkeyed}
                    for section in stage.config.values()},
         "inputs": {name: artifacts[name].fingerprint if name in artifacts else None
                    for name in stage.inputs.values()},

@@ -71,6 +71,9 @@ class Stage:
     skip_reason: Callable[[Any, Mapping[str, Any]], str | None] | None = None
     # Input parameters that receive None when their stage was skipped; any other missing input skips this one.
     optional: tuple[str, ...] = ()
+    # Keys (`section.key`) of its config sections that cannot change its result, left out of its cache key: a
+    # later stage reads them (export does not push, so a new `export.push_to` reruns push, not export).
+    unkeyed: tuple[str, ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -99,7 +102,9 @@ STAGES: tuple[Stage, ...] = (
           run_values=("saved_models_dir", "run_id", "command", "reproduction"),
           watches=lambda config: file_sha256(TEMPLATES_DIR / "model_card.md.j2"),
           skip_reason=lambda config, artifacts: None if artifacts["evaluate"].blessed
-          else artifacts["evaluate"].blessing_reason),
+          else artifacts["evaluate"].blessing_reason, unkeyed=("export.push_to",)),
+    Stage("push", "components.push:push", {"config": ExportConfig}, {"exported": "export"},
+          skip_reason=lambda config, artifacts: None if config.export.push_to else "export.push_to is not set"),
     Stage("report", "components.report:report", {"config": ReportConfig},
           {"splits": "ingest", "schema": "validate", "tuning": "tune", "trained": "train", "metrics": "evaluate",
            "exported": "export"},

@@ -118,6 +118,10 @@ def smoke_run(tmp_path_factory, worker_id) -> PipelineRun:
         return run
 
 
+# The stages a run skips unless a setting turns them on, with the reason each gives then.
+OFF_BY_DEFAULT = {"tune": "tune.max_seconds=0", "push": "export.push_to is not set"}
+
+
 # The shared smoke run's settings beside `--preset smoke`: the profiler on, the int8 files exported too, each
 # file timed. Its 3-epoch model is unsure of many test images (0.89 accuracy), and one image is 0.28 points of
 # 360: int8 loses 0.56 points on LiteRT, over the default 0.5, so the gate is widened to keep every file.

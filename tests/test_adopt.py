@@ -20,7 +20,7 @@ import requests
 from PIL import Image
 
 from components.loaded_model import load_exported
-from tests.conftest import QUIET_ENV
+from tests.conftest import OFF_BY_DEFAULT, QUIET_ENV
 from tests.test_serve import start_server
 
 pytestmark = pytest.mark.slow  # four pipeline commands and a server: about a minute
@@ -115,7 +115,8 @@ def test_the_same_file_again_reuses_everything_and_an_edited_network_retrains(pr
     again = command(project, "pipeline.run", "--config", "experiment.toml")
     assert again.returncode == 0, again.stderr
     statuses = stage_statuses(project)
-    assert statuses.pop("tune") == "skipped" and set(statuses.values()) == {"cached"}  # tune is off by default
+    assert [statuses.pop(name) for name in OFF_BY_DEFAULT] == ["skipped"] * len(OFF_BY_DEFAULT)  # off by default
+    assert set(statuses.values()) == {"cached"}
     network_file = project / "my_nets.py"
     network_file.write_text(network_file.read_text().replace("Dense(32,", "Dense(24,"))
     edited = command(project, "pipeline.run", "--config", "experiment.toml", "--until", "train")

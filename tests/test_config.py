@@ -73,6 +73,7 @@ BAD_VALUES = {
     "export.int8_max_drop": [-0.1, 101],
     "export.calibration_examples": [0, 100_001],
     "export.score_examples": [0],
+    "export.push_to": ["/tmp/models", "saved_models", "file:///tmp/models", "s3://"],  # local copies: saved_models/
     "report.mistakes": [-1, 401],
     "tune.max_seconds": [-1, 10],  # 10: below the 30 s a search needs (a trial of the defaults, cut short)
     "tune.max_trials": [-1],

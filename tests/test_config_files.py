@@ -20,7 +20,7 @@ from components.errors import UserError
 from pipeline import run
 from pipeline.config import PRESETS, default_config, resolve, resolve_settings, to_dict, valid_keys
 from pipeline.registry import sections
-from tests.conftest import QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, run_pipeline_cli
+from tests.conftest import OFF_BY_DEFAULT, QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, run_pipeline_cli
 from tests.test_config import BAD_VALUES
 
 CNN_KEYS = [f"model.{key}" for key in ModelConfig.CNN_KEYS]
@@ -284,9 +284,9 @@ def rerun_from_config_json(smoke_run, tmp_path_factory) -> tuple[dict, dict]:
 
 def test_a_runs_config_json_repeats_it_fully_cached(rerun_from_config_json):
     first, again = rerun_from_config_json
-    # Every stage cached, but tune: off in both (tune.max_seconds=0), it is skipped, not looked up.
+    # Every stage cached, but tune and push: off in both (tune.max_seconds=0, no export.push_to), they are skipped.
     assert [(stage["name"], stage["status"]) for stage in again["stages"]] == [
-        (stage["name"], "skipped" if stage["name"] == "tune" else "cached") for stage in first["stages"]]
+        (stage["name"], "skipped" if stage["name"] in OFF_BY_DEFAULT else "cached") for stage in first["stages"]]
     assert [stage["status"] for stage in first["stages"] if stage["name"] == "tune"] == ["skipped"]
     assert again["config"] == first["config"] and again["results"] == first["results"]
     assert again["run_id"] != first["run_id"]

@@ -52,7 +52,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import REPO_DIR
+from tests.conftest import OFF_BY_DEFAULT, REPO_DIR
 
 PAGES = ("README.md", *sorted(f"docs/{path.name}" for path in (REPO_DIR / "docs").glob("*.md")))
 LANGUAGES = {"bash": "commands", "python": "a program", "text": "synopses, diagrams, files", "toml": "a config file",
@@ -90,6 +90,7 @@ RUN_BY = {
     ("docs/using-the-model.md", "With LiteRT"): "test_litert_example",
     ("docs/using-the-model.md", "int8 files"): "test_int8_files",
     ("docs/inference-speed.md", "The SavedModel from TensorFlow"): "test_tensorflow_examples",
+    ("docs/buckets.md", "Publishing a model to a bucket"): "test_publishing_to_a_bucket",
 }
 
 _CI = ".ci/run runs it on a clean machine"
@@ -606,8 +607,9 @@ def test_caching_lineage_and_config_files(tmp_path):
         output = ran.stdout
     runs = [dict(re.findall(r"^(\w+) +(succeeded|cached|skipped) ", summary, re.M))
             for summary in re.findall(r"^run \S+: succeeded\n(.*?)^total", output, re.M | re.S)]
-    for run in runs:  # tune is off (tune.max_seconds=0): skipped in every run that reaches it
-        assert run.pop("tune", "skipped") == "skipped", runs
+    for run in runs:  # tune and push are off by default: skipped in every run that reaches them
+        for name in OFF_BY_DEFAULT:
+            assert run.pop(name, "skipped") == "skipped", runs
     first, epochs_40, forced, only_evaluate, from_train, until_validate, *from_files = runs
     stages = list(first)
     assert len(stages) == 7 and set(first.values()) == set(forced.values()) == {"succeeded"}, runs
@@ -779,3 +781,20 @@ def test_a_registry_entry_that_cannot_be_found_is_refused_before_any_stage(monke
     assert line.startswith(f"error: stage {last.name} in pipeline/registry.py's STAGES: target={function}: ")
     assert says in line
     assert not (tmp_path / "work" / "runs").exists()
+
+
+@pytest.mark.slow  # a smoke run
+def test_publishing_to_a_bucket(s3_server, monkeypatch, tmp_path):
+    for name, value in s3_server.env.items():  # the page's setup: these variables set, `my-bucket` made
+        monkeypatch.setenv(name, value)
+    client = s3_server.client()
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket="my-bucket")
+    workdir = new_workdir(tmp_path)
+    with documented(sections_of("test_publishing_to_a_bucket"), workdir) as ran:
+        output = ran.stdout
+    assert "pushed       s3://my-bucket/models/digits/1 (pushed)" in output
+    local = {path.relative_to(workdir / "saved_models" / "digits" / "1").as_posix()
+             for path in (workdir / "saved_models" / "digits" / "1").rglob("*") if path.is_file()}
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket="my-bucket", Prefix="models/digits/")["Contents"]}
+    assert keys == {f"models/digits/1/{name}" for name in local}

@@ -14,10 +14,17 @@ import pytest
 
 from pipeline.config import resolve, to_dict
 from pipeline.registry import STAGE_NAMES
-from tests.conftest import QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, read_split, run_pipeline_cli, run_python
+from tests.conftest import (
+    OFF_BY_DEFAULT,
+    QUIET_ENV,
+    REPO_DIR,
+    SMOKE_OVERRIDES,
+    read_split,
+    run_pipeline_cli,
+    run_python,
+)
 
 STAGES = list(STAGE_NAMES)
-OFF_BY_DEFAULT = {"tune": "tune.max_seconds=0"}  # a stage the smoke run skips, and the reason it gives
 
 
 def test_every_stage_succeeds_and_the_manifest_says_so(smoke_run):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from pipeline.registry import STAGE_NAMES
-from tests.conftest import QUIET_ENV, REPO_DIR, finished_run, run_dirs_of, run_pipeline_cli
+from tests.conftest import OFF_BY_DEFAULT, QUIET_ENV, REPO_DIR, finished_run, run_dirs_of, run_pipeline_cli
 
-# The stages a run without tune.max_seconds executes or finds cached; tune is off by default, and skipped.
-STAGES = [name for name in STAGE_NAMES if name != "tune"]
+# The stages a run without tune.max_seconds or export.push_to executes or finds cached; tune and push are off by
+# default, and skipped.
+STAGES = [name for name in STAGE_NAMES if name not in OFF_BY_DEFAULT]
 # Seconds to import each (TensorFlow about 4 here): a run that only finds cached results needs none of them.
 HEAVY_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "sklearn", "tensorflow_datasets")
 # `python -m pipeline.run ARGS`, then, as its last line, the heavy packages it loaded and where TF was imported.
@@ -35,13 +36,13 @@ print(json.dumps({{"loaded": sorted(name for name in sys.modules if name in {HEA
 
 
 def statuses(run) -> dict[str, str]:
-    """Each stage's status but tune's, which these runs leave off (tune.max_seconds=0): it must say skipped."""
+    """Each stage's status but tune's and push's, which these runs leave off: they must say skipped, and why."""
     assert run.returncode == 0, run.stderr
     found = {stage["name"]: stage["status"] for stage in run.manifest["stages"]}
     for stage in run.manifest["stages"]:
-        if stage["name"] == "tune":  # absent from a run that ends before it (--until preprocess)
-            assert (stage["status"], stage["reason"]) == ("skipped", "tune.max_seconds=0")
-            del found["tune"]
+        if stage["name"] in OFF_BY_DEFAULT:  # absent from a run that ends before it (--until preprocess)
+            assert (stage["status"], stage["reason"]) == ("skipped", OFF_BY_DEFAULT[stage["name"]])
+            del found[stage["name"]]
     return found
 
 

@@ -1,5 +1,6 @@
 """The stage registry: every stage bound by name, and a new stage added in three places runs end to end."""
 
+import dataclasses
 import inspect
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 from pipeline.config import default_config
 from pipeline.orchestrator import load_function
 from pipeline.registry import RUN_VALUES, STAGE_NAMES, STAGES, RunPlaces, Stage, sections
-from tests.conftest import QUIET_ENV, REPO_DIR, finished_run, run_dirs_of
+from pipeline.registry import stage as stage_named
+from tests.conftest import OFF_BY_DEFAULT, QUIET_ENV, REPO_DIR, finished_run, run_dirs_of
 
 
 def resolved_names(stage: Stage, saved_models_dir: Path) -> set[str]:
@@ -37,6 +39,14 @@ def test_each_stage_function_takes_exactly_what_the_registry_passes_by_name(stag
     assert not unfilled, f"nothing passes {stage.name} its {unfilled}"
     assert set(stage.run_values) <= set(RUN_VALUES)
     assert all(STAGE_NAMES.index(name) < STAGE_NAMES.index(stage.name) for name in stage.inputs.values())
+
+
+def test_every_key_a_stage_leaves_out_of_its_cache_key_is_one_of_its_sections_keys():
+    for stage in STAGES:
+        keys = {f"{section.name}.{item.name}" for section in stage.config.values()
+                for item in dataclasses.fields(section)}
+        assert set(stage.unkeyed) <= keys, f"{stage.name}'s unkeyed {set(stage.unkeyed) - keys} are no keys of it"
+    assert stage_named("export").unkeyed == ("export.push_to",)
 
 
 def test_every_section_belongs_to_a_stage_and_has_a_unique_name():
@@ -127,10 +137,11 @@ def test_a_stage_added_in_one_module_one_entry_one_section_runs_caches_and_takes
     assert manifest["config"]["note"] == {"title": "acc"}
 
     _, _, again = run_in(repo, workdir, *args, "note.title=acc")
-    assert again == {**{name: "cached" for name in [*STAGE_NAMES, "note"]}, "tune": "skipped"}  # tune is off
+    off = dict.fromkeys(OFF_BY_DEFAULT, "skipped")  # tune and push are off by default
+    assert again == {**{name: "cached" for name in [*STAGE_NAMES, "note"]}, **off}
     _, changed_manifest, changed = run_in(repo, workdir, *args, "note.title=Accuracy")
     # The report shows every setting, so it reruns too; every other stage is reused.
-    assert changed == {**{name: "cached" for name in STAGE_NAMES}, "tune": "skipped", "report": "succeeded",
+    assert changed == {**{name: "cached" for name in STAGE_NAMES}, **off, "report": "succeeded",
                        "note": "succeeded"}
     assert changed_manifest["results"]["note"].startswith("Accuracy ")
     _, _, only = run_in(repo, workdir, *args, "note.title=acc", "--only", "note")
