@@ -90,7 +90,9 @@ RUN_BY = {
     ("docs/using-the-model.md", "With LiteRT"): "test_litert_example",
     ("docs/using-the-model.md", "int8 files"): "test_int8_files",
     ("docs/inference-speed.md", "The SavedModel from TensorFlow"): "test_tensorflow_examples",
-    ("docs/buckets.md", "Publishing a model to a bucket"): "test_publishing_to_a_bucket",
+    ("docs/buckets.md", "Data from a bucket"): "test_buckets",
+    ("docs/buckets.md", "Publishing a model to a bucket"): "test_buckets",
+    ("docs/buckets.md", "Using a model from a bucket"): "test_buckets",
 }
 
 _CI = ".ci/run runs it on a clean machine"
@@ -119,6 +121,7 @@ NOT_RUN = {
     "python bench/inference.py saved_models/digits/1": _MEASUREMENT,
     "python bench/exported_files.py saved_models/digits/1 saved_models/fashion_mnist/1 --repeats 3": _MEASUREMENT,
     "python bench/ingest_memory.py": _MEASUREMENT,
+    "python bench/bucket_ingest.py": _MEASUREMENT,
     "python bench/peers.py": _MEASUREMENT,
     "python bench/peers.py --repeats 3": _MEASUREMENT,
     "python bench/peers.py --goals recipe": _MEASUREMENT,
@@ -783,18 +786,29 @@ def test_a_registry_entry_that_cannot_be_found_is_refused_before_any_stage(monke
     assert not (tmp_path / "work" / "runs").exists()
 
 
-@pytest.mark.slow  # a smoke run
-def test_publishing_to_a_bucket(s3_server, monkeypatch, tmp_path):
+@pytest.mark.slow  # two smoke runs (one on 5,000 Fashion-MNIST images read from the bucket), predict, a server
+def test_buckets(s3_server, monkeypatch, tmp_path):
+    """docs/buckets.md end to end: data read from a bucket, models pushed to it, predict and serve from it."""
     for name, value in s3_server.env.items():  # the page's setup: these variables set, `my-bucket` made
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KERAS_PIPELINE_CACHE", str(tmp_path / "cache"))
     client = s3_server.client()
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket="my-bucket")
+    for path in sorted(Path("/usr/share/datasets/fashion-mnist").glob("*-ubyte.gz")):  # Debian's files, uploaded
+        client.upload_file(str(path), "my-bucket", f"fashion-mnist/{path.name}")
     workdir = new_workdir(tmp_path)
-    with documented(sections_of("test_publishing_to_a_bucket"), workdir) as ran:
+    with documented(sections_of("test_buckets"), workdir) as ran:
         output = ran.stdout
+        with urllib.request.urlopen(ran.servers["python -m pipeline.serve"] + "/v1/models/fashion_mnist") as reply:
+            served = json.load(reply)
+    assert served["model_version_status"][0]["version"] == "1"  # trained on the bucket's data, served from it
+    assert "pushed       s3://my-bucket/models/fashion_mnist/1 (pushed)" in output
     assert "pushed       s3://my-bucket/models/digits/1 (pushed)" in output
-    local = {path.relative_to(workdir / "saved_models" / "digits" / "1").as_posix()
-             for path in (workdir / "saved_models" / "digits" / "1").rglob("*") if path.is_file()}
-    keys = {item["Key"] for item in client.list_objects_v2(Bucket="my-bucket", Prefix="models/digits/")["Contents"]}
-    assert keys == {f"models/digits/1/{name}" for name in local}
+    for name in ("fashion_mnist", "digits"):
+        local_dir = workdir / "saved_models" / name / "1"
+        local = {path.relative_to(local_dir).as_posix() for path in local_dir.rglob("*") if path.is_file()}
+        keys = {item["Key"] for item in client.list_objects_v2(Bucket="my-bucket", Prefix=f"models/{name}/")["Contents"]}
+        assert keys == {f"models/{name}/1/{file}" for file in local}
+    images = sorted((workdir / "sample_images").glob("*.png"))
+    assert images and all(path.name in output for path in images)
