@@ -808,7 +808,8 @@ def test_buckets(s3_server, monkeypatch, tmp_path):
     for name in ("fashion_mnist", "digits"):
         local_dir = workdir / "saved_models" / name / "1"
         local = {path.relative_to(local_dir).as_posix() for path in local_dir.rglob("*") if path.is_file()}
-        keys = {item["Key"] for item in client.list_objects_v2(Bucket="my-bucket", Prefix=f"models/{name}/")["Contents"]}
+        listing = client.list_objects_v2(Bucket="my-bucket", Prefix=f"models/{name}/")
+        keys = {item["Key"] for item in listing["Contents"]}
         assert keys == {f"models/{name}/1/{file}" for file in local}
     images = sorted((workdir / "sample_images").glob("*.png"))
     assert images and all(path.name in output for path in images)
