@@ -149,25 +149,31 @@ def mirror_models(url: str, num_versions: int) -> Path:
     key = f"{url.rstrip('/')}\n{num_versions}"
     mirror_dir = cache_root() / "mirrors" / hashlib.sha256(key.encode()).hexdigest()[:16]
     link_versions(mirror_dir, {(version.model, version.number): fetch_tree(version.url, version.objects)
-                               for version in newest_versions(listing.versions, num_versions)})
+                               for version in newest_versions(listing.versions, num_versions)},
+                  keep={(version.model, version.number) for version in listing.versions})
     return mirror_dir
 
 
-def link_versions(mirror_dir: Path, targets: dict[tuple[str, int], Path]) -> None:
-    """Make `mirror_dir/<model>/<N>` link to each target, and remove every other version and model there.
+def link_versions(mirror_dir: Path, targets: dict[tuple[str, int], Path],
+                  keep: set[tuple[str, int]] = frozenset()) -> None:
+    """Make `mirror_dir/<model>/<N>` link to each target, and remove every other version and model there
+    but those in `keep`.
 
     Links are replaced before anything is removed, so a reader finds every version kept at any moment.
+    An older version linked before and still in the bucket (`keep`) stays: if the newest fails to load,
+    the server goes back to it, as it does in a local folder, instead of dropping the model.
     """
     mirror_dir.mkdir(parents=True, exist_ok=True)
     for (model, number), target in targets.items():
         _link(mirror_dir / model / str(number), target)
-    models = {model for model, _ in targets}
+    wanted = set(targets) | set(keep)
+    models = {model for model, _ in wanted}
     for model_dir in mirror_dir.iterdir():
         if model_dir.name not in models:
             _remove(model_dir)
             continue
         for entry in model_dir.iterdir():
-            if (model_dir.name, _number(entry.name)) not in targets:
+            if (model_dir.name, _number(entry.name)) not in wanted:
                 _remove(entry)
 
 

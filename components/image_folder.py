@@ -112,7 +112,10 @@ def _bucket_image_files(split_url: str, names: list[str], class_names: tuple[str
         if class_name not in class_names:
             raise UserError(f"{class_url}: class {class_name!r} has no folder in the training data "
                             f"(classes: {', '.join(class_names)}); add training images for it or remove it")
-        images = [name for name in sorted(by_class[class_name]) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        # In the order a local folder's are listed (by path part: "a/b.png" before "a-c.png"), so the same
+        # files make the same splits wherever they lie.
+        images = [name for name in sorted(by_class[class_name], key=lambda name: name.split("/"))
+                  if Path(name).suffix.lower() in IMAGE_SUFFIXES]
         if not images:
             raise UserError(f"{class_url}: class folder has no PNG or JPEG images; add images or remove the folder")
         ignored += [name for name in by_class[class_name] if Path(name).suffix.lower() not in IMAGE_SUFFIXES]

@@ -262,3 +262,40 @@ def test_a_failing_sync_is_logged_once_and_what_is_served_stays(tmp_path, caplog
         f"cannot update {tmp_path} (still serving what it served; retried every poll): s3://bucket/models: "
         "cannot reach the store (down)"]
     assert f"updating {tmp_path} works again" in messages
+
+
+def _version_folder(path: Path, marker: str) -> Path:
+    path.mkdir(parents=True)
+    (path / METADATA_FILE).write_text(json.dumps({"marker": marker}))
+    return path
+
+
+def test_a_mirror_keeps_older_versions_it_fetched_while_the_bucket_holds_them(tmp_path):
+    from components.bucket_models import link_versions
+
+    mirror, one, two = tmp_path / "mirror", tmp_path / "objects" / "one", tmp_path / "objects" / "two"
+    _version_folder(one, "1"), _version_folder(two, "2")
+    link_versions(mirror, {("digits", 1): one})
+    link_versions(mirror, {("digits", 2): two}, keep={("digits", 1), ("digits", 2)})  # num_versions=1: only 2
+    assert sorted(path.name for path in (mirror / "digits").iterdir()) == ["1", "2"]  # 1: the fallback
+    link_versions(mirror, {("digits", 2): two}, keep={("digits", 2)})  # 1 deleted from the bucket
+    assert sorted(path.name for path in (mirror / "digits").iterdir()) == ["2"]
+
+
+def test_the_server_reloads_a_version_whose_mirror_link_moved(tmp_path):
+    loads = []
+
+    def load(version_dir: Path, backend: str):
+        loads.append(json.loads((version_dir / METADATA_FILE).read_text())["marker"])
+        return SimpleNamespace(name=version_dir.parent.name, version=int(version_dir.name), marker=loads[-1])
+
+    first, second = _version_folder(tmp_path / "a", "first"), _version_folder(tmp_path / "b", "second")
+    (tmp_path / "mirror" / "digits").mkdir(parents=True)
+    (tmp_path / "mirror" / "digits" / "1").symlink_to(first, target_is_directory=True)
+    repository = ModelRepository(tmp_path / "mirror", "onnx", load=load)
+    repository.refresh()
+    repository.refresh()  # unchanged: not loaded again
+    (tmp_path / "mirror" / "digits" / "1").unlink()
+    (tmp_path / "mirror" / "digits" / "1").symlink_to(second, target_is_directory=True)  # same number, new files
+    repository.refresh()
+    assert loads == ["first", "second"] and repository.models["digits"].versions[1].marker == "second"

@@ -69,6 +69,31 @@ def test_a_source_on_the_memory_store_the_stand_in_for_gs(sources, tmp_path):
                                                                                  "a" / "00000.png").stat().st_size)
 
 
+def test_nested_files_are_split_as_the_same_local_folder_splits_them(tmp_path):
+    import fsspec
+
+    images, labels = make_images(12)
+    paths = write_image_folder(tmp_path / "nested", images, labels)
+    for index, path in enumerate(paths[::2]):  # half the files one folder down: "a/x/1.png" beside "a/x-1.png"
+        target = path.parent / "x" / path.name if index % 2 else path.parent / f"x-{path.name}"
+        target.parent.mkdir(exist_ok=True)
+        path.rename(target)
+    fsspec.filesystem("memory").put(str(tmp_path / "nested"), "/nested-test", recursive=True)
+    assert data_sha256("folder:memory://nested-test", tmp_path / "remote") == \
+        data_sha256(f"folder:{tmp_path / 'nested'}", tmp_path / "local")
+
+
+@pytest.mark.slow  # 7 s: botocore's attempts at each concurrent fetch; the reader's own test: test_remote.py
+def test_a_store_failing_while_a_folder_is_read_stops_ingest_in_one_line(store, sources, monkeypatch, tmp_path):
+    url = upload(store, sources["folder"], "images")
+    folder = read_source(DataConfig(source=f"folder:{url}"))  # listed while the store is there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    from components.image_folder import decode_chunks
+
+    with pytest.raises(UserError, match=r"^s3://.*: cannot reach the store"):
+        next(decode_chunks(folder.train_files, np.arange(len(folder.train_files.paths)), folder.image_format))
+
+
 @pytest.mark.slow  # three runs of the CLI, 9 s
 def test_through_the_cli_a_changed_object_reruns_ingest_and_nothing_else_does(store, sources, tmp_path):
     url = upload(store, sources["idx"], "mnist-like")

@@ -91,3 +91,47 @@ def test_put_and_copy_objects_on_the_memory_store(tmp_path):
 def test_an_unknown_protocol_is_one_line():
     with pytest.raises(UserError, match="no-such-protocol://x: .*fsspec URL"):
         remote.list_objects("no-such-protocol://x")
+
+
+def test_a_store_failing_while_objects_are_read_raises_and_is_never_a_bad_object(store, monkeypatch):
+    store.client().put_object(Bucket=store.bucket, Key="x/a", Body=b"A")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the store goes away after the listing
+    with pytest.raises(UserError, match=r"^s3://.*/x/a: cannot reach the store"):
+        remote.read_many([f"{store.url}/x/a", f"{store.url}/x/b"])
+
+
+def test_a_relative_cache_folder_is_made_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KERAS_PIPELINE_CACHE", "cache")
+    assert remote.cache_root() == tmp_path / "cache"
+
+
+def test_an_object_changed_between_listing_and_download_is_not_kept_under_the_old_key(store, tmp_path):
+    client = store.client()
+    client.put_object(Bucket=store.bucket, Key="v/1/a.bin", Body=b"before")
+    listed = remote.list_objects(f"{store.url}/v/1")
+    client.put_object(Bucket=store.bucket, Key="v/1/a.bin", Body=b"after!")  # same size, new content
+    with pytest.raises(UserError, match=r"v/1/a.bin: changed while it was downloaded"):
+        remote.fetch_tree(f"{store.url}/v/1", listed, cache_dir=tmp_path / "objects")
+    assert [path.name for path in (tmp_path / "objects").iterdir()] == []  # nothing half-made left
+
+
+def test_a_local_folder_that_cannot_be_written_is_named_not_blamed_on_the_store(store, tmp_path):
+    store.client().put_object(Bucket=store.bucket, Key="v/1/a.bin", Body=b"A")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(UserError) as raised:
+        remote.fetch_tree(f"{store.url}/v/1", cache_dir=tmp_path / "a-file" / "objects")
+    assert str(raised.value).startswith(f"{tmp_path / 'a-file' / 'objects'}: ") and "store" not in str(raised.value)
+
+
+def test_without_an_etag_or_generation_everything_the_listing_says_is_the_identity():
+    assert remote._identity({"name": "a", "size": 1, "modify": "10:00"}) != \
+        remote._identity({"name": "a", "size": 1, "modify": "10:01"})
+    assert remote._identity({"name": "a", "size": 1, "ETag": '"x"', "modify": "10:00"}) == 'ETag="x"'
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3://Bad_Bucket!/x"])
+def test_a_url_that_names_no_object_is_one_line(store, url):
+    with pytest.raises(UserError) as raised:
+        remote.list_objects(url)
+    assert str(raised.value).startswith(f"{url}: ") and "\n" not in str(raised.value)

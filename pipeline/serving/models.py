@@ -75,6 +75,7 @@ class ModelRepository:
         self._models: Mapping[str, ServedModel] = {}
         self._failed: dict[Path, tuple] = {}  # version folder -> its files' stamp when it failed to load
         self._errors: dict[Path, str] = {}  # version folder -> why it failed to load
+        self._real_dirs: dict[Path, Path] = {}  # version folder -> where it led when it was loaded
         self.ready = threading.Event()  # set once the first poll has loaded what was there at start
 
     @property
@@ -114,6 +115,7 @@ class ModelRepository:
         self._models = after
         self._failed = {path: stamp for path, stamp in self._failed.items() if path.exists()}
         self._errors = {path: why for path, why in self._errors.items() if path in self._failed}
+        self._real_dirs = {path: real for path, real in self._real_dirs.items() if path.exists()}
         _log_changes(before, after)
         self.ready.set()
 
@@ -151,6 +153,8 @@ class ModelRepository:
                 break
             number = int(version_dir.name)
             model = served.versions.get(number) if served else None
+            if model is not None and self._real_dirs.get(version_dir) != version_dir.resolve():
+                model = None  # the folder now holds other files (a bucket mirror's link moved): load them
             if model is None:
                 model = self._try_load(version_dir)
             if model is not None:
@@ -170,6 +174,7 @@ class ModelRepository:
             logger.warning("not serving %s: %s: %s (retried when its files change)", version_dir,
                            type(error).__name__, error)
             return None
+        self._real_dirs[version_dir] = version_dir.resolve()
         logger.info("loaded %s/%s (%s backend)", model.name, model.version, self.backend)
         return model
 
