@@ -135,8 +135,8 @@ def network_sources(model: ModelConfig) -> str | list[str | None] | None:
 
 def bucket_versions(export: ExportConfig) -> list[tuple[str, int, str]] | None:
     """The complete versions in `<push_to>/<model_name>/` (their `metadata.json`: name, size, identity; one
-    listing), which push's outcome depends on: a version deleted from the bucket is pushed again. None
-    without `push_to`.
+    listing), which push's outcome depends on; None without `push_to`. A listing seen before is a cache hit
+    even if this export was pushed since and deleted: only a listing that differs reruns push.
 
     Raises:
         UserError: the store fails (no such bucket, denied, unreachable).
