@@ -279,9 +279,10 @@ class ExportedModel(Artifact):
 class PushedModel(Artifact):
     """Push's output: where an exported version was copied to in a bucket, as recorded in `push.json`."""
 
-    record_path: Path  # push.json: the URL, the version, the outcome and the files copied
-    version_url: str  # <push_to>/<model_name>/<version>
+    record_path: Path  # push.json: the URL, the bucket's and the local version, the outcome and the files copied
+    version_url: str  # <push_to>/<model_name>/<number>, the number the bucket gave the version
     outcome: str  # pushed | already pushed (the bucket held this very version: nothing was copied)
+    local_version: int  # its number in saved_models/ (the bucket's is higher when it held that number already)
 
     @property
     def fingerprint(self) -> str:
@@ -291,7 +292,9 @@ class PushedModel(Artifact):
         return {"pushed_to": self.version_url, "push": self.outcome}
 
     def summary(self) -> list[str]:
-        return [f"pushed       {self.version_url} ({self.outcome})"]
+        renumbered = self.version_url.rpartition("/")[2] != str(self.local_version)
+        return [f"pushed       {self.version_url} ({self.outcome}"
+                f"{f', local version {self.local_version}' if renumbered else ''})"]
 
 
 @dataclass(frozen=True)

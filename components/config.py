@@ -416,8 +416,9 @@ class ExportConfig(Section):
                                   "agreement with the Keras model, the int8 gate", between(1, 10_000_000))
     measure_speed: bool = setting(True, "time each exported file here (batch 1 p50/p99, batch 256 images/s) "
                                   "for metadata.json, the model card and report.html")
-    push_to: str = setting("", "a bucket URL to copy each blessed version to, as <push_to>/<model_name>/<version>/ "
-                           "(TF Serving's layout), e.g. s3://BUCKET/models; \"\" = no push",
+    push_to: str = setting("", "a bucket URL to copy each blessed version to, as <push_to>/<model_name>/<number>/ "
+                           "(TF Serving's layout; numbered after the bucket's newest), e.g. s3://BUCKET/models; "
+                           "\"\" = no push",
                            Check(lambda v: v == "" or is_bucket_url(v),
                                  "\"\" or a bucket URL such as s3://BUCKET/models or gs://BUCKET/models (the local "
                                  "copy is saved_models/ already)"))

@@ -1,13 +1,22 @@
-"""Push: copy an exported version to a bucket, `<push_to>/<model_name>/<version>/`, in TF Serving's layout
+"""Push: copy an exported version to a bucket, `<push_to>/<model_name>/<number>/`, in TF Serving's layout
 (what TFX's Pusher does), so that servers and `predict` elsewhere read it from there.
 
+The number is the bucket's, not the workdir's: readers serve the newest number in the bucket, which other
+workdirs (other machines, every fresh CI run) push to as well. A version goes in as the local number or,
+if the bucket holds that number or a higher one already, as the bucket's newest complete number + 1; an
+export the bucket holds already (the same `metadata.json` bytes, under any number) is not copied again.
+
 A bucket has no rename, so a reader polling it must never find half a version: every file is uploaded
-first under a staging prefix, `<model_name>/.staging-<version>-<token>/` (TF Serving ignores folders whose
-name is no number), then copied inside the store to `<model_name>/<version>/` in three steps: every file
+first under a staging prefix, `<model_name>/.staging-<number>-<token>/` (TF Serving ignores folders whose
+name is no number), then copied inside the store to `<model_name>/<number>/` in three steps: every file
 but two, then `saved_model.pb` (what TF Serving loads: it never finds a SavedModel without its
 variables), then `metadata.json` (what this project's readers wait for, as `saved_models.version_dirs`
 does locally). A push killed at any point leaves a version folder without `metadata.json`, or staging
-objects; the next push of that version removes both.
+objects; the next push to that number removes both.
+
+Nothing in a bucket locks a number: two pushes of one model at once can choose the same one. Each checks
+the version folder once its copy is done, and fails if it holds anything but its own files; this detects
+such a race, it does not prevent it.
 
 It loads no TensorFlow.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +43,16 @@ STAGING_PREFIX = ".staging-"  # not a number: TF Serving and `version_dirs` pass
 RECORD_FILE = "push.json"
 
 
+@dataclass(frozen=True)
+class Publication:
+    """Where one push left a version in the bucket."""
+
+    number: int  # the version's number in the bucket (the local one, unless the bucket's are higher)
+    outcome: str  # pushed | already pushed (the bucket held this very export: nothing was copied)
+
+
 def push(config: ExportConfig, exported: ExportedModel, out_dir: Path) -> PushedModel:
-    """Copy the exported version to `<push_to>/<model_name>/<version>/`, unless the bucket holds it already.
+    """Copy the exported version to `<push_to>/<model_name>/<number>/`, unless the bucket holds it already.
 
     Args:
         config: the export section; `push_to` is the bucket URL (the stage is skipped when it is "").
@@ -45,50 +63,93 @@ def push(config: ExportConfig, exported: ExportedModel, out_dir: Path) -> Pushed
         Where the version is in the bucket, and whether this run copied it.
 
     Raises:
-        UserError: the store fails (missing bucket, denied, unreachable), or another model holds that
-            version number there.
+        UserError: the store fails (missing bucket, denied, unreachable), or another push of the same model
+            raced this one to the same number.
     """
     model_url = remote.join(config.push_to, exported.version_dir.parent.name)
-    outcome = push_version(exported.version_dir, model_url)
-    version_url = remote.join(model_url, exported.version_dir.name)
+    publication = push_version(exported.version_dir, model_url)
+    version_url = remote.join(model_url, str(publication.number))
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path = out_dir / RECORD_FILE
-    files = sorted(path.relative_to(exported.version_dir).as_posix()
-                   for path in exported.version_dir.rglob("*") if path.is_file())
-    record_path.write_text(json.dumps({"version_url": version_url, "version": exported.version,
-                                       "outcome": outcome, "files": files}, indent=2) + "\n")
-    log.info("%s: %s", version_url, outcome)
-    return PushedModel(record_path, version_url, outcome)
+    record_path.write_text(json.dumps({"version_url": version_url, "version": publication.number,
+                                       "local_version": exported.version, "outcome": publication.outcome,
+                                       "files": local_files(exported.version_dir)}, indent=2) + "\n")
+    log.info("%s: %s%s", version_url, publication.outcome,
+             "" if publication.number == exported.version else f" (local version {exported.version})")
+    return PushedModel(record_path, version_url, publication.outcome, exported.version)
 
 
-def push_version(version_dir: Path, model_url: str) -> str:
-    """Copy one local version folder to `model_url/<version>/`, staged and in the order readers rely on.
+def push_version(version_dir: Path, model_url: str) -> Publication:
+    """Copy one local version folder to `model_url/<number>/`, staged and in the order readers rely on.
 
     Args:
         version_dir: `saved_models/<model_name>/<version>`, with its `metadata.json`.
         model_url: the model's folder in the bucket, `<push_to>/<model_name>`.
 
     Returns:
-        "pushed", or "already pushed" when the bucket's version holds the same `metadata.json`.
+        The number chosen and "pushed", or the number of the bucket's version that holds the same
+        `metadata.json` and "already pushed".
+
+    Raises:
+        UserError: the store fails, or another push raced this one (`check_published`).
     """
-    version = version_dir.name
-    version_url = remote.join(model_url, version)
-    present = [item.name for item in remote.find_objects(model_url)]
-    leftovers = [name for name in present if name.startswith(f"{STAGING_PREFIX}{version}-")]
-    remote.delete_objects(model_url, leftovers)  # staged by pushes of this version that were killed
-    in_version = [name.partition("/")[2] for name in present if name.startswith(f"{version}/")]
-    if METADATA_FILE in in_version:
-        check_same_version(version_dir, version_url)
-        return "already pushed"
-    # A push killed while copying: take its SavedModel away before its variables, as it came after them.
-    remote.delete_objects(version_url, [name for name in in_version if name == SERVING_FILE])
-    remote.delete_objects(version_url, [name for name in in_version if name != SERVING_FILE])
-    staging_url = remote.join(model_url, f"{STAGING_PREFIX}{version}-{secrets.token_hex(4)}")
+    present = remote.find_objects(model_url)
+    complete = complete_versions(present)
+    number = find_same_version(version_dir, model_url, complete)
+    if number is not None:
+        delete_leftovers(model_url, present, number)
+        return Publication(number, "already pushed")
+    number = max(int(version_dir.name), max(complete, default=0) + 1)
+    delete_leftovers(model_url, present, number)
+    version_url = remote.join(model_url, str(number))
+    staging_url = remote.join(model_url, f"{STAGING_PREFIX}{number}-{secrets.token_hex(4)}")
     names = remote.put_tree(version_dir, staging_url)
     for group in publication_order(names):
         remote.copy_objects(staging_url, version_url, group)
     remote.delete_objects(staging_url, names)
-    return "pushed"
+    check_published(version_dir, version_url)
+    return Publication(number, "pushed")
+
+
+def complete_versions(objects: Sequence[remote.RemoteObject]) -> dict[int, remote.RemoteObject]:
+    """The `metadata.json` object of every complete version among a model folder's objects, by number."""
+    found = {}
+    for item in objects:
+        folder, _, rest = item.name.partition("/")
+        if rest == METADATA_FILE and folder.isascii() and folder.isdigit():  # "²".isdigit() is True
+            found[int(folder)] = item
+    return found
+
+
+def published_metadata(model_url: str) -> list[remote.RemoteObject]:
+    """The `metadata.json` objects of a model folder's complete versions (one listing): what the bucket
+    holds that a push's outcome depends on.
+
+    Raises:
+        UserError: the store fails (no such bucket, denied, unreachable).
+    """
+    return sorted(complete_versions(remote.find_objects(model_url)).values())
+
+
+def find_same_version(version_dir: Path, model_url: str, complete: dict[int, remote.RemoteObject]) -> int | None:
+    """The newest number whose `metadata.json` holds the local bytes; only those of the same size are read."""
+    local = (version_dir / METADATA_FILE).read_bytes()
+    urls = {remote.join(model_url, item.name): number for number, item in complete.items() if item.size == len(local)}
+    contents = remote.read_many(sorted(urls))
+    return max((urls[url] for url, content in contents.items() if content == local), default=None)
+
+
+def delete_leftovers(model_url: str, present: Sequence[remote.RemoteObject], number: int) -> None:
+    """Delete what killed pushes to `number` left: their staging objects and, unless it is complete, the
+    version folder (`saved_model.pb` first, as it came after its variables)."""
+    names = [item.name for item in present]
+    remote.delete_objects(model_url, [name for name in names if name.startswith(f"{STAGING_PREFIX}{number}-")])
+    in_version = [name.partition("/")[2] for name in names if name.startswith(f"{number}/")]
+    if METADATA_FILE in in_version:
+        return
+    version_url = remote.join(model_url, str(number))
+    remote.delete_objects(version_url, [name for name in in_version if name == SERVING_FILE])
+    remote.delete_objects(version_url, [name for name in in_version if name != SERVING_FILE])
 
 
 def publication_order(names: Sequence[str]) -> list[list[str]]:
@@ -98,13 +159,24 @@ def publication_order(names: Sequence[str]) -> list[list[str]]:
     return [[name for name in names if name not in last]] + [[name] for name in last if name in names]
 
 
-def check_same_version(version_dir: Path, version_url: str) -> None:
-    """Refuse to take a bucket's version for this one unless its `metadata.json` holds the same bytes.
+def check_published(version_dir: Path, version_url: str) -> None:
+    """Check that the version folder holds the local files, by name and size, and the local `metadata.json`.
 
     Raises:
-        UserError: another model holds that version number in the bucket.
+        UserError: it holds other objects: another push of the same model chose the same number.
     """
-    if remote.read_bytes(remote.join(version_url, METADATA_FILE)) != (version_dir / METADATA_FILE).read_bytes():
-        raise UserError(f"{version_url} holds another model than {version_dir} (their metadata.json differ), and a "
-                        "published version is never replaced; set export.push_to to another URL or "
-                        "export.model_name to another name, or remove that version from the bucket")
+    local = {name: (version_dir / name).stat().st_size for name in local_files(version_dir)}
+    published = {item.name: item.size for item in remote.find_objects(version_url)}
+    if published == local and remote.read_bytes(remote.join(version_url, METADATA_FILE)) == \
+            (version_dir / METADATA_FILE).read_bytes():
+        return
+    differing = sorted(name for name in local.keys() | published.keys() if local.get(name) != published.get(name))
+    raise UserError(f"{version_url}: another push of the same model raced this one to that number, and the "
+                    f"version folder holds objects that are not {version_dir}'s ("
+                    f"{', '.join(differing) or METADATA_FILE} differ); inspect {version_url} and delete it if it is "
+                    "mixed, then run again (it pushes to the next free number)")
+
+
+def local_files(version_dir: Path) -> list[str]:
+    """The relative paths of a version folder's files, sorted."""
+    return sorted(path.relative_to(version_dir).as_posix() for path in version_dir.rglob("*") if path.is_file())

@@ -4,6 +4,7 @@ bucket, what it records, how it fails, and that a reader of the bucket never see
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,12 @@ from typing import Callable
 import pytest
 
 from components import push, remote
+from components.artifacts import ExportedModel
+from components.config import ExportConfig
 from components.errors import UserError
 from pipeline import run
+from pipeline.config import resolve
+from pipeline.registry import stage
 from tests.conftest import QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, run_pipeline_cli
 
 
@@ -34,6 +39,35 @@ def version_dir(smoke_run, tmp_path):
     return copy
 
 
+@pytest.fixture
+def bucket(s3, monkeypatch):
+    """`s3`, reached by this process's store calls through one client (a new one for each call costs 0.2 s)."""
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    filesystem = remote.filesystem
+    shared = {}
+
+    def shared_filesystem(url: str):
+        fs = shared.setdefault("fs", filesystem(url)[0])
+        return fs, fs._strip_protocol(url)
+
+    monkeypatch.setattr(remote, "filesystem", shared_filesystem)
+    return s3
+
+
+@pytest.fixture
+def small_version_dir(tmp_path):
+    """A version folder of a few bytes, laid out as an export's: for what numbering and checking do, which read no
+    model (a real export's dozen files make each push a second slower)."""
+    version_dir = tmp_path / "small" / "digits" / "1"
+    for name, content in {"variables/variables.index": "index", "variables/variables.data-00000-of-00001": "data",
+                          "saved_model.pb": "graph", "model.onnx": "onnx",
+                          "metadata.json": '{"model": "small"}\n'}.items():
+        (version_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (version_dir / name).write_text(content)
+    return version_dir
+
+
 def local_md5s(version_dir: Path) -> dict[str, str]:
     """Every file of a version folder, by relative path, with the md5 that S3 gives a one-part object as ETag."""
     return {path.relative_to(version_dir).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()
@@ -47,8 +81,9 @@ def bucket_md5s(s3, prefix: str, client=None) -> dict[str, str]:
             for item in page.get("Contents", [])}
 
 
-@pytest.mark.slow  # two runs of the CLI: about 12 s
-def test_a_run_pushes_its_version_records_it_and_a_rerun_pushes_nothing(workdir, smoke_run, s3):
+@pytest.mark.slow  # four runs of the CLI: about 25 s
+def test_a_run_pushes_its_version_a_rerun_finds_it_pushed_then_cached_and_force_pushes_a_deleted_version_again(
+        workdir, smoke_run, s3):
     args = ("--preset", "smoke", *SMOKE_OVERRIDES, f"export.push_to={s3.url}/models")
     first = run_pipeline_cli(workdir, *args, env=s3.env)
     assert first.returncode == 0, first.stderr
@@ -61,8 +96,8 @@ def test_a_run_pushes_its_version_records_it_and_a_rerun_pushes_nothing(workdir,
     assert results["pushed_to"] == version_url and results["push"] == "pushed"
     assert f"pushed       {version_url} (pushed)" in first.stdout
     local = local_md5s(Path(results["version_dir"]))
-    assert bucket_md5s(s3, f"models/digits/{results['version']}") == local
-    assert set(bucket_md5s(s3, "models/digits")) == {f"{results['version']}/{name}" for name in local}  # no staging
+    published = {f"{results['version']}/{name}": md5 for name, md5 in local.items()}
+    assert bucket_md5s(s3, "models/digits") == published  # no staging objects left
     client = s3.client()
     metadata = client.get_object(Bucket=s3.bucket, Key=f"models/digits/{results['version']}/metadata.json")
     assert metadata["Body"].read() == (Path(results["version_dir"]) / "metadata.json").read_bytes()
@@ -74,11 +109,40 @@ def test_a_run_pushes_its_version_records_it_and_a_rerun_pushes_nothing(workdir,
     assert any(line.split()[0] == "push" and line.split()[1:] == ["pushed"] for line in shown.stdout.splitlines()
                if line.strip())
 
+    # The bucket's listing, which push watches, changed with the push itself: push runs once more, finds the
+    # version there and copies nothing; from then on it is cached.
+    for status in ("succeeded", "cached"):
+        again = run_pipeline_cli(workdir, *args, env=s3.env)
+        assert again.returncode == 0, again.stderr
+        assert {stage["name"]: stage["status"] for stage in again.manifest["stages"]}["push"] == status
+        assert (again.manifest["results"]["pushed_to"], again.manifest["results"]["push"]) == \
+            (version_url, "already pushed")
+        assert f"pushed       {version_url} (already pushed)" in again.stdout
+        assert bucket_md5s(s3, "models/digits") == published
+
+    # A version deleted from the bucket (by hand, by a lifecycle rule): `--force push` puts it back.
+    client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [{"Key": f"models/digits/{key}"} for key in published]})
+    restored = run_pipeline_cli(workdir, "--force", "push", *args, env=s3.env)
+    assert restored.returncode == 0, restored.stderr
+    assert {stage["name"]: stage["status"] for stage in restored.manifest["stages"]}["push"] == "succeeded"
+    assert restored.manifest["results"]["push"] == "pushed"
+    assert bucket_md5s(s3, "models/digits") == published
+
+
+@pytest.mark.slow  # two runs of the CLI: about 12 s
+@pytest.mark.xfail(strict=True, reason="known limit: the bucket's listing with the version deleted is the listing "
+                   "before it was pushed, the key under which push's result ('pushed') is cached")
+def test_a_version_deleted_from_the_bucket_is_pushed_again(workdir, smoke_run, s3):
+    args = ("--preset", "smoke", *SMOKE_OVERRIDES, f"export.push_to={s3.url}/models")
+    assert run_pipeline_cli(workdir, *args, env=s3.env).returncode == 0
+    client = s3.client()
+    client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [{"Key": f"models/digits/{key}"}
+                                                                for key in bucket_md5s(s3, "models/digits")]})
     again = run_pipeline_cli(workdir, *args, env=s3.env)
     assert again.returncode == 0, again.stderr
-    assert {stage["name"]: stage["status"] for stage in again.manifest["stages"]}["push"] == "cached"
-    assert again.manifest["results"]["pushed_to"] == version_url
-    assert bucket_md5s(s3, "models/digits") == {f"{results['version']}/{name}": md5 for name, md5 in local.items()}
+    assert {stage["name"]: stage["status"] for stage in again.manifest["stages"]}["push"] == "succeeded"
+    local = local_md5s(workdir / "saved_models" / "digits" / "1")
+    assert set(bucket_md5s(s3, "models/digits")) == {f"1/{name}" for name in local}
 
 
 def test_a_push_to_a_missing_bucket_fails_the_run_in_one_line_and_keeps_the_export(workdir, s3):
@@ -97,23 +161,101 @@ def test_a_push_to_a_missing_bucket_fails_the_run_in_one_line_and_keeps_the_expo
     assert statuses["export"] == "cached" and "report" not in statuses
 
 
-def test_a_version_another_model_holds_in_the_bucket_is_refused_and_the_same_one_is_not_pushed_again(
-        version_dir, s3, monkeypatch):
-    for name, value in s3.env.items():
-        monkeypatch.setenv(name, value)
-    model_url = f"{s3.url}/models/digits"
-    assert push.push_version(version_dir, model_url) == "pushed"
-    pushed = bucket_md5s(s3, "models/digits")
-    assert push.push_version(version_dir, model_url) == "already pushed"
-    assert bucket_md5s(s3, "models/digits") == pushed
+def put_object(s3, key: str, body: bytes) -> None:
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=body)
 
-    other = version_dir.parent.parent / "other" / "digits" / "1"
-    shutil.copytree(version_dir, other)
-    (other / "metadata.json").write_text((other / "metadata.json").read_text() + " ")  # another model's record
-    with pytest.raises(UserError, match=r"^s3://.*/models/digits/1 holds another model .*set export.push_to to "
-                                        r"another URL or export.model_name to another name"):
-        push.push_version(other, model_url)
-    assert bucket_md5s(s3, "models/digits") == pushed
+
+def other_metadata(version_dir: Path, same_size: bool = False) -> bytes:
+    """The `metadata.json` of another model: other bytes, of the local file's size if `same_size`."""
+    local = (version_dir / "metadata.json").read_bytes()
+    return local[:-1] + (b"#" if local[-1:] != b"#" else b"$") if same_size else b'{"another": "model"}\n'
+
+
+def test_a_version_is_numbered_after_the_buckets_newest_and_the_same_export_is_found_under_its_number(
+        small_version_dir, bucket, monkeypatch):
+    model_url = f"{bucket.url}/models/digits"
+    local = local_md5s(small_version_dir)
+    # Another workdir pushed 1 and 7 (a fresh CI workdir, another machine); killed pushes left 5/ and 8/.
+    for number in (1, 7):
+        put_object(bucket, f"models/digits/{number}/metadata.json", other_metadata(small_version_dir))
+    for key in ("5/saved_model.pb", "8/saved_model.pb", "8/variables/stray.bin"):
+        put_object(bucket, f"models/digits/{key}", b"of a killed push")
+    before = bucket_md5s(bucket, "models/digits")
+    assert push.push_version(small_version_dir, model_url) == push.Publication(8, "pushed")
+    after = bucket_md5s(bucket, "models/digits")
+    assert {key: md5 for key, md5 in after.items() if key.startswith("8/")} == \
+        {f"8/{name}": md5 for name, md5 in local.items()}  # the killed push's objects at 8 are gone
+    assert {key: md5 for key, md5 in after.items() if not key.startswith("8/")} == \
+        {key: md5 for key, md5 in before.items() if not key.startswith("8/")}  # 5/ is no version: left alone
+
+    # The same export is found, whatever numbers come after it; only metadata.json of its size is read.
+    put_object(bucket, "models/digits/9/metadata.json", other_metadata(small_version_dir, same_size=True))
+    read_many = remote.read_many
+    read: list[str] = []
+    monkeypatch.setattr(remote, "read_many", lambda urls: read.extend(urls) or read_many(urls))
+    pushed = bucket_md5s(bucket, "models/digits")
+    assert push.push_version(small_version_dir, model_url) == push.Publication(8, "already pushed")
+    assert sorted(read) == [f"{model_url}/8/metadata.json", f"{model_url}/9/metadata.json"]
+    assert bucket_md5s(bucket, "models/digits") == pushed
+
+
+def test_a_local_number_above_the_buckets_is_kept(small_version_dir, bucket, monkeypatch):
+    put_object(bucket, "models/digits/2/metadata.json", other_metadata(small_version_dir))
+    fifth = small_version_dir.parent / "5"
+    small_version_dir.rename(fifth)
+    assert push.push_version(fifth, f"{bucket.url}/models/digits") == push.Publication(5, "pushed")
+    assert {key for key in bucket_md5s(bucket, "models/digits") if key.startswith("5/")} == \
+        {f"5/{name}" for name in local_md5s(fifth)}
+
+
+def test_push_records_the_buckets_number_and_says_when_it_is_not_the_local_one(small_version_dir, bucket, monkeypatch,
+                                                                               tmp_path):
+    put_object(bucket, "models/digits/1/metadata.json", other_metadata(small_version_dir))
+    exported = ExportedModel(small_version_dir, 1, small_version_dir / "model.onnx", 0.0)
+    pushed = push.push(ExportConfig(push_to=f"{bucket.url}/models"), exported, tmp_path / "push")
+    version_url = f"{bucket.url}/models/digits/2"
+    assert pushed.facts() == {"pushed_to": version_url, "push": "pushed"}
+    assert pushed.summary() == [f"pushed       {version_url} (pushed, local version 1)"]
+    record = json.loads(pushed.record_path.read_text())
+    assert (record["version_url"], record["version"], record["local_version"]) == (version_url, 2, 1)
+    assert record["files"] == sorted(local_md5s(small_version_dir))
+
+
+@pytest.mark.parametrize("race", ["metadata.json of the same size", "one more object"])
+def test_a_push_that_another_raced_to_the_same_number_fails_in_one_line(race, small_version_dir, bucket, monkeypatch):
+    model_url = f"{bucket.url}/models/digits"
+    copy_objects = remote.copy_objects
+
+    def copy_as_another_push_lands_too(source_url: str, target_url: str, names: list[str]) -> None:
+        copy_objects(source_url, target_url, names)
+        if names == ["metadata.json"] and race.startswith("metadata.json"):  # the other's copy came last
+            put_object(bucket, "models/digits/1/metadata.json", other_metadata(small_version_dir, same_size=True))
+        elif names == ["metadata.json"]:
+            put_object(bucket, "models/digits/1/variables/variables.data-00001-of-00002", b"the other model's")
+
+    monkeypatch.setattr(remote, "copy_objects", copy_as_another_push_lands_too)
+    with pytest.raises(UserError, match=rf"^{model_url}/1: another push of the same model raced this one .*; "
+                                        rf"inspect {model_url}/1 "):
+        push.push_version(small_version_dir, model_url)
+    assert not [key for key in bucket_md5s(bucket, "models/digits") if key.startswith(".staging-")]
+
+
+def test_push_watches_the_complete_versions_in_the_bucket(bucket, monkeypatch):
+    watch = stage("push").watches
+    assert watch(resolve("smoke")) is None  # no push_to: no bucket to look at
+    config = resolve("smoke", [f"export.push_to={bucket.url}/models"])  # model_name "" resolved to digits
+    assert watch(config) == []
+    put_object(bucket, "models/digits/1/metadata.json", b"{}")
+    for key in ("2/saved_model.pb", ".staging-2-0a1b2c3d/metadata.json", "1/saved_model.pb"):
+        put_object(bucket, f"models/digits/{key}", b"not watched")
+    [(name, size, identity)] = watch(config)
+    assert (name, size) == ("1/metadata.json", 2) and hashlib.md5(b"{}").hexdigest() in identity  # S3's ETag
+    put_object(bucket, "models/digits/1/metadata.json", b"[]")  # rewritten in place: the same name and size
+    assert watch(config) != [(name, size, identity)]
+    bucket.client().delete_object(Bucket=bucket.bucket, Key="models/digits/1/metadata.json")
+    assert watch(config) == []
+    with pytest.raises(UserError, match=r"^s3://no-such-bucket-for-push/models/digits: no such bucket"):
+        watch(resolve("smoke", ["export.push_to=s3://no-such-bucket-for-push/models"]))
 
 
 # Runs push_version(VERSION_DIR, MODEL_URL) with every store operation one object at a time, each announced on
@@ -244,12 +386,12 @@ def test_a_killed_push_is_never_seen_and_the_next_push_completes_and_cleans_up(v
 
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
-    assert push.push_version(version_dir, model_url) == "already pushed"
+    assert push.push_version(version_dir, model_url) == push.Publication(1, "already pushed")
     assert read() == {f"1/{name}": md5 for name, md5 in local.items()}  # the staging objects are gone
 
     remote.delete_objects(f"{model_url}/1", ["metadata.json"])  # as a push killed before its last copy leaves it
     client.put_object(Bucket=s3.bucket, Key="models/digits/1/stray.bin", Body=b"of another killed push")
-    assert push.push_version(version_dir, model_url) == "pushed"
+    assert push.push_version(version_dir, model_url) == push.Publication(1, "pushed")
     assert read() == {f"1/{name}": md5 for name, md5 in local.items()}
 
 
