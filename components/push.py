@@ -28,7 +28,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from components import remote
 from components.artifacts import ExportedModel, PushedModel
@@ -51,13 +51,15 @@ class Publication:
     outcome: str  # pushed | already pushed (the bucket held this very export: nothing was copied)
 
 
-def push(config: ExportConfig, exported: ExportedModel, out_dir: Path) -> PushedModel:
+def push(config: ExportConfig, exported: ExportedModel, out_dir: Path, bucket_copy: dict[str, Any]) -> PushedModel:
     """Copy the exported version to `<push_to>/<model_name>/<number>/`, unless the bucket holds it already.
 
     Args:
         config: the export section; `push_to` is the bucket URL (the stage is skipped when it is "").
         exported: the version folder export published.
         out_dir: where `push.json` is written.
+        bucket_copy: what `bucket_copy` found before the stage (part of its cache key); the bucket is
+            looked at again here, since another push may have come in between.
 
     Returns:
         Where the version is in the bucket, and whether this run copied it.
@@ -67,6 +69,8 @@ def push(config: ExportConfig, exported: ExportedModel, out_dir: Path) -> Pushed
             raced this one to the same number.
     """
     model_url = remote.join(config.push_to, exported.version_dir.parent.name)
+    if "version" in bucket_copy:
+        log.info("%s holds this export as version %s", model_url, bucket_copy["version"])
     publication = push_version(exported.version_dir, model_url)
     version_url = remote.join(model_url, str(publication.number))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,14 +125,25 @@ def complete_versions(objects: Sequence[remote.RemoteObject]) -> dict[int, remot
     return found
 
 
-def published_metadata(model_url: str) -> list[remote.RemoteObject]:
-    """The `metadata.json` objects of a model folder's complete versions (one listing): what the bucket
-    holds that a push's outcome depends on.
+def bucket_copy(config: ExportConfig, exported: ExportedModel) -> dict[str, Any]:
+    """Push's cache key from the bucket: the version holding this export (its number and its metadata.json's
+    identity), or, when none does, a value never seen before.
+
+    So a push is reused only while the bucket still holds its copy: a version deleted from the bucket (by
+    hand, by a lifecycle rule) is pushed again by the next run. It costs one listing, and the reading of the
+    metadata.json files of the listed size.
 
     Raises:
         UserError: the store fails (no such bucket, denied, unreachable).
     """
-    return sorted(complete_versions(remote.find_objects(model_url)).values())
+    if not config.push_to:  # the stage is skipped: nothing to look at
+        return {}
+    model_url = remote.join(config.push_to, exported.version_dir.parent.name)
+    complete = complete_versions(remote.find_objects(model_url))
+    number = find_same_version(exported.version_dir, model_url, complete)
+    if number is None:
+        return {"absent": secrets.token_hex(16)}
+    return {"version": number, "metadata": complete[number].identity}
 
 
 def find_same_version(version_dir: Path, model_url: str, complete: dict[int, remote.RemoteObject]) -> int | None:

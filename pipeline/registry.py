@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from components import remote
 from components.backbones import BACKBONES, WEIGHTS_SUFFIX
 from components.config import (
     BUILT_IN_BUILDERS,
@@ -32,7 +31,7 @@ from components.config import (
     ValidateConfig,
 )
 from components.hashing import file_sha256
-from components.push import published_metadata
+from components.push import bucket_copy
 from components.saved_models import Parent, find_baseline, find_parent
 from components.source_defaults import augmentation_for, model_name_from_source
 from components.train_plan import plan_training
@@ -106,7 +105,7 @@ STAGES: tuple[Stage, ...] = (
           skip_reason=lambda config, artifacts: None if artifacts["evaluate"].blessed
           else artifacts["evaluate"].blessing_reason, unkeyed=("export.push_to",)),
     Stage("push", "components.push:push", {"config": ExportConfig}, {"exported": "export"},
-          watches=lambda config: bucket_versions(config.export),
+          resolves=lambda config, artifacts, places: {"bucket_copy": bucket_copy(config.export, artifacts["export"])},
           skip_reason=lambda config, artifacts: None if config.export.push_to else "export.push_to is not set"),
     Stage("report", "components.report:report", {"config": ReportConfig},
           {"splits": "ingest", "schema": "validate", "tuning": "tune", "trained": "train", "metrics": "evaluate",
@@ -131,20 +130,6 @@ def network_sources(model: ModelConfig) -> str | list[str | None] | None:
     if model.weights.endswith(WEIGHTS_SUFFIX):
         return [builder_source(model.builder), file_sha256(Path(model.weights).expanduser())]
     return builder_source(model.builder)
-
-
-def bucket_versions(export: ExportConfig) -> list[tuple[str, int, str]] | None:
-    """The complete versions in `<push_to>/<model_name>/` (their `metadata.json`: name, size, identity; one
-    listing), which push's outcome depends on; None without `push_to`. A listing seen before is a cache hit
-    even if this export was pushed since and deleted: only a listing that differs reruns push.
-
-    Raises:
-        UserError: the store fails (no such bucket, denied, unreachable).
-    """
-    if not export.push_to:
-        return None
-    model_url = remote.join(export.push_to, export.model_name)
-    return [(item.name, item.size, item.identity) for item in published_metadata(model_url)]
 
 
 def smallest_image(model: ModelConfig) -> dict[str, int]:

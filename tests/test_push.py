@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -19,7 +20,6 @@ from components.config import ExportConfig
 from components.errors import UserError
 from pipeline import run
 from pipeline.config import resolve
-from pipeline.registry import stage
 from tests.conftest import QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, run_pipeline_cli
 
 
@@ -82,7 +82,7 @@ def bucket_md5s(s3, prefix: str, client=None) -> dict[str, str]:
 
 
 @pytest.mark.slow  # four runs of the CLI: about 25 s
-def test_a_run_pushes_its_version_a_rerun_finds_it_pushed_then_cached_and_force_pushes_a_deleted_version_again(
+def test_a_run_pushes_its_version_a_rerun_finds_it_pushed_then_cached_and_a_deleted_version_is_pushed_again(
         workdir, smoke_run, s3):
     args = ("--preset", "smoke", *SMOKE_OVERRIDES, f"export.push_to={s3.url}/models")
     first = run_pipeline_cli(workdir, *args, env=s3.env)
@@ -109,8 +109,8 @@ def test_a_run_pushes_its_version_a_rerun_finds_it_pushed_then_cached_and_force_
     assert any(line.split()[0] == "push" and line.split()[1:] == ["pushed"] for line in shown.stdout.splitlines()
                if line.strip())
 
-    # The bucket's listing, which push watches, changed with the push itself: push runs once more, finds the
-    # version there and copies nothing; from then on it is cached.
+    # The bucket holds this export now, which push's key says: push runs once more, finds the version there and
+    # copies nothing; from then on it is cached, while the bucket holds it.
     for status in ("succeeded", "cached"):
         again = run_pipeline_cli(workdir, *args, env=s3.env)
         assert again.returncode == 0, again.stderr
@@ -120,29 +120,13 @@ def test_a_run_pushes_its_version_a_rerun_finds_it_pushed_then_cached_and_force_
         assert f"pushed       {version_url} (already pushed)" in again.stdout
         assert bucket_md5s(s3, "models/digits") == published
 
-    # A version deleted from the bucket (by hand, by a lifecycle rule): `--force push` puts it back.
+    # A version deleted from the bucket (by hand, by a lifecycle rule) is pushed again by the next run.
     client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [{"Key": f"models/digits/{key}"} for key in published]})
-    restored = run_pipeline_cli(workdir, "--force", "push", *args, env=s3.env)
+    restored = run_pipeline_cli(workdir, *args, env=s3.env)
     assert restored.returncode == 0, restored.stderr
     assert {stage["name"]: stage["status"] for stage in restored.manifest["stages"]}["push"] == "succeeded"
     assert restored.manifest["results"]["push"] == "pushed"
     assert bucket_md5s(s3, "models/digits") == published
-
-
-@pytest.mark.slow  # two runs of the CLI: about 12 s
-@pytest.mark.xfail(strict=True, reason="known limit: the bucket's listing with the version deleted is the listing "
-                   "before it was pushed, the key under which push's result ('pushed') is cached")
-def test_a_version_deleted_from_the_bucket_is_pushed_again(workdir, smoke_run, s3):
-    args = ("--preset", "smoke", *SMOKE_OVERRIDES, f"export.push_to={s3.url}/models")
-    assert run_pipeline_cli(workdir, *args, env=s3.env).returncode == 0
-    client = s3.client()
-    client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [{"Key": f"models/digits/{key}"}
-                                                                for key in bucket_md5s(s3, "models/digits")]})
-    again = run_pipeline_cli(workdir, *args, env=s3.env)
-    assert again.returncode == 0, again.stderr
-    assert {stage["name"]: stage["status"] for stage in again.manifest["stages"]}["push"] == "succeeded"
-    local = local_md5s(workdir / "saved_models" / "digits" / "1")
-    assert set(bucket_md5s(s3, "models/digits")) == {f"1/{name}" for name in local}
 
 
 def test_a_push_to_a_missing_bucket_fails_the_run_in_one_line_and_keeps_the_export(workdir, s3):
@@ -212,7 +196,7 @@ def test_push_records_the_buckets_number_and_says_when_it_is_not_the_local_one(s
                                                                                tmp_path):
     put_object(bucket, "models/digits/1/metadata.json", other_metadata(small_version_dir))
     exported = ExportedModel(small_version_dir, 1, small_version_dir / "model.onnx", 0.0)
-    pushed = push.push(ExportConfig(push_to=f"{bucket.url}/models"), exported, tmp_path / "push")
+    pushed = push.push(ExportConfig(push_to=f"{bucket.url}/models"), exported, tmp_path / "push", {"absent": "0"})
     version_url = f"{bucket.url}/models/digits/2"
     assert pushed.facts() == {"pushed_to": version_url, "push": "pushed"}
     assert pushed.summary() == [f"pushed       {version_url} (pushed, local version 1)"]
@@ -240,22 +224,23 @@ def test_a_push_that_another_raced_to_the_same_number_fails_in_one_line(race, sm
     assert not [key for key in bucket_md5s(bucket, "models/digits") if key.startswith(".staging-")]
 
 
-def test_push_watches_the_complete_versions_in_the_bucket(bucket, monkeypatch):
-    watch = stage("push").watches
-    assert watch(resolve("smoke")) is None  # no push_to: no bucket to look at
-    config = resolve("smoke", [f"export.push_to={bucket.url}/models"])  # model_name "" resolved to digits
-    assert watch(config) == []
-    put_object(bucket, "models/digits/1/metadata.json", b"{}")
-    for key in ("2/saved_model.pb", ".staging-2-0a1b2c3d/metadata.json", "1/saved_model.pb"):
-        put_object(bucket, f"models/digits/{key}", b"not watched")
-    [(name, size, identity)] = watch(config)
-    assert (name, size) == ("1/metadata.json", 2) and hashlib.md5(b"{}").hexdigest() in identity  # S3's ETag
-    put_object(bucket, "models/digits/1/metadata.json", b"[]")  # rewritten in place: the same name and size
-    assert watch(config) != [(name, size, identity)]
-    bucket.client().delete_object(Bucket=bucket.bucket, Key="models/digits/1/metadata.json")
-    assert watch(config) == []
+def test_push_is_keyed_by_the_buckets_copy_of_this_export(small_version_dir, bucket, monkeypatch):
+    from components.push import bucket_copy
+
+    config = resolve("smoke", [f"export.push_to={bucket.url}/models"]).export
+    exported = SimpleNamespace(version_dir=small_version_dir, version=1)
+    absent = [bucket_copy(config, exported) for _ in range(2)]
+    assert absent[0] != absent[1]  # no copy in the bucket: a key never seen before, so push runs
+    metadata = (small_version_dir / "metadata.json").read_bytes()
+    put_object(bucket, "models/digits/3/metadata.json", metadata)
+    put_object(bucket, "models/digits/4/saved_model.pb", b"a push under way")  # no metadata.json: no version
+    held = bucket_copy(config, exported)
+    assert held == bucket_copy(config, exported) and held["version"] == 3  # the same while the bucket holds it
+    assert hashlib.md5(metadata).hexdigest() in held["metadata"]  # S3's ETag
+    put_object(bucket, "models/digits/3/metadata.json", metadata.replace(b"small", b"other"))  # same size
+    assert "version" not in bucket_copy(config, exported)
     with pytest.raises(UserError, match=r"^s3://no-such-bucket-for-push/models/digits: no such bucket"):
-        watch(resolve("smoke", ["export.push_to=s3://no-such-bucket-for-push/models"]))
+        bucket_copy(resolve("smoke", ["export.push_to=s3://no-such-bucket-for-push/models"]).export, exported)
 
 
 # Runs push_version(VERSION_DIR, MODEL_URL) with every store operation one object at a time, each announced on
@@ -265,6 +250,7 @@ def test_push_watches_the_complete_versions_in_the_bucket(bucket, monkeypatch):
 STEPPED_PUSH = '''
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from components import push, remote
 
