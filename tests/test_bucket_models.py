@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -201,7 +202,7 @@ def start_server(env: dict[str, str], log_path: Path, *args: str, timeout: float
     raise AssertionError(f"server not ready in {timeout} s:\n{log_path.read_text()}")
 
 
-def test_serve_follows_the_complete_versions_of_a_bucket(s3, version_dir, tmp_path):
+def test_serve_follows_the_complete_versions_of_a_bucket(s3, version_dir, tmp_path, monkeypatch):
     upload_version(s3, version_dir, "models/digits/1")
     env = {**QUIET_ENV, **s3.env, "KERAS_PIPELINE_CACHE": str(tmp_path / "cache")}
     server = start_server(env, tmp_path / "server.log", "--models", f"{s3.url}/models", "--poll-seconds", "0.2")
@@ -212,7 +213,8 @@ def test_serve_follows_the_complete_versions_of_a_bucket(s3, version_dir, tmp_pa
         np.testing.assert_allclose(answer["predictions"], load_exported(version_dir).probabilities(pixels), atol=1e-6)
 
         upload_version(s3, version_dir, "models/digits/3", complete=False)  # a push under way: no version yet
-        upload_version(s3, version_dir, "models/digits/2")
+        pushed = push_another_export(s3, version_dir, tmp_path, monkeypatch)  # the pusher's own code, as a run's
+        assert pushed.number == 2  # after the bucket's newest, 1
         server.wait_for_versions(["2"])
         time.sleep(0.5)  # more polls, each seeing 3 without its metadata.json
         assert server.versions() == ["2"]
@@ -226,6 +228,19 @@ def test_serve_follows_the_complete_versions_of_a_bucket(s3, version_dir, tmp_pa
     log = server.log()
     assert "serving digits versions [2] (was [1])" in log and "serving digits versions [1] (was [2])" in log
     assert len(re.findall(r"fetched \d+ objects .* of s3://\S+/models/digits/1 ", log)) == 1, log  # at start only
+
+
+def push_another_export(s3, version_dir: Path, tmp_path: Path, monkeypatch):
+    """A copy of `version_dir` with its own metadata.json (another export), pushed by `components.push`."""
+    from components.push import push_version
+
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    other = tmp_path / "other" / "digits" / "1"
+    shutil.copytree(version_dir, other)
+    metadata = json.loads((other / METADATA_FILE).read_text())
+    (other / METADATA_FILE).write_text(json.dumps({**metadata, "run_id": "another-run"}))
+    return push_version(other, f"{s3.url}/models/digits")
 
 
 @pytest.mark.parametrize("what", ["bucket", "folder", "version"])
