@@ -122,6 +122,7 @@ NOT_RUN = {
     "python bench/exported_files.py saved_models/digits/1 saved_models/fashion_mnist/1 --repeats 3": _MEASUREMENT,
     "python bench/ingest_memory.py": _MEASUREMENT,
     "python bench/bucket_ingest.py": _MEASUREMENT,
+    "python bench/bucket_ingest.py --images 5000 --repeats 3": _MEASUREMENT,
     "python bench/peers.py": _MEASUREMENT,
     "python bench/peers.py --repeats 3": _MEASUREMENT,
     "python bench/peers.py --goals recipe": _MEASUREMENT,

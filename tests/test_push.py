@@ -348,6 +348,7 @@ def _after_metadata_copied(steps: list[str]) -> bool:
         steps[-1].startswith("delete ")
 
 
+@pytest.mark.slow  # 11 s: a push stepped one store operation at a time, killed at five of them
 def test_a_killed_push_is_never_seen_and_the_next_push_completes_and_cleans_up(version_dir, s3, monkeypatch):
     model_url = f"{s3.url}/models/digits"
     local = local_md5s(version_dir)

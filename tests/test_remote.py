@@ -93,10 +93,11 @@ def test_an_unknown_protocol_is_one_line():
         remote.list_objects("no-such-protocol://x")
 
 
-def test_a_store_failing_while_objects_are_read_raises_and_is_never_a_bad_object(store, monkeypatch):
+def test_a_store_failing_while_objects_are_read_raises_and_is_never_a_bad_object(store, locked_s3_server,
+                                                                                  monkeypatch):
     store.client().put_object(Bucket=store.bucket, Key="x/a", Body=b"A")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the store goes away after the listing
-    with pytest.raises(UserError, match=r"^s3://.*/x/a: cannot reach the store"):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", locked_s3_server.endpoint)  # the key is refused after the listing
+    with pytest.raises(UserError, match=r"^s3://.*/x/a: access denied"):
         remote.read_many([f"{store.url}/x/a", f"{store.url}/x/b"])
 
 
