@@ -38,7 +38,8 @@ def test_listing_names_sizes_and_identities_that_change_with_the_object(store):
     assert remote.list_objects(f"{store.url}/data/a.bin") == [after[0]]  # one object: named by its own name
 
 
-@pytest.mark.parametrize("what", ["bucket", "object", "key", "endpoint"])
+@pytest.mark.parametrize("what", ["bucket", "object", "key",
+                                  pytest.param("endpoint", marks=pytest.mark.slow)])  # botocore's 3 attempts: 4 s
 def test_each_failure_is_one_line_naming_the_url(store, locked_s3_server, monkeypatch, what):
     store.client().put_object(Bucket=store.bucket, Key="data/a.bin", Body=b"one")
     url = {"bucket": "s3://no-such-bucket-here/data", "object": f"{store.url}/nothing/here"}.get(what,
