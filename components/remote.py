@@ -46,7 +46,7 @@ S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 10,
                                 "retries": {"max_attempts": 3, "mode": "standard"}}}
 S3FS_ATTEMPTS = 1  # s3fs's own loop around each call (its default 5), beside botocore's attempts
 # Fields that name one state of an object, in the order they are preferred.
-IDENTITY_FIELDS = ("ETag", "etag", "generation", "md5Hash", "VersionId", "mtime", "LastModified", "updated",
+IDENTITY_FIELDS = ("ETag", "generation", "etag", "md5Hash", "VersionId", "mtime", "LastModified", "updated",
                    "created")
 CREDENTIALS_ADVICE = ("check the credentials in the store's environment (AWS_ACCESS_KEY_ID and "
                       "AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://, Application Default Credentials for gs://)")
