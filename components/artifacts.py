@@ -8,6 +8,7 @@ stage's fields: `fingerprint` identifies its content (what a later stage's cache
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ class Artifact:
     def facts(self) -> dict[str, Any]:
         """Named results for the manifest and the lineage database (JSON-ready)."""
         return {}
+
+    def still_holds(self) -> bool:
+        """Whether what it describes outside its cache entry is still as it was (a bucket's copy, say): a
+        cached artifact is reused only then. Its files and fingerprint the cache checks itself."""
+        return True
 
     def summary(self) -> list[str]:
         """Lines for the summary printed at the end of a run."""
@@ -287,6 +293,22 @@ class PushedModel(Artifact):
     @property
     def fingerprint(self) -> str:
         return file_sha256(self.record_path)
+
+    def still_holds(self) -> bool:
+        """The bucket's version still holds every file pushed, by name and size, and the same metadata.json
+        (one listing, one read): a version deleted from the bucket, wholly or in part, is pushed again.
+
+        Raises:
+            UserError: the store fails (no such bucket, denied, unreachable).
+        """
+        from components import remote  # fsspec, only for a push's artifact
+
+        record = json.loads(self.record_path.read_text())
+        published = {item.name: item.size for item in remote.find_objects(self.version_url)}
+        if published != record["files"]:
+            return False
+        metadata = remote.read_bytes(remote.join(self.version_url, METADATA_FILE))
+        return hashlib.sha256(metadata).hexdigest() == record["metadata_sha256"]
 
     def facts(self) -> dict[str, Any]:
         return {"pushed_to": self.version_url, "push": self.outcome}

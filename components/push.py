@@ -23,12 +23,13 @@ It loads no TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from components import remote
 from components.artifacts import ExportedModel, PushedModel
@@ -51,33 +52,32 @@ class Publication:
     outcome: str  # pushed | already pushed (the bucket held this very export: nothing was copied)
 
 
-def push(config: ExportConfig, exported: ExportedModel, out_dir: Path, bucket_copy: dict[str, Any]) -> PushedModel:
+def push(config: ExportConfig, exported: ExportedModel, out_dir: Path) -> PushedModel:
     """Copy the exported version to `<push_to>/<model_name>/<number>/`, unless the bucket holds it already.
 
     Args:
         config: the export section; `push_to` is the bucket URL (the stage is skipped when it is "").
         exported: the version folder export published.
         out_dir: where `push.json` is written.
-        bucket_copy: what `bucket_copy` found before the stage (part of its cache key); the bucket is
-            looked at again here, since another push may have come in between.
 
     Returns:
-        Where the version is in the bucket, and whether this run copied it.
+        Where the version is in the bucket, and whether this run copied it. A later run reuses it only while
+        the bucket still holds that copy whole (`PushedModel.still_holds`).
 
     Raises:
         UserError: the store fails (missing bucket, denied, unreachable), or another push of the same model
             raced this one to the same number.
     """
     model_url = remote.join(config.push_to, exported.version_dir.parent.name)
-    if "version" in bucket_copy:
-        log.info("%s holds this export as version %s", model_url, bucket_copy["version"])
     publication = push_version(exported.version_dir, model_url)
     version_url = remote.join(model_url, str(publication.number))
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path = out_dir / RECORD_FILE
-    record_path.write_text(json.dumps({"version_url": version_url, "version": publication.number,
-                                       "local_version": exported.version, "outcome": publication.outcome,
-                                       "files": local_files(exported.version_dir)}, indent=2) + "\n")
+    record_path.write_text(json.dumps({
+        "version_url": version_url, "version": publication.number, "local_version": exported.version,
+        "outcome": publication.outcome, "files": local_sizes(exported.version_dir),
+        "metadata_sha256": hashlib.sha256((exported.version_dir / METADATA_FILE).read_bytes()).hexdigest()},
+        indent=2) + "\n")
     log.info("%s: %s%s", version_url, publication.outcome,
              "" if publication.number == exported.version else f" (local version {exported.version})")
     return PushedModel(record_path, version_url, publication.outcome, exported.version)
@@ -101,9 +101,10 @@ def push_version(version_dir: Path, model_url: str) -> Publication:
     complete = complete_versions(present)
     number = find_same_version(version_dir, model_url, complete)
     if number is not None:
+        check_published(version_dir, remote.join(model_url, str(number)), already=True)
         delete_leftovers(model_url, present, number)
         return Publication(number, "already pushed")
-    number = max(int(version_dir.name), max(complete, default=0) + 1)
+    number = next_number(int(version_dir.name), present, complete)
     delete_leftovers(model_url, present, number)
     version_url = remote.join(model_url, str(number))
     staging_url = remote.join(model_url, f"{STAGING_PREFIX}{number}-{secrets.token_hex(4)}")
@@ -115,6 +116,20 @@ def push_version(version_dir: Path, model_url: str) -> Publication:
     return Publication(number, "pushed")
 
 
+def next_number(local: int, present: Sequence[remote.RemoteObject], complete: dict[int, remote.RemoteObject]) -> int:
+    """The number a new version gets: the local one, unless the bucket's numbered folders reach it; then the
+    newest one's, when it is unfinished (a killed push, deleted first), else the one after it.
+
+    Above every numbered folder, not only the complete ones: a killed push's folder holds a whole SavedModel
+    once `saved_model.pb` is copied, which TF Serving serves as the newest.
+    """
+    numbers = {int(folder) for folder in (item.name.partition("/")[0] for item in present)
+               if folder.isascii() and folder.isdigit()}
+    if not numbers or max(numbers) < local:
+        return local
+    return max(numbers) if max(numbers) not in complete else max(numbers) + 1
+
+
 def complete_versions(objects: Sequence[remote.RemoteObject]) -> dict[int, remote.RemoteObject]:
     """The `metadata.json` object of every complete version among a model folder's objects, by number."""
     found = {}
@@ -123,27 +138,6 @@ def complete_versions(objects: Sequence[remote.RemoteObject]) -> dict[int, remot
         if rest == METADATA_FILE and folder.isascii() and folder.isdigit():  # "²".isdigit() is True
             found[int(folder)] = item
     return found
-
-
-def bucket_copy(config: ExportConfig, exported: ExportedModel) -> dict[str, Any]:
-    """Push's cache key from the bucket: the version holding this export (its number and its metadata.json's
-    identity), or, when none does, a value never seen before.
-
-    So a push is reused only while the bucket still holds its copy: a version deleted from the bucket (by
-    hand, by a lifecycle rule) is pushed again by the next run. It costs one listing, and the reading of the
-    metadata.json files of the listed size.
-
-    Raises:
-        UserError: the store fails (no such bucket, denied, unreachable).
-    """
-    if not config.push_to:  # the stage is skipped: nothing to look at
-        return {}
-    model_url = remote.join(config.push_to, exported.version_dir.parent.name)
-    complete = complete_versions(remote.find_objects(model_url))
-    number = find_same_version(exported.version_dir, model_url, complete)
-    if number is None:
-        return {"absent": secrets.token_hex(16)}
-    return {"version": number, "metadata": complete[number].identity}
 
 
 def find_same_version(version_dir: Path, model_url: str, complete: dict[int, remote.RemoteObject]) -> int | None:
@@ -174,24 +168,32 @@ def publication_order(names: Sequence[str]) -> list[list[str]]:
     return [[name for name in names if name not in last]] + [[name] for name in last if name in names]
 
 
-def check_published(version_dir: Path, version_url: str) -> None:
+def check_published(version_dir: Path, version_url: str, already: bool = False) -> None:
     """Check that the version folder holds the local files, by name and size, and the local `metadata.json`.
 
+    Args:
+        already: the folder was found holding this export's `metadata.json` before any copy (not just copied).
+
     Raises:
-        UserError: it holds other objects: another push of the same model chose the same number.
+        UserError: it holds other objects: another push of the same model chose the same number, or (with
+            `already`) some of its objects were deleted or replaced since it was pushed.
     """
-    local = {name: (version_dir / name).stat().st_size for name in local_files(version_dir)}
+    local = local_sizes(version_dir)
     published = {item.name: item.size for item in remote.find_objects(version_url)}
     if published == local and remote.read_bytes(remote.join(version_url, METADATA_FILE)) == \
             (version_dir / METADATA_FILE).read_bytes():
         return
     differing = sorted(name for name in local.keys() | published.keys() if local.get(name) != published.get(name))
+    what = ", ".join(differing) or METADATA_FILE
+    if already:
+        raise UserError(f"{version_url} holds this export's {METADATA_FILE} but not all its files ({what} differ: "
+                        "deleted or replaced since it was pushed); delete that version folder and run again")
     raise UserError(f"{version_url}: another push of the same model raced this one to that number, and the "
-                    f"version folder holds objects that are not {version_dir}'s ("
-                    f"{', '.join(differing) or METADATA_FILE} differ); inspect {version_url} and delete it if it is "
-                    "mixed, then run again (it pushes to the next free number)")
+                    f"version folder holds objects that are not {version_dir}'s ({what} differ); inspect "
+                    f"{version_url} and delete it if it is mixed, then run again (it pushes to the next free number)")
 
 
-def local_files(version_dir: Path) -> list[str]:
-    """The relative paths of a version folder's files, sorted."""
-    return sorted(path.relative_to(version_dir).as_posix() for path in version_dir.rglob("*") if path.is_file())
+def local_sizes(version_dir: Path) -> dict[str, int]:
+    """Every file of a version folder, by relative path, with its size in bytes."""
+    return {path.relative_to(version_dir).as_posix(): path.stat().st_size
+            for path in sorted(version_dir.rglob("*")) if path.is_file()}

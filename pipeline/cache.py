@@ -115,12 +115,14 @@ def _dump(artifact: Any, work_dir: Path) -> dict[str, Any]:
 
 def read_entry(entry_dir: Path) -> Any | None:
     """The artifact of one cache entry (a run folder's stage link points at one), if it still holds what it
-    held: its files exist and its content fingerprint is the one it was committed with (an export folder
-    removed and its number taken by another model is no hit)."""
+    held: its files exist, its content fingerprint is the one it was committed with (an export folder
+    removed and its number taken by another model is no hit), and what it describes outside the cache is
+    as it was (`still_holds`: a pushed version still in its bucket)."""
     try:
         data = json.loads((entry_dir / ARTIFACT_FILE).read_text())
         artifact = _artifact(entry_dir, data)
-        if all(path.exists() for path in _paths(artifact)) and artifact.fingerprint == data["fingerprint"]:
+        if all(path.exists() for path in _paths(artifact)) and artifact.fingerprint == data["fingerprint"] \
+                and artifact.still_holds():
             return artifact
     except (OSError, ValueError, KeyError, TypeError):
         pass

@@ -31,7 +31,6 @@ from components.config import (
     ValidateConfig,
 )
 from components.hashing import file_sha256
-from components.push import bucket_copy
 from components.saved_models import Parent, find_baseline, find_parent
 from components.source_defaults import augmentation_for, model_name_from_source
 from components.train_plan import plan_training
@@ -105,7 +104,6 @@ STAGES: tuple[Stage, ...] = (
           skip_reason=lambda config, artifacts: None if artifacts["evaluate"].blessed
           else artifacts["evaluate"].blessing_reason, unkeyed=("export.push_to",)),
     Stage("push", "components.push:push", {"config": ExportConfig}, {"exported": "export"},
-          resolves=lambda config, artifacts, places: {"bucket_copy": bucket_copy(config.export, artifacts["export"])},
           skip_reason=lambda config, artifacts: None if config.export.push_to else "export.push_to is not set"),
     Stage("report", "components.report:report", {"config": ReportConfig},
           {"splits": "ingest", "schema": "validate", "tuning": "tune", "trained": "train", "metrics": "evaluate",

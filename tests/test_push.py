@@ -9,17 +9,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import pytest
 
 from components import push, remote
-from components.artifacts import ExportedModel
+from components.artifacts import ExportedModel, PushedModel
 from components.config import ExportConfig
 from components.errors import UserError
 from pipeline import run
-from pipeline.config import resolve
 from tests.conftest import QUIET_ENV, REPO_DIR, SMOKE_OVERRIDES, run_pipeline_cli
 
 
@@ -82,7 +80,7 @@ def bucket_md5s(s3, prefix: str, client=None) -> dict[str, str]:
 
 
 @pytest.mark.slow  # four runs of the CLI: about 25 s
-def test_a_run_pushes_its_version_a_rerun_finds_it_pushed_then_cached_and_a_deleted_version_is_pushed_again(
+def test_a_run_pushes_its_version_a_rerun_finds_it_cached_and_a_deleted_version_is_pushed_again(
         workdir, smoke_run, s3):
     args = ("--preset", "smoke", *SMOKE_OVERRIDES, f"export.push_to={s3.url}/models")
     first = run_pipeline_cli(workdir, *args, env=s3.env)
@@ -109,16 +107,15 @@ def test_a_run_pushes_its_version_a_rerun_finds_it_pushed_then_cached_and_a_dele
     assert any(line.split()[0] == "push" and line.split()[1:] == ["pushed"] for line in shown.stdout.splitlines()
                if line.strip())
 
-    # The bucket holds this export now, which push's key says: push runs once more, finds the version there and
-    # copies nothing; from then on it is cached, while the bucket holds it.
-    for status in ("succeeded", "cached"):
-        again = run_pipeline_cli(workdir, *args, env=s3.env)
-        assert again.returncode == 0, again.stderr
-        assert {stage["name"]: stage["status"] for stage in again.manifest["stages"]}["push"] == status
-        assert (again.manifest["results"]["pushed_to"], again.manifest["results"]["push"]) == \
-            (version_url, "already pushed")
-        assert f"pushed       {version_url} (already pushed)" in again.stdout
-        assert bucket_md5s(s3, "models/digits") == published
+    # While the bucket holds the version whole, push is cached (checked by one listing and one read), and a run
+    # of the report alone finds it so.
+    again = run_pipeline_cli(workdir, *args, env=s3.env)
+    assert again.returncode == 0, again.stderr
+    assert {stage["name"]: stage["status"] for stage in again.manifest["stages"]}["push"] == "cached"
+    assert (again.manifest["results"]["pushed_to"], again.manifest["results"]["push"]) == (version_url, "pushed")
+    report_only = run_pipeline_cli(workdir, *args, "--only", "report", env=s3.env)
+    assert report_only.returncode == 0, report_only.stderr
+    assert bucket_md5s(s3, "models/digits") == published
 
     # A version deleted from the bucket (by hand, by a lifecycle rule) is pushed again by the next run.
     client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [{"Key": f"models/digits/{key}"} for key in published]})
@@ -196,13 +193,14 @@ def test_push_records_the_buckets_number_and_says_when_it_is_not_the_local_one(s
                                                                                tmp_path):
     put_object(bucket, "models/digits/1/metadata.json", other_metadata(small_version_dir))
     exported = ExportedModel(small_version_dir, 1, small_version_dir / "model.onnx", 0.0)
-    pushed = push.push(ExportConfig(push_to=f"{bucket.url}/models"), exported, tmp_path / "push", {"absent": "0"})
+    pushed = push.push(ExportConfig(push_to=f"{bucket.url}/models"), exported, tmp_path / "push")
     version_url = f"{bucket.url}/models/digits/2"
     assert pushed.facts() == {"pushed_to": version_url, "push": "pushed"}
     assert pushed.summary() == [f"pushed       {version_url} (pushed, local version 1)"]
     record = json.loads(pushed.record_path.read_text())
     assert (record["version_url"], record["version"], record["local_version"]) == (version_url, 2, 1)
-    assert record["files"] == sorted(local_md5s(small_version_dir))
+    assert record["files"] == {name: (small_version_dir / name).stat().st_size
+                               for name in local_md5s(small_version_dir)}
 
 
 @pytest.mark.parametrize("race", ["metadata.json of the same size", "one more object"])
@@ -224,23 +222,39 @@ def test_a_push_that_another_raced_to_the_same_number_fails_in_one_line(race, sm
     assert not [key for key in bucket_md5s(bucket, "models/digits") if key.startswith(".staging-")]
 
 
-def test_push_is_keyed_by_the_buckets_copy_of_this_export(small_version_dir, bucket, monkeypatch):
-    from components.push import bucket_copy
+def test_a_cached_push_holds_only_while_the_bucket_keeps_the_version_whole(small_version_dir, bucket, tmp_path):
+    exported = ExportedModel(small_version_dir, 1, small_version_dir / "model.onnx", 0.0)
+    pushed = push.push(ExportConfig(push_to=f"{bucket.url}/models"), exported, tmp_path / "push")
+    assert pushed.still_holds()
+    client = bucket.client()
+    client.delete_object(Bucket=bucket.bucket, Key="models/digits/1/model.onnx")  # a lifecycle rule, a hand
+    assert not pushed.still_holds()
+    put_object(bucket, "models/digits/1/model.onnx", b"onnx")
+    assert pushed.still_holds()
+    put_object(bucket, "models/digits/1/metadata.json", other_metadata(small_version_dir, same_size=True))
+    assert not pushed.still_holds()
+    gone = PushedModel(pushed.record_path, "s3://no-such-bucket-for-push/models/digits/1", "pushed", 1)
+    with pytest.raises(UserError, match=r"^s3://no-such-bucket-for-push/models/digits/1: no such bucket"):
+        gone.still_holds()
 
-    config = resolve("smoke", [f"export.push_to={bucket.url}/models"]).export
-    exported = SimpleNamespace(version_dir=small_version_dir, version=1)
-    absent = [bucket_copy(config, exported) for _ in range(2)]
-    assert absent[0] != absent[1]  # no copy in the bucket: a key never seen before, so push runs
-    metadata = (small_version_dir / "metadata.json").read_bytes()
-    put_object(bucket, "models/digits/3/metadata.json", metadata)
-    put_object(bucket, "models/digits/4/saved_model.pb", b"a push under way")  # no metadata.json: no version
-    held = bucket_copy(config, exported)
-    assert held == bucket_copy(config, exported) and held["version"] == 3  # the same while the bucket holds it
-    assert hashlib.md5(metadata).hexdigest() in held["metadata"]  # S3's ETag
-    put_object(bucket, "models/digits/3/metadata.json", metadata.replace(b"small", b"other"))  # same size
-    assert "version" not in bucket_copy(config, exported)
-    with pytest.raises(UserError, match=r"^s3://no-such-bucket-for-push/models/digits: no such bucket"):
-        bucket_copy(resolve("smoke", ["export.push_to=s3://no-such-bucket-for-push/models"]).export, exported)
+
+def test_a_copy_with_this_metadata_but_files_missing_is_refused_not_taken_for_pushed(small_version_dir, bucket):
+    model_url = f"{bucket.url}/models/digits"
+    assert push.push_version(small_version_dir, model_url) == push.Publication(1, "pushed")
+    bucket.client().delete_object(Bucket=bucket.bucket, Key="models/digits/1/variables/variables.index")
+    with pytest.raises(UserError, match=rf"^{model_url}/1 holds this export's metadata.json but not all its files "
+                                        r"\(variables/variables.index differ"):
+        push.push_version(small_version_dir, model_url)
+
+
+@pytest.mark.parametrize("folders, expected", [
+    ({}, 3), ({"1": True, "2": True}, 3), ({"1": True, "4": True}, 5), ({"4": False}, 4),
+    ({"2": True, "6": False, "5": True}, 6), ({"6": True, "5": False}, 7)])
+def test_a_new_version_is_numbered_above_every_numbered_folder_reusing_a_killed_push_at_the_top(folders, expected):
+    present = [remote.RemoteObject(f"{number}/{name}", 1, "") for number, complete in folders.items()
+               for name in (["saved_model.pb", "metadata.json"] if complete else ["saved_model.pb"])]
+    present.append(remote.RemoteObject(".staging-9-0a1b2c3d/metadata.json", 1, ""))  # no number: no folder
+    assert push.next_number(3, present, push.complete_versions(present)) == expected
 
 
 # Runs push_version(VERSION_DIR, MODEL_URL) with every store operation one object at a time, each announced on

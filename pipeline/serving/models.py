@@ -166,6 +166,7 @@ class ModelRepository:
         stamp = _files_stamp(version_dir)
         if stamp is None or self._failed.get(version_dir) == stamp:
             return None
+        real_dir = version_dir.resolve()  # before loading: a link moved meanwhile is seen at the next poll
         try:
             model = self._load(version_dir, self.backend)
         except Exception as error:  # noqa: BLE001 - one broken export must not stop the others being served
@@ -174,7 +175,7 @@ class ModelRepository:
             logger.warning("not serving %s: %s: %s (retried when its files change)", version_dir,
                            type(error).__name__, error)
             return None
-        self._real_dirs[version_dir] = version_dir.resolve()
+        self._real_dirs[version_dir] = real_dir
         logger.info("loaded %s/%s (%s backend)", model.name, model.version, self.backend)
         return model
 
