@@ -202,6 +202,7 @@ def start_server(env: dict[str, str], log_path: Path, *args: str, timeout: float
     raise AssertionError(f"server not ready in {timeout} s:\n{log_path.read_text()}")
 
 
+@pytest.mark.slow  # 7 s: a server following a bucket through a push and a deletion
 def test_serve_follows_the_complete_versions_of_a_bucket(s3, version_dir, tmp_path, monkeypatch):
     upload_version(s3, version_dir, "models/digits/1")
     env = {**QUIET_ENV, **s3.env, "KERAS_PIPELINE_CACHE": str(tmp_path / "cache")}
@@ -212,10 +213,10 @@ def test_serve_follows_the_complete_versions_of_a_bucket(s3, version_dir, tmp_pa
                                timeout=30).json()
         np.testing.assert_allclose(answer["predictions"], load_exported(version_dir).probabilities(pixels), atol=1e-6)
 
-        upload_version(s3, version_dir, "models/digits/3", complete=False)  # a push under way: no version yet
         pushed = push_another_export(s3, version_dir, tmp_path, monkeypatch)  # the pusher's own code, as a run's
         assert pushed.number == 2  # after the bucket's newest, 1
         server.wait_for_versions(["2"])
+        upload_version(s3, version_dir, "models/digits/3", complete=False)  # a push under way: no version yet
         time.sleep(0.5)  # more polls, each seeing 3 without its metadata.json
         assert server.versions() == ["2"]
 

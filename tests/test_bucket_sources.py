@@ -49,7 +49,7 @@ def data_sha256(source: str, out_dir) -> str:
     return ingest(DataConfig(source=source), out_dir).data_sha256
 
 
-@pytest.mark.parametrize("kind", ["idx", "npz", "folder", "split-folder"])
+@pytest.mark.parametrize("kind", ["idx", "npz", pytest.param("folder", marks=pytest.mark.slow), "split-folder"])
 def test_a_bucket_source_ingests_the_same_data_as_its_local_copy(store, sources, tmp_path, kind):
     url = upload(store, sources[kind], f"data/{kind}")
     source_kind = kind.removeprefix("split-")
