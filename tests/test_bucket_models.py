@@ -85,6 +85,7 @@ def run_predict(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # three runs of the predict CLI
 def test_predict_from_a_bucket_answers_as_locally_and_fetches_a_version_once(s3, version_dir, image_dir, tmp_path):
     upload_version(s3, version_dir, "models/digits/1")
     cache_dir = tmp_path / "cache"
@@ -111,7 +112,8 @@ def test_predict_from_a_bucket_answers_as_locally_and_fetches_a_version_once(s3,
     assert b"changed in the bucket" in [path.read_bytes() for path in (cache_dir / "objects").glob(f"*/{CHANGED_FILE}")]
 
 
-@pytest.mark.parametrize("what", ["bucket", "model", "push under way", "key"])
+@pytest.mark.parametrize("what", [pytest.param("bucket", marks=pytest.mark.slow),
+                                  pytest.param("model", marks=pytest.mark.slow), "push under way", "key"])
 def test_predict_from_a_bucket_that_cannot_serve_exits_2_with_one_line(store, locked_s3_server, version_dir,
                                                                         image_dir, monkeypatch, capsys, what):
     upload_version(store, version_dir, "models/digits/1")

@@ -13,8 +13,6 @@ from components.sources import read_source
 from pipeline.fingerprint import source_state
 from tests.conftest import make_images, run_pipeline_cli, write_idx, write_image_folder
 
-KINDS = ("idx", "npz", "folder")
-
 
 @pytest.fixture
 def store(s3, monkeypatch):
@@ -142,7 +140,9 @@ def test_through_the_cli_each_failure_is_one_line_and_exit_2(store, locked_s3_se
 
 # An unreachable endpoint takes botocore's three attempts (3-4 s): tested once, on the listing every kind starts with.
 @pytest.mark.parametrize("failure", ["bucket", "object", "key", pytest.param("endpoint", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("kind", KINDS)
+# Every kind lists its objects first: idx in the default suite, npz and folder in the slow one.
+@pytest.mark.parametrize("kind", ["idx", pytest.param("npz", marks=pytest.mark.slow),
+                                  pytest.param("folder", marks=pytest.mark.slow)])
 def test_every_kind_fails_in_one_line_naming_the_url(store, locked_s3_server, sources, monkeypatch, kind, failure):
     url = upload(store, sources[kind], f"data/{kind}")
     url = {"bucket": url.replace(store.bucket, "no-such-bucket-at-all"), "object": f"{store.url}/gone"}.get(failure,

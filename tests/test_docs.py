@@ -24,8 +24,9 @@ commands run. `bench/` and `examples/` are linked into it, so relative paths suc
 block runs in one `bash -c`, its commands in order under `set -e`; a python block runs with `python -c`.
 A test runs the blocks of its sections in page order in one folder, after what the pages assume has
 run: the README's and docs/using-the-model.md's examples follow `python -m pipeline.run`, and the smoke
-run of docs/running.md ("Presets") stands for it in the default suite (seconds instead of 15 s; it
-exports `saved_models/digits/1` too). A server (`python -m pipeline.serve`, `tensorboard`) is started in
+run of docs/running.md ("Presets") stands for it (seconds instead of 15 s; it exports
+`saved_models/digits/1` too). The tests that need that run are in the slow suite; the default suite
+checks the pages' conventions. A server (`python -m pipeline.serve`, `tensorboard`) is started in
 the background with `--port 0` appended; the commands that follow have `localhost:8501` (`localhost:6006`)
 replaced by the address it chose, and it is stopped when the section is done.
 """
@@ -489,6 +490,7 @@ def json_values(text: str) -> list:
     return values
 
 
+@pytest.mark.slow  # the docs' smoke run (17 s) and the commands after it
 def test_readme_predict_and_serve(docs_workdir):
     """The README's examples, after its first command (here the smoke run that stands for it)."""
     with documented(sections_of("test_readme_predict_and_serve"), docs_workdir) as ran:
@@ -504,6 +506,7 @@ def test_readme_predict_and_serve(docs_workdir):
     assert all(line.split()[1] in "0123456789" for line in lines)
 
 
+@pytest.mark.slow  # the docs' smoke run (17 s) and the commands after it
 def test_predict_and_the_python_api(sample_images, docs_workdir):
     with documented(sections_of("test_predict_and_the_python_api"), docs_workdir) as ran:
         predicted, python = ran.outputs
@@ -522,6 +525,7 @@ def test_predict_and_the_python_api(sample_images, docs_workdir):
     assert all(re.fullmatch(r"\d \(('\d', ){2}'\d'\) \(.*\)", line) for line in predictions), predictions
 
 
+@pytest.mark.slow  # the docs' smoke run (17 s) and the commands after it
 def test_serve_and_its_clients(sample_images, docs_workdir):
     with documented(sections_of("test_serve_and_its_clients"), docs_workdir) as ran:
         curled, triton = ran.outputs
@@ -532,6 +536,7 @@ def test_serve_and_its_clients(sample_images, docs_workdir):
     assert len(re.findall(r"\d\.\d*(?:e[-+]\d+)?", triton)) == 10  # print(probabilities): [1, 10]
 
 
+@pytest.mark.slow  # the docs' smoke run (17 s) and the commands after it
 def test_onnx_runtime_examples(sample_images, docs_workdir):
     with documented(sections_of("test_onnx_runtime_examples"), docs_workdir) as ran:
         plain, with_options = ran.outputs

@@ -126,6 +126,7 @@ def test_a_run_pushes_its_version_a_rerun_finds_it_cached_and_a_deleted_version_
     assert bucket_md5s(s3, "models/digits") == published
 
 
+@pytest.mark.slow  # a run of the CLI on a copy of the smoke workdir
 def test_a_push_to_a_missing_bucket_fails_the_run_in_one_line_and_keeps_the_export(workdir, s3):
     url = "s3://no-such-bucket-for-push/models"
     failed = run_pipeline_cli(workdir, "--preset", "smoke", *SMOKE_OVERRIDES, f"export.push_to={url}", env=s3.env)
