@@ -96,6 +96,15 @@ def s3(s3_server, request):
     return s3_server.with_new_bucket(request.node.name)
 
 
+@pytest.fixture
+def store(s3, monkeypatch, tmp_path):
+    """`s3`, with this process pointed at it through the standard AWS variables alone, and a cache of its own."""
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KERAS_PIPELINE_CACHE", str(tmp_path / "cache"))
+    return s3
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, worker_id) -> PipelineRun:
     """The whole pipeline on the smoke preset, profiler on, shared by every test that inspects outputs.

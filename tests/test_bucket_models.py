@@ -51,14 +51,6 @@ def image_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def store(s3, monkeypatch, tmp_path):
-    """The test's bucket, this process pointed at it (and at a cache of its own) through the environment."""
-    for name, value in s3.env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("KERAS_PIPELINE_CACHE", str(tmp_path / "cache"))
-    return s3
-
 
 def upload_version(s3, version_dir: Path, prefix: str, complete: bool = True) -> None:
     """Upload a version folder as the pusher does: every file, then `metadata.json` (left out if not `complete`)."""

@@ -15,14 +15,6 @@ from tests.conftest import make_images, run_pipeline_cli, write_idx, write_image
 
 
 @pytest.fixture
-def store(s3, monkeypatch):
-    """The test's bucket, this process pointed at it through the standard AWS variables alone."""
-    for name, value in s3.env.items():
-        monkeypatch.setenv(name, value)
-    return s3
-
-
-@pytest.fixture
 def sources(tmp_path, idx_dir, image_folder):
     """One local source of each kind (the npz holds the idx folder's arrays; the folder has train/ and test/)."""
     npz_path = tmp_path / "data.npz"

@@ -38,10 +38,8 @@ def version_dir(smoke_run, tmp_path):
 
 
 @pytest.fixture
-def bucket(s3, monkeypatch):
-    """`s3`, reached by this process's store calls through one client (a new one for each call costs 0.2 s)."""
-    for name, value in s3.env.items():
-        monkeypatch.setenv(name, value)
+def bucket(store, monkeypatch):
+    """`store`, reached by this process's store calls through one client (a new one for each call costs 0.2 s)."""
     filesystem = remote.filesystem
     shared = {}
 
@@ -50,7 +48,7 @@ def bucket(s3, monkeypatch):
         return fs, fs._strip_protocol(url)
 
     monkeypatch.setattr(remote, "filesystem", shared_filesystem)
-    return s3
+    return store
 
 
 @pytest.fixture

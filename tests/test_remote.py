@@ -8,15 +8,6 @@ from components import remote
 from components.errors import UserError
 
 
-@pytest.fixture
-def store(s3, monkeypatch, tmp_path):
-    """The test's bucket, this process pointed at it through the standard AWS variables alone."""
-    for name, value in s3.env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("KERAS_PIPELINE_CACHE", str(tmp_path / "cache"))
-    return s3
-
-
 @pytest.mark.parametrize("location, expected", [
     ("s3://bucket/data", True), ("gs://bucket", True), ("memory://x", True), ("file:///tmp/x", False),
     ("/tmp/x", False), ("relative/a://b", False), ("idx:/usr/share", False), ("C://x", False)])
